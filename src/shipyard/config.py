@@ -1,0 +1,102 @@
+"""Typed settings. The only module that reads ``SHIPYARD_*`` environment variables.
+
+Every field has an environment variable named ``SHIPYARD_`` + the field name in
+upper case. Settings are validated at construction and frozen afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import ConfigError
+
+ENV_PREFIX = "SHIPYARD_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where state lives and how the server listens."""
+
+    home: Path = Path(".shipyard")
+    """Folder of the embedded registry (SQLite) and artifacts."""
+
+    registry_url: str = ""
+    """SQLAlchemy URL of the registry database; empty means SQLite under ``home``."""
+
+    artifacts: str = ""
+    """fsspec URL of the artifact store; empty means ``home/artifacts``."""
+
+    host: str = "127.0.0.1"
+    """Address the server binds."""
+
+    port: int = 8000
+    """Port of the REST server."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest request body accepted; larger ones get 413."""
+
+    alias_refresh_seconds: float = 2.0
+    """How long a server trusts a resolved alias before asking the registry again."""
+
+    log_level: str = "info"
+    """Logging level of the CLI and server."""
+
+    log_format: str = "text"
+    """Log output: 'text' or 'json'."""
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.port <= 65535):
+            raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
+        if self.alias_refresh_seconds < 0:
+            raise ConfigError("alias_refresh_seconds must not be negative")
+
+    @property
+    def resolved_registry_url(self) -> str:
+        return self.registry_url or f"sqlite:///{(self.home / 'registry.db').resolve()}"
+
+    @property
+    def resolved_artifacts(self) -> str:
+        return self.artifacts or str((self.home / "artifacts").resolve())
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``SHIPYARD_*`` variables, then explicit non-None overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "home" in values:
+            values["home"] = Path(values["home"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    t = str(type_name)
+    try:
+        if t == "int":
+            return int(raw)
+        if t == "float":
+            return float(raw)
+        if t == "Path":
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {t}") from None

@@ -1,0 +1,168 @@
+"""The one exception hierarchy of shipyard.
+
+Every error a user can see is a ``ShipyardError``. Subclasses carry structured
+fields and build their own message; transports (REST, gRPC, CLI) map them to
+status codes in one table each, at the edge. Nothing here knows HTTP.
+
+    ShipyardError
+    ├── ConfigError
+    ├── MissingDependency            an optional extra is not installed
+    ├── RegistryError
+    │   ├── ModelNotFound            no such model, version or alias
+    │   ├── VersionConflict          a concurrent write won; retry
+    │   └── ArtifactIntegrityError   a file's sha256 differs from the record
+    ├── ModelFormatError
+    │   ├── UnsupportedModel         no runtime knows this object or file
+    │   └── UnsafeFormat             pickle without an explicit trust flag
+    ├── InvalidInput                 the request does not fit the signature
+    │   ├── PayloadTooLarge
+    │   └── UnsupportedMediaType
+    ├── ModelNotReady
+    └── InferenceError               the model itself raised
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ShipyardError(Exception):
+    """Base class of every error shipyard raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ShipyardError):
+    """A setting is missing or has a value that cannot work."""
+
+
+class MissingDependency(ShipyardError):
+    """An optional package is needed for this feature and is not installed."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package} is not installed; it is needed here. "
+            f"Install it with: pip install 'shipyard[{extra}]'"
+        )
+
+
+class RegistryError(ShipyardError):
+    """The registry could not complete an operation."""
+
+
+class ModelNotFound(RegistryError):
+    """No model, version or alias matches the reference."""
+
+    def __init__(self, name: str, version: str | int | None = None, alias: str | None = None) -> None:
+        self.name = name
+        self.version = version
+        self.alias = alias
+        if alias is not None:
+            msg = f"model '{name}' has no alias '{alias}'"
+        elif version is not None:
+            msg = f"model '{name}' has no version {version}"
+        else:
+            msg = f"model '{name}' is not registered"
+        super().__init__(msg)
+
+
+class VersionConflict(RegistryError):
+    """Another writer took the same version number; the write was rolled back."""
+
+
+class ArtifactIntegrityError(RegistryError):
+    """A stored file no longer has the sha256 recorded at registration."""
+
+    def __init__(self, name: str, version: int, path: str, expected: str, actual: str | None) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        found = "the file is missing" if actual is None else f"found sha256 {actual[:12]}…"
+        super().__init__(
+            f"refusing to load {name}:{version}: artifact file '{path}' was changed after "
+            f"registration (expected sha256 {expected[:12]}…, {found}); "
+            "re-register the model from a trusted source"
+        )
+
+
+class ModelFormatError(ShipyardError):
+    """The model object or file cannot be saved or loaded."""
+
+
+class UnsupportedModel(ModelFormatError):
+    """No runtime recognises the object or file."""
+
+
+class UnsafeFormat(ModelFormatError):
+    """Loading this format runs arbitrary code, and trust was not given."""
+
+    def __init__(self, path: str, what: str = "a pickle file") -> None:
+        self.path = path
+        super().__init__(
+            f"'{path}' is {what}: loading it can run arbitrary code. "
+            "Pass --trust-pickle (trust_pickle=True) only if you trust where it came from, "
+            "or save the model with skops (skops.io.dump) and register that instead"
+        )
+
+
+class InvalidInput(ShipyardError):
+    """A request does not match what the model accepts.
+
+    Args:
+        message: the full human-readable reason.
+        field: the input (column or tensor) at fault, when there is one.
+        expected: what the signature wants there.
+        got: what arrived.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        expected: Any = None,
+        got: Any = None,
+    ) -> None:
+        self.field = field
+        self.expected = expected
+        self.got = got
+        super().__init__(message)
+
+    @classmethod
+    def for_field(cls, field: str, expected: Any, got: Any, what: str = "") -> InvalidInput:
+        """Build the standard 'input X: expected A, got B' message."""
+        lead = f"input '{field}'" + (f" {what}" if what else "")
+        return cls(f"{lead}: expected {expected}, got {got}", field=field, expected=expected, got=got)
+
+
+class PayloadTooLarge(InvalidInput):
+    """The request body is larger than the configured maximum."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"request body of {size} bytes exceeds the limit of {limit} bytes "
+            "(raise it with --max-body-bytes / SHIPYARD_MAX_BODY_BYTES)",
+            expected=f"<= {limit} bytes",
+            got=size,
+        )
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The body's content type is not one the endpoint reads."""
+
+
+class ModelNotReady(ShipyardError):
+    """The model is known but cannot take requests right now."""
+
+
+class InferenceError(ShipyardError):
+    """The model raised while predicting."""

@@ -1,0 +1,121 @@
+"""Artifact files: a local folder by default, any fsspec filesystem in production.
+
+Layout: ``ROOT/NAME/DIGEST/<files>``, where DIGEST is the version's manifest
+digest, so identical content is stored once and a path never changes meaning.
+Uploads go to a temporary name first and are renamed when complete. Every
+fetch re-hashes the files against the manifest recorded in the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from shipyard.errors import ArtifactIntegrityError
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_tree(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, keyed by its POSIX relative path."""
+    out: dict[str, str] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            out[p.relative_to(folder).as_posix()] = sha256_file(p)
+    return out
+
+
+class ArtifactStore:
+    """Content-addressed version folders on an fsspec filesystem."""
+
+    def __init__(self, url: str, cache_dir: Path) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.cache_dir = cache_dir
+
+    def uri(self, name: str, digest: str) -> str:
+        return f"{self.url}/{name}/{digest}"
+
+    def put(self, local: Path, name: str, digest: str) -> str:
+        """Upload a finished version folder; a no-op if that digest is already stored."""
+        final = f"{self.root}/{name}/{digest}"
+        if self.fs.exists(final):
+            return self.uri(name, digest)
+        tmp = f"{self.root}/{name}/.tmp-{uuid.uuid4().hex}"
+        self.fs.makedirs(f"{self.root}/{name}", exist_ok=True)
+        if self.is_local:
+            shutil.copytree(local, tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                # another process stored the same digest first: identical content, keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            self.fs.put(str(local), tmp, recursive=True)
+            if not self.fs.exists(final):
+                self.fs.mv(tmp, final, recursive=True)
+            else:
+                self.fs.rm(tmp, recursive=True)
+        return self.uri(name, digest)
+
+    def fetch(self, name: str, version: int, digest: str, files: dict[str, str]) -> Path:
+        """A local folder holding the version's files, each checked against its sha256."""
+        if self.is_local:
+            folder = Path(f"{self.root}/{name}/{digest}")
+        else:
+            folder = self.cache_dir / name / digest
+            if not folder.exists():
+                tmp = self.cache_dir / name / f".tmp-{uuid.uuid4().hex}"
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get(f"{self.root}/{name}/{digest}/", str(tmp), recursive=True)
+                try:
+                    os.rename(tmp, folder)
+                except OSError:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        verify(folder, name, version, files)
+        return folder
+
+
+def verify(folder: Path, name: str, version: int, files: dict[str, str]) -> None:
+    """Raise ArtifactIntegrityError unless ``folder`` holds exactly ``files`` with those hashes."""
+    for rel, expected in files.items():
+        p = folder / rel
+        if not p.is_file():
+            raise ArtifactIntegrityError(name, version, rel, expected, None)
+        actual = sha256_file(p)
+        if actual != expected:
+            raise ArtifactIntegrityError(name, version, rel, expected, actual)
+    present = hash_tree_names(folder)
+    extra = sorted(present - set(files))
+    if extra:
+        raise ArtifactIntegrityError(name, version, extra[0], "(no such file)", "an unexpected file")
+
+
+def hash_tree_names(folder: Path) -> set[str]:
+    return {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def describe(files: dict[str, str], folder: Path | None = None) -> list[dict[str, Any]]:
+    return [{"path": k, "sha256": v} for k, v in sorted(files.items())]

@@ -1,0 +1,263 @@
+"""The registry: register, look up, alias and load model versions.
+
+It composes the SQL store (metadata, aliases) and the artifact store (files).
+Registration writes the artifact folder first (content-addressed, so a failed
+registration leaves nothing that any version points to), then the version row
+in one transaction. That row is the commit point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.config import Settings
+from shipyard.errors import ModelFormatError, ShipyardError
+from shipyard.registry import lineage
+from shipyard.registry.artifacts import ArtifactStore, hash_tree
+from shipyard.registry.loaded import LoadedModel
+from shipyard.registry.model import AliasMove, ModelVersion, manifest_digest
+from shipyard.registry.store import SQLStore
+from shipyard.runtime.base import Runtime
+from shipyard.runtime.loader import get_runtime, runtime_for_object, runtime_for_path
+from shipyard.signature import Signature, head, infer_signature, sample_to_arrays
+from shipyard.types import ModelRef, check_name
+
+logger = logging.getLogger(__name__)
+
+INPUT_EXAMPLE = "input_example.json"
+
+
+class Registry:
+    """Versioned models with aliases. Build with ``Registry.from_settings()``."""
+
+    def __init__(self, store: SQLStore, artifacts: ArtifactStore) -> None:
+        self.store = store
+        self.artifacts = artifacts
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Registry:
+        s = settings or Settings.from_env()
+        if not s.registry_url or not s.artifacts:
+            s.home.mkdir(parents=True, exist_ok=True)
+        return cls(SQLStore(s.resolved_registry_url), ArtifactStore(s.resolved_artifacts, s.cache_dir))
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- registration -----------------------------------------------------------
+
+    def register(
+        self,
+        model: Any,
+        name: str,
+        *,
+        sample: Any = None,
+        flavor: str | None = None,
+        description: str = "",
+        tags: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        training_data: Any = None,
+        parent: str | None = None,
+        trust_pickle: bool = False,
+        alias: str | None = None,
+        **options: Any,
+    ) -> ModelVersion:
+        """Store a model object, or a file/folder path, as the next version of ``name``.
+
+        Args:
+            model: an in-memory model or a path to a model file/folder.
+            name: the model's name; versions are numbered from 1.
+            sample: a few rows of input (DataFrame, records, dict of arrays, array);
+                the signature is inferred from it. Optional when the format carries
+                its own signature (ONNX, MLflow with a signature).
+            flavor: force a runtime instead of guessing from the object or file.
+            description, tags, metrics: free metadata kept with the version.
+            training_data: the training set; only its sha256 fingerprint is stored.
+            parent: the version this one derives from, e.g. ``"fraud:3"``.
+            trust_pickle: allow pickle/joblib input, which can run arbitrary code.
+            alias: also point this alias at the new version.
+            **options: runtime options, e.g. ``methods=["predict_proba"]`` for scikit-learn.
+
+        Returns:
+            The stored, immutable version.
+        """
+        check_name("model name", name)
+        if alias is not None:
+            check_name("alias", alias)
+        parent_ref = None
+        if parent is not None:
+            p = self.get(parent)
+            parent_ref = p.ref
+        with tempfile.TemporaryDirectory(prefix="shipyard-register-") as tmp:
+            work = Path(tmp) / "model"
+            work.mkdir()
+            runtime_cls, meta, source = self._write_artifact(model, work, flavor, trust_pickle, options)
+            signature = self._signature(runtime_cls, work, meta, sample)
+            if sample is not None:
+                arrays, _ = sample_to_arrays(sample)
+                (work / INPUT_EXAMPLE).write_bytes(json.dumps(head(arrays), default=_json_default).encode())
+            files = hash_tree(work)
+            digest = manifest_digest(files)
+            uri = self.artifacts.put(work, name, digest)
+        record = {
+            "name": name,
+            "flavor": runtime_cls.flavor,
+            "digest": digest,
+            "files": files,
+            "signature": signature.to_dict(),
+            "flavor_meta": meta,
+            "description": description,
+            "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+            "metrics": {str(k): float(v) for k, v in (metrics or {}).items()},
+            "lineage": _lineage(training_data, parent_ref, source),
+            "packages": lineage.package_versions(runtime_cls.packages),
+            "artifact_uri": uri,
+        }
+        mv = self.store.add_version(record)
+        logger.info("registered %s (%s, digest %s)", mv.ref, mv.flavor, digest[:12])
+        if alias is not None:
+            self.set_alias(name, alias, mv.version)
+        return mv
+
+    def _write_artifact(
+        self, model: Any, work: Path, flavor: str | None, trust_pickle: bool, options: dict[str, Any]
+    ) -> tuple[type[Runtime], dict[str, Any], str | None]:
+        if isinstance(model, (str, Path)):
+            path = Path(model).expanduser()
+            if not path.exists():
+                raise ModelFormatError(f"model path '{path}' does not exist")
+            cls = get_runtime(flavor) if flavor else runtime_for_path(path)
+            meta = cls.import_path(path, work, trust_pickle=trust_pickle, **options)
+            return cls, meta, str(path.resolve())
+        cls = get_runtime(flavor) if flavor else runtime_for_object(model)
+        meta = cls.save(model, work, trust_pickle=trust_pickle, **options)
+        return cls, meta, None
+
+    def _signature(self, cls: type[Runtime], work: Path, meta: dict[str, Any], sample: Any) -> Signature:
+        declared = cls.default_signature(work, meta)
+        if sample is None:
+            if declared is None:
+                raise ModelFormatError(
+                    "a sample is needed to infer the signature of this model: pass sample= "
+                    "(--sample FILE) with a few rows of real input"
+                )
+            return declared
+        sig = infer_signature(sample)
+        arrays, _ = sample_to_arrays(sample)
+        if declared is not None and sig.format == "tensors" and len(declared.inputs) == len(arrays) == 1:
+            # an unnamed array sample for a model whose single input has its own name
+            arrays = {declared.inputs[0].name: next(iter(arrays.values()))}
+            only = sig.inputs[0]
+            sig = Signature(
+                inputs=(type(only)(declared.inputs[0].name, only.datatype, only.shape, only.allow_nan),),
+                format="tensors",
+            )
+        runtime = cls.load(work, meta)
+        try:
+            outputs = runtime.predict(sig.validate(arrays))
+        except ShipyardError:
+            raise
+        except Exception as exc:
+            raise ModelFormatError(
+                f"the model failed on the sample, so no signature could be inferred: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            runtime.unload()
+        return sig.with_outputs(outputs)
+
+    # -- lookup -------------------------------------------------------------------
+
+    def get(self, ref: str | ModelRef) -> ModelVersion:
+        """The version a reference means: ``name`` (newest), ``name@alias`` or ``name:N``."""
+        r = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        if r.alias is not None:
+            return self.store.get_version(r.name, self.store.resolve_alias(r.name, r.alias))
+        if r.version is not None:
+            return self.store.get_version(r.name, r.version)
+        return self.store.latest_version(r.name)
+
+    def resolve(self, ref: str | ModelRef) -> int:
+        """Just the version number a reference points to (cheap: no record decoding)."""
+        r = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        if r.alias is not None:
+            return self.store.resolve_alias(r.name, r.alias)
+        if r.version is not None:
+            return r.version
+        return self.store.latest_version(r.name).version
+
+    def models(self) -> list[dict[str, Any]]:
+        return self.store.list_models()
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        return self.store.list_versions(name)
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return self.store.aliases(name)
+
+    # -- aliases ------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: int) -> AliasMove:
+        check_name("alias", alias)
+        if alias.isdigit():
+            raise ShipyardError(f"alias '{alias}' is a number; aliases must not look like versions")
+        return self.store.set_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> AliasMove:
+        return self.store.delete_alias(name, alias)
+
+    def rollback(self, name: str, alias: str = "champion") -> AliasMove:
+        return self.store.rollback_alias(name, alias)
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasMove]:
+        return self.store.alias_history(name, alias)
+
+    # -- loading ------------------------------------------------------------------
+
+    def fetch(self, mv: ModelVersion) -> Path:
+        """A local folder with the version's verified files."""
+        return self.artifacts.fetch(mv.name, mv.version, mv.digest, mv.files)
+
+    def load(self, ref: str | ModelRef | ModelVersion) -> LoadedModel:
+        """Load a version into memory after checking every file's sha256."""
+        mv = ref if isinstance(ref, ModelVersion) else self.get(ref)
+        folder = self.fetch(mv)
+        runtime = get_runtime(mv.flavor).load(folder, mv.flavor_meta)
+        return LoadedModel(mv, runtime)
+
+    def input_example(self, mv: ModelVersion) -> dict[str, list[Any]] | None:
+        """The first rows of the registration sample, if one was given."""
+        if INPUT_EXAMPLE not in mv.files:
+            return None
+        folder = self.fetch(mv)
+        data: dict[str, list[Any]] = json.loads((folder / INPUT_EXAMPLE).read_text())
+        return data
+
+
+def _lineage(training_data: Any, parent: str | None, source: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if training_data is not None:
+        out["training_data"] = lineage.data_fingerprint(training_data)
+    git = lineage.git_commit()
+    if git is not None:
+        out["git"] = git
+    if parent is not None:
+        out["parent"] = parent
+    if source is not None:
+        out["source"] = source
+    return out
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, bytes):
+        return x.decode(errors="replace")
+    raise TypeError(f"cannot store {type(x).__name__} in the input example")
+

@@ -1,0 +1,371 @@
+"""Registry metadata in a SQL database: SQLite embedded, PostgreSQL in production.
+
+One implementation over SQLAlchemy Core serves both. Every write is one
+transaction; version numbers are allocated under a lock on the model's row
+(``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so
+two processes registering the same name at once get two distinct versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from shipyard.errors import ModelNotFound, RegistryError, VersionConflict
+from shipyard.registry.model import AliasMove, ModelVersion
+from shipyard.signature import Signature
+
+logger = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+models_t = sa.Table(
+    "shipyard_models",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+versions_t = sa.Table(
+    "shipyard_versions",
+    metadata,
+    sa.Column("name", sa.String(128), sa.ForeignKey("shipyard_models.name"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("flavor", sa.String(64), nullable=False),
+    sa.Column("record", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+aliases_t = sa.Table(
+    "shipyard_aliases",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("alias", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.ForeignKeyConstraint(["name", "version"], ["shipyard_versions.name", "shipyard_versions.version"]),
+)
+
+alias_history_t = sa.Table(
+    "shipyard_alias_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, index=True),
+    sa.Column("alias", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("previous", sa.Integer, nullable=True),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("moved_at", sa.String(40), nullable=False),
+)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _sqlite_immediate(engine: Engine) -> None:
+    """SQLite: take the write lock at BEGIN so concurrent writers queue instead of failing late."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _rec: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's 'begin' event issue BEGIN
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class SQLStore:
+    """Models, versions and aliases in one SQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        elif url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        try:
+            self.engine = sa.create_engine(url, **kwargs)
+        except ImportError as exc:
+            from shipyard.errors import MissingDependency
+
+            raise MissingDependency(exc.name or "psycopg", "postgres") from exc
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            _sqlite_immediate(self.engine)
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        for attempt in range(5):
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+                return
+            except (IntegrityError, OperationalError, sa.exc.ProgrammingError):
+                # two processes creating the schema at once; the loser retries and finds it there
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _lock_model(self, conn: Connection, name: str, create: bool) -> bool:
+        """Lock the model's row for this transaction; create it first if asked."""
+        if create:
+            if self.dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                conn.execute(pg_insert(models_t).values(name=name, created_at=now_iso()).on_conflict_do_nothing())
+            else:
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                conn.execute(
+                    sqlite_insert(models_t).values(name=name, created_at=now_iso()).on_conflict_do_nothing()
+                )
+        q = sa.select(models_t.c.name).where(models_t.c.name == name)
+        if self.dialect == "postgresql":
+            q = q.with_for_update()
+        return conn.execute(q).first() is not None
+
+    # -- versions ------------------------------------------------------------
+
+    def add_version(self, record: dict[str, Any]) -> ModelVersion:
+        """Insert a version with the next free number; returns it as stored."""
+        name = record["name"]
+        for attempt in range(20):
+            try:
+                with self._tx() as conn:
+                    self._lock_model(conn, name, create=True)
+                    latest = conn.execute(
+                        sa.select(sa.func.max(versions_t.c.version)).where(versions_t.c.name == name)
+                    ).scalar()
+                    version = int(latest or 0) + 1
+                    created = now_iso()
+                    full = dict(record, version=version, created_at=created)
+                    conn.execute(
+                        versions_t.insert().values(
+                            name=name,
+                            version=version,
+                            digest=record["digest"],
+                            flavor=record["flavor"],
+                            record=full,
+                            created_at=created,
+                        )
+                    )
+                return _to_version(full)
+            except (IntegrityError, OperationalError) as exc:
+                if attempt == 19:
+                    raise VersionConflict(f"could not allocate a version of '{name}': {exc}") from exc
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        raise VersionConflict(f"could not allocate a version of '{name}'")  # pragma: no cover
+
+    def get_version(self, name: str, version: int) -> ModelVersion:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(versions_t.c.record).where(versions_t.c.name == name, versions_t.c.version == version)
+            ).first()
+        if row is None:
+            self._require_model(name)
+            raise ModelNotFound(name, version=version)
+        return _to_version(row[0])
+
+    def latest_version(self, name: str) -> ModelVersion:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(versions_t.c.record)
+                .where(versions_t.c.name == name)
+                .order_by(versions_t.c.version.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            raise ModelNotFound(name)
+        return _to_version(row[0])
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(versions_t.c.record).where(versions_t.c.name == name).order_by(versions_t.c.version)
+            ).all()
+        if not rows:
+            self._require_model(name)
+        return [_to_version(r[0]) for r in rows]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """One summary per model: name, latest version, version count, aliases, created_at."""
+        with self.engine.connect() as conn:
+            counts = conn.execute(
+                sa.select(versions_t.c.name, sa.func.max(versions_t.c.version), sa.func.count()).group_by(
+                    versions_t.c.name
+                )
+            ).all()
+            aliases = conn.execute(sa.select(aliases_t.c.name, aliases_t.c.alias, aliases_t.c.version)).all()
+            created = dict(conn.execute(sa.select(models_t.c.name, models_t.c.created_at)).all())
+        by_model: dict[str, dict[str, int]] = {}
+        for n, a, v in aliases:
+            by_model.setdefault(n, {})[a] = v
+        return [
+            {
+                "name": n,
+                "latest": int(latest),
+                "versions": int(count),
+                "aliases": by_model.get(n, {}),
+                "created_at": created.get(n, ""),
+            }
+            for n, latest, count in sorted(counts)
+        ]
+
+    def _require_model(self, name: str) -> None:
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(models_t.c.name).where(models_t.c.name == name)).first() is None:
+                raise ModelNotFound(name)
+
+    # -- aliases ---------------------------------------------------------------
+
+    def aliases(self, name: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(aliases_t.c.alias, aliases_t.c.version).where(aliases_t.c.name == name)
+            ).all()
+        return {a: int(v) for a, v in rows}
+
+    def resolve_alias(self, name: str, alias: str) -> int:
+        with self.engine.connect() as conn:
+            v = conn.execute(
+                sa.select(aliases_t.c.version).where(aliases_t.c.name == name, aliases_t.c.alias == alias)
+            ).scalar()
+        if v is None:
+            self._require_model(name)
+            raise ModelNotFound(name, alias=alias)
+        return int(v)
+
+    def set_alias(self, name: str, alias: str, version: int, action: str = "set") -> AliasMove:
+        """Point ``alias`` at ``version`` and append the move to its history, atomically."""
+        with self._tx() as conn:
+            if not self._lock_model(conn, name, create=False):
+                raise ModelNotFound(name)
+            exists = conn.execute(
+                sa.select(versions_t.c.version).where(versions_t.c.name == name, versions_t.c.version == version)
+            ).first()
+            if exists is None:
+                raise ModelNotFound(name, version=version)
+            return self._move(conn, name, alias, version, action)
+
+    def _move(self, conn: Connection, name: str, alias: str, version: int | None, action: str) -> AliasMove:
+        previous = conn.execute(
+            sa.select(aliases_t.c.version).where(aliases_t.c.name == name, aliases_t.c.alias == alias)
+        ).scalar()
+        if previous is None and version is not None:
+            conn.execute(aliases_t.insert().values(name=name, alias=alias, version=version))
+        elif version is None:
+            conn.execute(aliases_t.delete().where(aliases_t.c.name == name, aliases_t.c.alias == alias))
+        else:
+            conn.execute(
+                aliases_t.update()
+                .where(aliases_t.c.name == name, aliases_t.c.alias == alias)
+                .values(version=version)
+            )
+        moved_at = now_iso()
+        conn.execute(
+            alias_history_t.insert().values(
+                name=name, alias=alias, version=version, previous=previous, action=action, moved_at=moved_at
+            )
+        )
+        return AliasMove(name, alias, version, None if previous is None else int(previous), action, moved_at)
+
+    def delete_alias(self, name: str, alias: str) -> AliasMove:
+        with self._tx() as conn:
+            if not self._lock_model(conn, name, create=False):
+                raise ModelNotFound(name)
+            self._require_alias(conn, name, alias)
+            return self._move(conn, name, alias, None, "delete")
+
+    def _require_alias(self, conn: Connection, name: str, alias: str) -> int:
+        v = conn.execute(
+            sa.select(aliases_t.c.version).where(aliases_t.c.name == name, aliases_t.c.alias == alias)
+        ).scalar()
+        if v is None:
+            raise ModelNotFound(name, alias=alias)
+        return int(v)
+
+    def rollback_alias(self, name: str, alias: str) -> AliasMove:
+        """Move ``alias`` back to the target it had before its latest move.
+
+        History is replayed as a stack: a 'set' pushes, a 'rollback' pops, a
+        'delete' clears; so rolling back twice walks two steps back.
+        """
+        with self._tx() as conn:
+            if not self._lock_model(conn, name, create=False):
+                raise ModelNotFound(name)
+            self._require_alias(conn, name, alias)
+            stack = _replay(self._history(conn, name, alias))
+            if len(stack) < 2:
+                raise RegistryError(
+                    f"alias '{alias}' of '{name}' has no earlier version to roll back to"
+                )
+            return self._move(conn, name, alias, stack[-2], "rollback")
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasMove]:
+        with self.engine.connect() as conn:
+            return self._history(conn, name, alias)
+
+    def _history(self, conn: Connection, name: str, alias: str | None) -> list[AliasMove]:
+        q = sa.select(alias_history_t).where(alias_history_t.c.name == name)
+        if alias is not None:
+            q = q.where(alias_history_t.c.alias == alias)
+        rows = conn.execute(q.order_by(alias_history_t.c.id)).mappings().all()
+        return [
+            AliasMove(r["name"], r["alias"], r["version"], r["previous"], r["action"], r["moved_at"]) for r in rows
+        ]
+
+
+def _replay(history: list[AliasMove]) -> list[int]:
+    stack: list[int] = []
+    for move in history:
+        if move.action == "set" and move.version is not None:
+            if not stack or stack[-1] != move.version:
+                stack.append(move.version)
+        elif move.action == "rollback" and stack:
+            stack.pop()
+        elif move.action == "delete":
+            stack.clear()
+    return stack
+
+
+def _to_version(rec: dict[str, Any]) -> ModelVersion:
+    return ModelVersion(
+        name=rec["name"],
+        version=int(rec["version"]),
+        flavor=rec["flavor"],
+        digest=rec["digest"],
+        files=dict(rec["files"]),
+        signature=Signature.from_dict(rec["signature"]),
+        flavor_meta=dict(rec.get("flavor_meta") or {}),
+        description=rec.get("description", ""),
+        tags=dict(rec.get("tags") or {}),
+        metrics=dict(rec.get("metrics") or {}),
+        lineage=dict(rec.get("lineage") or {}),
+        packages=dict(rec.get("packages") or {}),
+        created_at=rec.get("created_at", ""),
+        artifact_uri=rec.get("artifact_uri", ""),
+    )

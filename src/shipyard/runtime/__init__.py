@@ -1,0 +1,5 @@
+"""Model runtimes: one plug-in per model format, found through entry points."""
+
+from shipyard.runtime.base import Model, Runtime
+
+__all__ = ["Model", "Runtime"]

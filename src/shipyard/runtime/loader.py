@@ -1,0 +1,80 @@
+"""Finds the runtime for a flavor name, an in-memory object or a file on disk."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import MissingDependency, UnsupportedModel
+from shipyard.runtime.base import Runtime
+
+logger = logging.getLogger(__name__)
+
+# Third-party runtimes register in this entry-point group (name = flavor, value = "module:Class").
+ENTRY_POINT_GROUP = "shipyard.runtimes"
+
+# Order matters when guessing: specific formats before the generic ones.
+_BUILTIN = {
+    "python": "shipyard.runtime.custom:CustomRuntime",
+    "sklearn": "shipyard.runtime.sklearn:SklearnRuntime",
+}
+
+
+@lru_cache(maxsize=1)
+def _targets() -> dict[str, str]:
+    targets = dict(_BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        targets.setdefault(ep.name, ep.value)
+    return targets
+
+
+def flavors() -> list[str]:
+    """Every known flavor name, built-in first."""
+    return list(_targets())
+
+
+def get_runtime(flavor: str) -> type[Runtime]:
+    """The runtime class registered for ``flavor``."""
+    target = _targets().get(flavor)
+    if target is None:
+        raise UnsupportedModel(f"unknown model flavor '{flavor}'; known: {', '.join(flavors())}")
+    module_name, _, attr = target.partition(":")
+    import importlib
+
+    module = importlib.import_module(module_name)
+    cls: type[Runtime] = getattr(module, attr)
+    return cls
+
+
+def runtime_for_object(obj: Any) -> type[Runtime]:
+    """Pick the runtime that can save this in-memory model."""
+    for flavor in flavors():
+        try:
+            cls = get_runtime(flavor)
+        except MissingDependency:
+            continue
+        if cls.accepts_object(obj):
+            return cls
+    raise UnsupportedModel(
+        f"no runtime knows how to save a {type(obj).__module__}.{type(obj).__qualname__}; "
+        "supported: scikit-learn, XGBoost, LightGBM, PyTorch (TorchScript/exported), ONNX, "
+        "MLflow model folders and shipyard.Model subclasses"
+    )
+
+
+def runtime_for_path(path: Path) -> type[Runtime]:
+    """Pick the runtime that can import this file or folder."""
+    for flavor in flavors():
+        try:
+            cls = get_runtime(flavor)
+        except MissingDependency:
+            continue
+        if cls.accepts_path(path):
+            return cls
+    raise UnsupportedModel(
+        f"cannot tell the model format of '{path}'; pass --flavor "
+        f"({', '.join(flavors())})"
+    )

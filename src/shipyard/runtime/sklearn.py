@@ -1,0 +1,137 @@
+"""scikit-learn estimators and Pipelines, stored with skops (no pickle by default).
+
+skops refuses to rebuild types it does not know. Types from scikit-learn, NumPy
+and SciPy are trusted; any other type found at save time (say a custom
+transformer) needs ``trust_pickle=True`` and is then recorded with the version,
+so loading later trusts exactly that list and nothing more.
+
+A pickle or joblib *file* is refused unless ``trust_pickle=True``; when
+trusted, it is converted to skops on the way in when skops can hold it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard._extras import require
+from shipyard.errors import ModelFormatError, UnsafeFormat
+from shipyard.runtime.base import Arrays, Runtime
+
+logger = logging.getLogger(__name__)
+
+SAFE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".sav")
+SKOPS_FILE = "model.skops"
+PICKLE_FILE = "model.pkl"
+
+
+def _is_sklearn(obj: Any) -> bool:
+    mod = type(obj).__module__
+    if mod.startswith("sklearn."):
+        return True
+    # custom estimators built on sklearn's base classes
+    return any(c.__module__.startswith("sklearn.base") for c in type(obj).__mro__[1:]) and hasattr(obj, "predict")
+
+
+class SklearnRuntime(Runtime):
+    flavor = "sklearn"
+    extra = "sklearn"
+    packages = ("scikit-learn", "skops", "numpy", "scipy", "pandas")
+
+    def __init__(self, model: Any, methods: list[str]) -> None:
+        self.model = model
+        self.methods = methods
+        self.feature_names = getattr(model, "feature_names_in_", None)
+
+    @classmethod
+    def accepts_object(cls, obj: Any) -> bool:
+        return _is_sklearn(obj)
+
+    @classmethod
+    def save(cls, obj: Any, dest: Path, *, trust_pickle: bool = False, **options: Any) -> dict[str, Any]:
+        sio = require("skops.io", "sklearn", "skops")
+        methods = _methods(obj, options.get("methods"))
+        data = sio.dumps(obj)
+        untrusted = [t for t in sio.get_untrusted_types(data=data) if not t.startswith(SAFE_PREFIXES)]
+        if untrusted and not trust_pickle:
+            raise ModelFormatError(
+                "the model contains types outside scikit-learn/NumPy/SciPy that skops will only "
+                f"rebuild if you trust them: {', '.join(untrusted)}. Pass trust_pickle=True "
+                "(--trust-pickle) if this code is yours"
+            )
+        (dest / SKOPS_FILE).write_bytes(data)
+        return {"file": SKOPS_FILE, "methods": methods, "trusted_types": untrusted}
+
+    @classmethod
+    def accepts_path(cls, path: Path) -> bool:
+        return path.is_file() and path.suffix in (".skops", *PICKLE_SUFFIXES)
+
+    @classmethod
+    def import_path(cls, src: Path, dest: Path, *, trust_pickle: bool = False, **options: Any) -> dict[str, Any]:
+        if src.suffix == ".skops":
+            sio = require("skops.io", "sklearn", "skops")
+            untrusted = [t for t in sio.get_untrusted_types(file=src) if not t.startswith(SAFE_PREFIXES)]
+            if untrusted and not trust_pickle:
+                raise ModelFormatError(
+                    f"'{src}' holds types skops does not trust: {', '.join(untrusted)}; "
+                    "pass --trust-pickle if you trust where it came from"
+                )
+            obj = sio.load(src, trusted=sio.get_untrusted_types(file=src))
+            shutil.copyfile(src, dest / SKOPS_FILE)
+            return {"file": SKOPS_FILE, "methods": _methods(obj, options.get("methods")), "trusted_types": untrusted}
+        if not trust_pickle:
+            raise UnsafeFormat(str(src))
+        joblib = require("joblib", "sklearn")
+        obj = joblib.load(src)
+        try:
+            return cls.save(obj, dest, trust_pickle=True, **options)
+        except Exception as exc:  # skops cannot hold every object; keep the trusted pickle
+            logger.warning("could not convert %s to skops (%s); storing the trusted pickle", src, exc)
+            for f in dest.iterdir():
+                f.unlink()
+            shutil.copyfile(src, dest / PICKLE_FILE)
+            return {"file": PICKLE_FILE, "methods": _methods(obj, options.get("methods")), "pickle": True}
+
+    @classmethod
+    def load(cls, path: Path, meta: dict[str, Any]) -> SklearnRuntime:
+        if meta.get("pickle"):
+            # Trust was given explicitly at registration and the file's sha256 was checked.
+            joblib = require("joblib", "sklearn")
+            model = joblib.load(path / meta["file"])
+        else:
+            sio = require("skops.io", "sklearn", "skops")
+            file = path / meta["file"]
+            allowed = set(meta.get("trusted_types", []))
+            found = sio.get_untrusted_types(file=file)
+            extra = [t for t in found if not t.startswith(SAFE_PREFIXES) and t not in allowed]
+            if extra:
+                raise ModelFormatError(f"{file} now holds untrusted types {extra}; refusing to load")
+            model = sio.load(file, trusted=found)
+        return cls(model, list(meta.get("methods", ["predict"])))
+
+    def predict(self, inputs: Arrays) -> Arrays:
+        X = self._features(inputs)
+        return {m: np.asarray(getattr(self.model, m)(X)) for m in self.methods}
+
+    def _features(self, inputs: Arrays) -> Any:
+        if self.feature_names is not None:
+            pd = require("pandas", "sklearn")
+            return pd.DataFrame({name: inputs[name] for name in inputs}, columns=list(inputs))
+        if len(inputs) == 1:
+            return next(iter(inputs.values()))
+        return np.column_stack(list(inputs.values()))
+
+
+def _methods(obj: Any, requested: Any) -> list[str]:
+    if requested:
+        methods = [requested] if isinstance(requested, str) else list(requested)
+        missing = [m for m in methods if not hasattr(obj, m)]
+        if missing:
+            raise ModelFormatError(f"the model has no method {missing[0]!r}")
+        return methods
+    return ["predict"]

@@ -1,0 +1,336 @@
+"""Input/output schema of a model version: inferred from a sample, checked on every request.
+
+A signature is a list of named tensor specs for inputs and outputs. Its
+``format`` says how the model wants its inputs:
+
+* ``columns``: a table. Each input is one named 1-D column (shape ``[-1]``);
+  runtimes build a DataFrame or a 2-D matrix from them.
+* ``tensors``: named n-D arrays whose first dimension is the batch.
+
+``validate`` turns decoded request arrays into exactly what the signature
+promises, or raises ``InvalidInput`` naming the field, what was expected and
+what arrived. It is pure: no I/O, no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import InvalidInput
+from shipyard.types import DATATYPE_TO_NUMPY, datatype_of
+
+_FLOAT_TYPES = {"FP16", "FP32", "FP64"}
+_INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output: datatype, shape (-1 = any size) and NaN policy."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    allow_nan: bool = False
+
+    def describe(self) -> str:
+        return f"{self.datatype}{list(self.shape)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        if self.allow_nan:
+            d["allow_nan"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
+        return cls(
+            name=str(d["name"]),
+            datatype=str(d["datatype"]),
+            shape=tuple(int(x) for x in d["shape"]),
+            allow_nan=bool(d.get("allow_nan", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The inputs a model version accepts and the outputs it returns."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...] = ()
+    format: str = "tensors"
+    _by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.format not in ("columns", "tensors"):
+            raise ValueError(f"signature format must be 'columns' or 'tensors', not {self.format!r}")
+        self._by_name.update({s.name: s for s in self.inputs})
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    def input(self, name: str) -> TensorSpec | None:
+        return self._by_name.get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Signature:
+        return cls(
+            inputs=tuple(TensorSpec.from_dict(x) for x in d["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(x) for x in d.get("outputs", ())),
+            format=str(d.get("format", "tensors")),
+        )
+
+    def with_outputs(self, outputs: Mapping[str, np.ndarray[Any, Any]]) -> Signature:
+        """A copy whose outputs are described from one model run on the sample."""
+        specs = tuple(_spec_for(name, np.asarray(arr)) for name, arr in outputs.items())
+        return Signature(inputs=self.inputs, outputs=specs, format=self.format)
+
+    # -- validation ---------------------------------------------------------
+
+    def validate(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        """Check and convert request arrays to the signature; raise InvalidInput if they differ.
+
+        Returns a new dict in signature order, each array cast to the declared dtype.
+        """
+        unknown = [k for k in arrays if k not in self._by_name]
+        if unknown:
+            raise InvalidInput(
+                f"unexpected input '{unknown[0]}': this model takes {_names(self.input_names)}",
+                field=unknown[0],
+                expected=self.input_names,
+                got=unknown[0],
+            )
+        out: dict[str, np.ndarray[Any, Any]] = {}
+        rows: tuple[str, int] | None = None
+        for spec in self.inputs:
+            if spec.name not in arrays:
+                raise InvalidInput(
+                    f"missing input '{spec.name}': expected {spec.describe()}; "
+                    f"this model takes {_names(self.input_names)}",
+                    field=spec.name,
+                    expected=spec.describe(),
+                    got="nothing",
+                )
+            arr = _check_one(spec, arrays[spec.name], columns=self.format == "columns")
+            n = arr.shape[0] if arr.ndim else 1
+            if rows is None:
+                rows = (spec.name, n)
+            elif n != rows[1]:
+                raise InvalidInput(
+                    f"input '{spec.name}' has {n} rows but '{rows[0]}' has {rows[1]}: "
+                    "every input must have the same number of rows",
+                    field=spec.name,
+                    expected=rows[1],
+                    got=n,
+                )
+            out[spec.name] = arr
+        return out
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:20])
+    return shown + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+
+
+def _describe_array(arr: np.ndarray[Any, Any]) -> str:
+    try:
+        dt = datatype_of(arr)
+    except InvalidInput:
+        dt = str(arr.dtype)
+    if dt == "BYTES" and arr.size:
+        kinds = sorted({type(x).__name__ for x in arr.ravel()[:1000]})
+        dt = "BYTES (" + "/".join("null" if k == "NoneType" else k for k in kinds) + ")"
+    return f"{dt}{list(arr.shape)}"
+
+
+def _check_one(spec: TensorSpec, value: Any, *, columns: bool) -> np.ndarray[Any, Any]:
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    # shape ---------------------------------------------------------------
+    if columns and arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.reshape(-1)  # clients often send a column as [n, 1]
+    if columns and arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != len(spec.shape) or any(
+        want != -1 and got != want for want, got in zip(spec.shape, arr.shape)
+    ):
+        raise InvalidInput.for_field(spec.name, f"shape {list(spec.shape)}", f"shape {list(arr.shape)}")
+    if arr.ndim and arr.shape[0] == 0:
+        raise InvalidInput.for_field(spec.name, "at least one row", "0 rows")
+    # dtype ---------------------------------------------------------------
+    want = spec.datatype
+    kind = arr.dtype.kind
+    if want == "BYTES":
+        if kind in ("U", "S"):
+            return arr.astype(object)
+        if kind == "O":
+            bad = _first_not(arr, (str, bytes))
+            if bad is not None:
+                raise InvalidInput.for_field(spec.name, "strings", _value_desc(bad))
+            return arr
+        raise InvalidInput.for_field(spec.name, "strings (BYTES)", _describe_array(arr))
+    if kind == "O":
+        arr = _coerce_object(spec, arr)
+        kind = arr.dtype.kind
+    if kind in ("U", "S"):
+        raise InvalidInput.for_field(spec.name, spec.describe(), _describe_array(arr))
+    target = DATATYPE_TO_NUMPY[want]
+    if want == "BOOL":
+        if kind != "b":
+            raise InvalidInput.for_field(spec.name, "BOOL (true/false)", _describe_array(arr))
+        return arr
+    if want in _INT_TYPES:
+        if kind == "f":
+            if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
+                raise InvalidInput.for_field(
+                    spec.name, f"whole numbers ({want})", f"fractional or non-finite values ({arr.dtype})"
+                )
+        elif kind not in ("i", "u", "b"):
+            raise InvalidInput.for_field(spec.name, spec.describe(), _describe_array(arr))
+        info = np.iinfo(target)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise InvalidInput.for_field(spec.name, f"values within {want} range", "values out of range")
+        return arr.astype(target, copy=False)
+    if want in _FLOAT_TYPES:
+        if kind not in ("f", "i", "u", "b"):
+            raise InvalidInput.for_field(spec.name, spec.describe(), _describe_array(arr))
+        arr = arr.astype(target, copy=False)
+        if not spec.allow_nan and not np.all(np.isfinite(arr)):
+            bad_idx = int(np.flatnonzero(~np.isfinite(arr.reshape(-1)))[0])
+            bad_val = arr.reshape(-1)[bad_idx]
+            raise InvalidInput.for_field(
+                spec.name, "finite numbers", f"{bad_val} at position {bad_idx}"
+            )
+        return arr
+    raise InvalidInput.for_field(spec.name, spec.describe(), _describe_array(arr))
+
+
+def _first_not(arr: np.ndarray[Any, Any], types: tuple[type, ...]) -> Any:
+    for x in arr.ravel():
+        if not isinstance(x, types):
+            return x
+    return None
+
+
+def _value_desc(x: Any) -> str:
+    if x is None:
+        return "null"
+    return f"{type(x).__name__} {x!r}"[:80]
+
+
+def _coerce_object(spec: TensorSpec, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Object arrays come from JSON with mixed or missing values: name the first bad one."""
+    flat = arr.ravel()
+    for i, x in enumerate(flat):
+        if x is None:
+            if spec.datatype in _FLOAT_TYPES and spec.allow_nan:
+                continue
+            raise InvalidInput.for_field(spec.name, spec.datatype, f"null at position {i}")
+        if isinstance(x, bool) and spec.datatype != "BOOL":
+            raise InvalidInput.for_field(spec.name, spec.datatype, f"boolean {x} at position {i}")
+        if not isinstance(x, (int, float, bool, np.number, np.bool_)):
+            raise InvalidInput.for_field(spec.name, spec.datatype, f"{_value_desc(x)} at position {i}")
+    if spec.datatype == "BOOL":
+        return arr.astype(np.bool_)
+    if spec.datatype in _FLOAT_TYPES:
+        return np.array([np.nan if x is None else x for x in flat], dtype=np.float64).reshape(arr.shape)
+    return np.array(list(flat), dtype=np.float64 if any(isinstance(x, float) for x in flat) else np.int64).reshape(
+        arr.shape
+    )
+
+
+# -- inference from a sample -----------------------------------------------
+
+
+def _spec_for(name: str, arr: np.ndarray[Any, Any], *, batch_first: bool = True) -> TensorSpec:
+    if arr.dtype.kind in ("U", "S", "O"):
+        datatype = "BYTES"
+    else:
+        datatype = datatype_of(arr)
+    shape = (-1, *arr.shape[1:]) if (batch_first and arr.ndim) else tuple(arr.shape)
+    allow_nan = bool(arr.dtype.kind == "f" and arr.size and not np.all(np.isfinite(arr)))
+    return TensorSpec(name=name, datatype=datatype, shape=tuple(int(x) for x in shape), allow_nan=allow_nan)
+
+
+def sample_to_arrays(sample: Any) -> tuple[dict[str, np.ndarray[Any, Any]], str]:
+    """Decode a user sample into named arrays and the signature format it implies.
+
+    Accepts a pandas DataFrame, a list of row dicts (records), a dict of columns
+    or arrays, a NumPy array or a nested list.
+    """
+    mod = type(sample).__module__
+    if mod.startswith("pandas") and hasattr(sample, "columns"):
+        cols = {}
+        for c in sample.columns:
+            col = sample[c]
+            arr = col.to_numpy()
+            if arr.dtype.kind in ("U", "S") or str(col.dtype) in ("category", "string", "str"):
+                arr = col.astype(object).to_numpy()
+            cols[str(c)] = arr
+        return cols, "columns"
+    if isinstance(sample, list) and sample and all(isinstance(r, Mapping) for r in sample):
+        return records_to_columns(sample), "columns"
+    if isinstance(sample, Mapping):
+        arrays = {str(k): np.asarray(v) for k, v in sample.items()}
+        if all(a.ndim == 1 for a in arrays.values()):
+            return arrays, "columns"
+        return arrays, "tensors"
+    arr = np.asarray(sample)
+    if arr.ndim == 0:
+        raise InvalidInput("a sample must have at least one row", field="sample")
+    return {"input": arr}, "tensors"
+
+
+def records_to_columns(records: list[Mapping[str, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+    """Turn a list of row dicts into named columns; every row must have the same keys."""
+    keys = list(records[0].keys())
+    for i, r in enumerate(records):
+        if not isinstance(r, Mapping):
+            raise InvalidInput(f"instance {i} is not an object; expected one object per row", field="instances")
+        if r.keys() != records[0].keys():
+            missing = [k for k in keys if k not in r]
+            extra = [k for k in r if k not in records[0]]
+            what = f"lacks '{missing[0]}'" if missing else f"has an extra field '{extra[0]}'"
+            raise InvalidInput(
+                f"instance {i} {what}; every row needs the same fields as row 0",
+                field=missing[0] if missing else extra[0],
+            )
+    cols: dict[str, np.ndarray[Any, Any]] = {}
+    for k in keys:
+        values = [r[k] for r in records]
+        arr = np.asarray(values) if not any(v is None for v in values) else np.array(values, dtype=object)
+        if arr.ndim != 1:
+            arr = np.array(values, dtype=object)
+            if arr.ndim != 1:
+                raise InvalidInput.for_field(str(k), "one scalar per row", "nested lists")
+        cols[str(k)] = arr
+    return cols
+
+
+def infer_signature(sample: Any) -> Signature:
+    """Inputs of a signature from a sample (outputs are added after one model run)."""
+    arrays, fmt = sample_to_arrays(sample)
+    specs = tuple(_spec_for(name, arr) for name, arr in arrays.items())
+    return Signature(inputs=specs, format=fmt)
+
+
+def head(arrays: Mapping[str, np.ndarray[Any, Any]], n: int = 5) -> dict[str, list[Any]]:
+    """The first n rows of each array, JSON-ready (used as the stored input example)."""
+    out: dict[str, list[Any]] = {}
+    for k, a in arrays.items():
+        part = a[:n]
+        if part.dtype.kind == "O":
+            out[k] = [x.decode() if isinstance(x, bytes) else x for x in part.tolist()]
+        else:
+            out[k] = part.tolist()
+    return out
