@@ -148,6 +148,8 @@ def _describe_array(arr: np.ndarray[Any, Any]) -> str:
         dt = datatype_of(arr)
     except InvalidInput:
         dt = str(arr.dtype)
+    if arr.dtype.kind in ("U", "S") and arr.size:
+        return f"strings such as {arr.ravel()[0].item()!r} (BYTES{list(arr.shape)})"
     if dt == "BYTES" and arr.size:
         kinds = sorted({type(x).__name__ for x in arr.ravel()[:1000]})
         dt = "BYTES (" + "/".join("null" if k == "NoneType" else k for k in kinds) + ")"

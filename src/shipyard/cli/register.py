@@ -1,0 +1,72 @@
+"""``shipyard register``: store a model file or folder as a new version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from shipyard.cli._output import console, handle_errors, settings_from
+from shipyard.datafiles import read_data
+from shipyard.errors import InvalidInput
+from shipyard.registry import Registry
+
+
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise InvalidInput(f"--{what} takes KEY=VALUE, got '{v}'", field=what)
+        k, _, val = v.partition("=")
+        out[k] = val
+    return out
+
+
+@click.command()
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A few rows of real input (.csv/.json/.jsonl/.parquet/.npy); the signature is inferred from it.")
+@click.option("--flavor", help="Model format, when it cannot be guessed (sklearn, xgboost, lightgbm, onnx, torch, mlflow, python).")
+@click.option("--trust-pickle", is_flag=True, help="Allow pickle/joblib files. Loading a pickle can run arbitrary code.")
+@click.option("--description", default="", help="Free text kept with the version.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Tag the version (repeatable).")
+@click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="Record a metric (repeatable).")
+@click.option("--training-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training set file; its sha256 fingerprint is stored as lineage.")
+@click.option("--parent", help="The version this one derives from, e.g. fraud:3.")
+@click.option("--alias", "alias_name", help="Also point this alias at the new version (e.g. champion).")
+@click.pass_context
+@handle_errors
+def register(ctx: click.Context, name: str, path: Path, sample: Path | None, flavor: str | None,
+             trust_pickle: bool, description: str, tags: tuple[str, ...], metrics: tuple[str, ...],
+             training_data: Path | None, parent: str | None, alias_name: str | None) -> None:
+    """Register the model at PATH as the next version of NAME.
+
+    PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, or
+    .pkl/.joblib with --trust-pickle) or an MLflow model folder.
+    """
+    metric_values = {}
+    for k, v in _pairs(metrics, "metric").items():
+        try:
+            metric_values[k] = float(v)
+        except ValueError:
+            raise InvalidInput(f"--metric {k}={v}: the value must be a number", field="metric") from None
+    reg = Registry.from_settings(settings_from(ctx))
+    try:
+        mv = reg.register(
+            path, name,
+            sample=read_data(sample) if sample else None,
+            flavor=flavor,
+            trust_pickle=trust_pickle,
+            description=description,
+            tags=_pairs(tags, "tag"),
+            metrics=metric_values,
+            training_data=read_data(training_data) if training_data else None,
+            parent=parent,
+            alias=alias_name,
+        )
+    finally:
+        reg.close()
+    console.print(f"registered [bold]{mv.ref}[/] ({mv.flavor}, sha256 {mv.digest[:12]})"
+                  + (f", alias {alias_name} -> {mv.version}" if alias_name else ""))

@@ -1,0 +1,44 @@
+"""A minimal blocking HTTP client on the standard library, for the CLI (no extra dependency)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from shipyard.errors import ShipyardError
+
+
+def post_json(url: str, body: Any, timeout: float = 30) -> Any:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail)["error"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise ShipyardError(f"server answered {exc.code}: {detail}") from None
+    except urllib.error.URLError as exc:
+        raise ShipyardError(f"cannot reach {url}: {exc.reason}") from None
+
+
+def wait_ready(base: str, timeout: float = 30) -> None:
+    """Poll /v2/health/ready until it answers 200 or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise ShipyardError(f"{base} was not ready within {timeout:.0f}s")
+        time.sleep(0.05)

@@ -1,0 +1,1 @@
+"""Wire formats: the Open Inference Protocol codec and the simple JSON API."""

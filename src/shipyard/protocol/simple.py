@@ -1,0 +1,131 @@
+"""The simple JSON API (``POST /v1/models/{name}:predict``) for humans and curl.
+
+Two request shapes:
+
+* records: ``{"instances": [{"col": 1.0, ...}, ...]}`` (or, for a model with one
+  tensor input, ``{"instances": [[...], [...]]}``);
+* columns: ``{"inputs": {"col": [...], ...}}`` (or ``{"inputs": [[...]]}`` for
+  one tensor input).
+
+Response: ``{"model_name", "model_version", "id", "predictions": [...]}`` where each
+prediction is a value when the model has one output and an object otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import InvalidInput
+from shipyard.protocol.oip import parse_json
+from shipyard.signature import Signature, records_to_columns
+from shipyard.types import InferenceRequest, InferenceResponse, Tensor
+
+
+def decode_request(body: bytes, signature: Signature) -> InferenceRequest:
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        raise InvalidInput(
+            'body must be a JSON object like {"instances": [...]} or {"inputs": {...}}',
+            field="body",
+            got=type(doc).__name__,
+        )
+    has_instances, has_inputs = "instances" in doc, "inputs" in doc
+    if has_instances == has_inputs:
+        raise InvalidInput(
+            'body needs exactly one of "instances" (a list of rows) or "inputs" (columns)',
+            field="body",
+            got=", ".join(sorted(doc)) or "an empty object",
+        )
+    arrays = _instances(doc["instances"], signature) if has_instances else _columns(doc["inputs"], signature)
+    request_id = doc.get("id")
+    return InferenceRequest(
+        inputs=[Tensor(name, _as_array(name, v)) for name, v in arrays.items()],
+        id=None if request_id is None else str(request_id),
+    )
+
+
+def _as_array(name: str, value: Any) -> np.ndarray[Any, Any]:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        raise InvalidInput.for_field(name, "a rectangular array", "ragged nested lists") from None
+    if arr.dtype.kind == "O" and arr.ndim > 1:
+        raise InvalidInput.for_field(name, "a rectangular array", "ragged nested lists")
+    return arr
+
+
+def _single_tensor(signature: Signature) -> str | None:
+    if signature.format == "tensors" and len(signature.inputs) == 1:
+        return signature.inputs[0].name
+    return None
+
+
+def _instances(instances: Any, signature: Signature) -> dict[str, Any]:
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput('"instances" must be a non-empty list of rows', field="instances")
+    only = _single_tensor(signature)
+    if only is not None and not isinstance(instances[0], Mapping):
+        return {only: instances}
+    if all(isinstance(r, Mapping) for r in instances):
+        return records_to_columns(instances)
+    if signature.format == "columns" and all(isinstance(r, list) for r in instances):
+        names = signature.input_names
+        for i, r in enumerate(instances):
+            if len(r) != len(names):
+                raise InvalidInput(
+                    f"instance {i} has {len(r)} values but the model takes {len(names)} columns "
+                    f"({', '.join(names)})",
+                    field="instances",
+                    expected=len(names),
+                    got=len(r),
+                )
+        return {n: [r[j] for r in instances] for j, n in enumerate(names)}
+    bad = next(i for i, r in enumerate(instances) if not isinstance(r, Mapping))
+    raise InvalidInput(
+        f"instance {bad} is a {type(instances[bad]).__name__}; expected an object with the fields "
+        f"{', '.join(signature.input_names)}",
+        field="instances",
+    )
+
+
+def _columns(inputs: Any, signature: Signature) -> dict[str, Any]:
+    if isinstance(inputs, Mapping):
+        for k, v in inputs.items():
+            if not isinstance(v, list):
+                raise InvalidInput.for_field(str(k), "a list of values (one per row)", type(v).__name__)
+        return dict(inputs)
+    only = _single_tensor(signature)
+    if only is not None and isinstance(inputs, list):
+        return {only: inputs}
+    raise InvalidInput(
+        '"inputs" must be an object mapping each input name to a list of values',
+        field="inputs",
+        got=type(inputs).__name__,
+    )
+
+
+def encode_response(response: InferenceResponse) -> dict[str, Any]:
+    outputs = {t.name: _to_py(t.data) for t in response.outputs}
+    if len(outputs) == 1:
+        predictions: list[Any] = next(iter(outputs.values()))
+    else:
+        n = len(next(iter(outputs.values())))
+        predictions = [{k: v[i] for k, v in outputs.items()} for i in range(n)]
+    doc: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "id": response.id,
+        "predictions": predictions,
+    }
+    return doc
+
+
+def _to_py(arr: np.ndarray[Any, Any]) -> list[Any]:
+    if arr.dtype.kind in ("O", "S"):
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in arr.tolist()]
+    return arr.tolist()  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""Online serving: the data plane and the transports on top of it."""

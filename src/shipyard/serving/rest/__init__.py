@@ -1,0 +1,1 @@
+"""The REST transport: Open Inference Protocol v2 and the simple JSON API over ASGI."""

@@ -1,0 +1,233 @@
+"""The ASGI application: Open Inference Protocol v2 routes, the simple JSON API, docs.
+
+Handlers only decode, call the data plane and encode. Every response carries
+``X-Request-ID`` (an incoming one is kept); every error is JSON with the
+protocol's ``error`` field, its status chosen in ``rest/errors.py``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shipyard.errors import InvalidInput, PayloadTooLarge, ShipyardError, UnsupportedMediaType
+from shipyard.protocol import oip, simple
+from shipyard.serving.context import new_request_id, request_id_var
+from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.rest.errors import error_body, status_for
+from shipyard.serving.rest.openapi import docs_html, openapi_spec
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, JSON)
+
+
+class RequestIdMiddleware:
+    """Keeps or creates the request id, exposes it in a contextvar and the response header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")[:128]
+                break
+        rid = rid or new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        token = request_id_var.set(rid)
+        header = (b"x-request-id", rid.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def _guard(handler: Handler) -> Handler:
+    """Turn shipyard errors into JSON error responses, and anything else into a logged 500."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ShipyardError as exc:
+            status = status_for(exc)
+            if status >= 500:
+                logger.error("%s %s failed: %s", request.method, request.url.path, exc)
+            return json_response(error_body(exc), status)
+        except Exception:
+            logger.exception("unexpected error on %s %s", request.method, request.url.path)
+            rid = request_id_var.get()
+            return json_response({"error": f"internal server error (request id {rid})"}, 500)
+
+    return wrapped
+
+
+class RestApp:
+    """Builds the Starlette app around one DataPlane."""
+
+    def __init__(self, dataplane: DataPlane, *, max_body_bytes: int) -> None:
+        self.dp = dataplane
+        self.max_body_bytes = max_body_bytes
+
+    # -- helpers -----------------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise PayloadTooLarge(int(declared), self.max_body_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise PayloadTooLarge(size, self.max_body_bytes)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "").lower()
+        if encoding in ("gzip", "deflate"):
+            body = self._decompress(body, encoding)
+        return body
+
+    def _decompress(self, body: bytes, encoding: str) -> bytes:
+        d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            out = d.decompress(body, self.max_body_bytes + 1)
+        except (zlib.error, gzip.BadGzipFile) as exc:
+            raise InvalidInput(f"body is not valid {encoding} data: {exc}", field="body") from None
+        if len(out) > self.max_body_bytes:
+            raise PayloadTooLarge(len(out), self.max_body_bytes)
+        return out
+
+    @staticmethod
+    def _check_json_type(request: Request, binary: bool) -> None:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not ctype or ctype == JSON or ctype.endswith("+json"):
+            return
+        if binary and ctype == "application/octet-stream":
+            return
+        raise UnsupportedMediaType(
+            f"content type '{ctype}' is not supported here; send JSON with "
+            "'Content-Type: application/json'"
+            + (" (or the binary tensor extension with Inference-Header-Content-Length)" if not binary else ""),
+            field="Content-Type",
+            expected=JSON,
+            got=ctype,
+        )
+
+    # -- health and metadata ---------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        ok = self.dp.ready()
+        return json_response({"ready": ok}, 200 if ok else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.dp.server_metadata())
+
+    async def model_metadata(self, request: Request) -> Response:
+        p = request.path_params
+        return json_response(await self.dp.model_metadata(p["name"], p.get("version")))
+
+    async def model_ready(self, request: Request) -> Response:
+        p = request.path_params
+        ok = await self.dp.model_ready(p["name"], p.get("version"))
+        return json_response({"name": p["name"], "ready": ok}, 200 if ok else 503)
+
+    async def list_models(self, request: Request) -> Response:
+        return json_response({"models": self.dp.models()})
+
+    # -- inference ---------------------------------------------------------------------
+
+    async def infer(self, request: Request) -> Response:
+        p = request.path_params
+        body = await self._body(request)
+        header_len = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
+        self._check_json_type(request, header_len is not None)
+        req = oip.decode_request(body, header_len)
+        if req.id is None:
+            req.id = request_id_var.get()
+        resp = await self.dp.infer(p["name"], p.get("version"), req)
+        content, json_len = oip.encode_response(resp, req)
+        if json_len is None:
+            return Response(content, 200, media_type=JSON)
+        return Response(
+            content,
+            200,
+            headers={"Inference-Header-Content-Length": str(json_len)},
+            media_type="application/octet-stream",
+        )
+
+    async def predict(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        body = await self._body(request)
+        self._check_json_type(request, False)
+        model = await self.dp.resolve(name)
+        req = simple.decode_request(body, model.signature)
+        if req.id is None:
+            req.id = request_id_var.get()
+        resp = await self.dp.infer(name, None, req)
+        return json_response(simple.encode_response(resp))
+
+    # -- docs ----------------------------------------------------------------------------
+
+    async def openapi(self, request: Request) -> Response:
+        return json_response(openapi_spec())
+
+    async def docs(self, request: Request) -> Response:
+        return HTMLResponse(docs_html())
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        return json_response({"error": f"no route for {request.method} {request.url.path}"}, 404)
+
+    async def method_not_allowed(self, request: Request, exc: Exception) -> Response:
+        return json_response({"error": f"{request.method} is not allowed on {request.url.path}"}, 405)
+
+    def build(self) -> ASGIApp:
+        g = _guard
+        routes = [
+            Route("/v2/health/live", g(self.live)),
+            Route("/v2/health/ready", g(self.ready)),
+            Route("/v2", g(self.server_metadata)),
+            Route("/v2/models/{name}", g(self.model_metadata)),
+            Route("/v2/models/{name}/ready", g(self.model_ready)),
+            Route("/v2/models/{name}/infer", g(self.infer), methods=["POST"]),
+            Route("/v2/models/{name}/versions/{version}", g(self.model_metadata)),
+            Route("/v2/models/{name}/versions/{version}/ready", g(self.model_ready)),
+            Route("/v2/models/{name}/versions/{version}/infer", g(self.infer), methods=["POST"]),
+            Route("/v1/models", g(self.list_models)),
+            Route("/v1/models/{name}:predict", g(self.predict), methods=["POST"]),
+            Route("/openapi.json", self.openapi),
+            Route("/docs", self.docs),
+        ]
+        app = Starlette(
+            routes=routes,
+            exception_handlers={404: self.not_found, 405: self.method_not_allowed},
+        )
+        return RequestIdMiddleware(app)

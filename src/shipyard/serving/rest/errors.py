@@ -1,0 +1,34 @@
+"""The one table from shipyard errors to HTTP status codes, and the JSON error body."""
+
+from __future__ import annotations
+
+from shipyard import errors
+
+# Most specific first: the first matching class wins.
+STATUS_TABLE: tuple[tuple[type[errors.ShipyardError], int], ...] = (
+    (errors.PayloadTooLarge, 413),
+    (errors.UnsupportedMediaType, 415),
+    (errors.InvalidInput, 400),
+    (errors.ModelNotFound, 404),
+    (errors.ModelNotReady, 503),
+    (errors.ArtifactIntegrityError, 500),
+    (errors.InferenceError, 500),
+    (errors.MissingDependency, 500),
+    (errors.ShipyardError, 500),
+)
+
+
+def status_for(exc: errors.ShipyardError) -> int:
+    for cls, status in STATUS_TABLE:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_body(exc: errors.ShipyardError) -> dict[str, object]:
+    """The protocol's ``{"error": message}`` plus the structured fields when known."""
+    body: dict[str, object] = {"error": exc.message}
+    field = getattr(exc, "field", None)
+    if field is not None:
+        body["field"] = field
+    return body
