@@ -90,7 +90,14 @@ class ArtifactStore:
                     os.rename(tmp, folder)
                 except OSError:
                     shutil.rmtree(tmp, ignore_errors=True)
-        verify(folder, name, version, files)
+        try:
+            verify(folder, name, version, files)
+        except ArtifactIntegrityError:
+            if not self.is_local:
+                # never keep a cached copy that failed: the next fetch downloads afresh,
+                # so a repaired remote object (or a cleaned-up cache) can load again
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         return folder
 
 

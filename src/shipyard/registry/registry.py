@@ -189,7 +189,8 @@ class Registry:
         if r.alias is not None:
             return self.store.resolve_alias(r.name, r.alias)
         if r.version is not None:
-            return r.version
+            # check it exists: "name:99" must fail here as it does in get() and load()
+            return self.store.get_version(r.name, r.version).version
         return self.store.latest_version(r.name).version
 
     def models(self) -> list[dict[str, Any]]:

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs (system packages included) and runs it.
+# The README's test command and .ci/run both call exactly this script.
+#   bash scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+# -- system packages ------------------------------------------------------------
+# PostgreSQL: the registry's production database, started by the tests on loopback.
+need_apt=()
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  need_apt+=(postgresql)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing system packages: ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "missing system packages (${need_apt[*]}); install them or run as root with apt-get" >&2
+  fi
+fi
+
+# -- Python environment -----------------------------------------------------------------
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+say "installing shipyard[test]"
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" > .venv/pip-install.log 2>&1; then
+  grep -v "^WARNING: Location" .venv/pip-install.log >&2
+  exit 1
+fi
+.venv/bin/python -c "import shipyard, sklearn, onnxruntime, torch, tritonclient" \
+  || { echo "the test dependencies did not install" >&2; exit 1; }
+
+# -- tests -------------------------------------------------------------------------------
+say "running tests"
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
