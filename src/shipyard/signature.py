@@ -164,7 +164,7 @@ def _check_one(spec: TensorSpec, value: Any, *, columns: bool) -> np.ndarray[Any
     if columns and arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != len(spec.shape) or any(
-        want != -1 and got != want for want, got in zip(spec.shape, arr.shape)
+        want != -1 and got != want for want, got in zip(spec.shape, arr.shape, strict=True)
     ):
         raise InvalidInput.for_field(spec.name, f"shape {list(spec.shape)}", f"shape {list(arr.shape)}")
     if arr.ndim and arr.shape[0] == 0:
@@ -191,22 +191,30 @@ def _check_one(spec: TensorSpec, value: Any, *, columns: bool) -> np.ndarray[Any
         if kind != "b":
             raise InvalidInput.for_field(spec.name, "BOOL (true/false)", _describe_array(arr))
         return arr
+    if kind == "b":  # JSON true/false is not a number, though NumPy would cast it to 1/0
+        raise InvalidInput.for_field(spec.name, spec.describe(), _describe_array(arr))
     if want in _INT_TYPES:
         if kind == "f":
             if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
                 raise InvalidInput.for_field(
                     spec.name, f"whole numbers ({want})", f"fractional or non-finite values ({arr.dtype})"
                 )
-        elif kind not in ("i", "u", "b"):
+        elif kind not in ("i", "u"):
             raise InvalidInput.for_field(spec.name, spec.describe(), _describe_array(arr))
         info = np.iinfo(target)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise InvalidInput.for_field(spec.name, f"values within {want} range", "values out of range")
         return arr.astype(target, copy=False)
     if want in _FLOAT_TYPES:
-        if kind not in ("f", "i", "u", "b"):
+        if kind not in ("f", "i", "u"):
             raise InvalidInput.for_field(spec.name, spec.describe(), _describe_array(arr))
-        arr = arr.astype(target, copy=False)
+        with np.errstate(over="ignore"):
+            cast = arr.astype(target, copy=False)
+        overflow = ~np.isfinite(cast) & np.isfinite(arr)  # e.g. 1e300 into FP32 becomes inf
+        if overflow.any():
+            bad_val = arr.reshape(-1)[int(np.flatnonzero(overflow.reshape(-1))[0])]
+            raise InvalidInput.for_field(spec.name, f"values within {want} range", f"{bad_val}")
+        arr = cast
         if not spec.allow_nan and not np.all(np.isfinite(arr)):
             bad_idx = int(np.flatnonzero(~np.isfinite(arr.reshape(-1)))[0])
             bad_val = arr.reshape(-1)[bad_idx]
@@ -238,27 +246,38 @@ def _coerce_object(spec: TensorSpec, arr: np.ndarray[Any, Any]) -> np.ndarray[An
             if spec.datatype in _FLOAT_TYPES and spec.allow_nan:
                 continue
             raise InvalidInput.for_field(spec.name, spec.datatype, f"null at position {i}")
-        if isinstance(x, bool) and spec.datatype != "BOOL":
-            raise InvalidInput.for_field(spec.name, spec.datatype, f"boolean {x} at position {i}")
+        if isinstance(x, (bool, np.bool_)) != (spec.datatype == "BOOL"):
+            what = f"boolean {x}" if isinstance(x, (bool, np.bool_)) else _value_desc(x)
+            raise InvalidInput.for_field(spec.name, spec.datatype, f"{what} at position {i}")
         if not isinstance(x, (int, float, bool, np.number, np.bool_)):
             raise InvalidInput.for_field(spec.name, spec.datatype, f"{_value_desc(x)} at position {i}")
     if spec.datatype == "BOOL":
         return arr.astype(np.bool_)
-    if spec.datatype in _FLOAT_TYPES:
-        return np.array([np.nan if x is None else x for x in flat], dtype=np.float64).reshape(arr.shape)
-    return np.array(list(flat), dtype=np.float64 if any(isinstance(x, float) for x in flat) else np.int64).reshape(
-        arr.shape
-    )
+    try:
+        if spec.datatype in _FLOAT_TYPES:
+            return np.array([np.nan if x is None else x for x in flat], dtype=np.float64).reshape(arr.shape)
+        if any(isinstance(x, (float, np.floating)) for x in flat):
+            return np.array(list(flat), dtype=np.float64).reshape(arr.shape)
+        # whole numbers: check the range in Python, where 2**70 is just a number
+        target = DATATYPE_TO_NUMPY[spec.datatype]
+        info = np.iinfo(target)
+        lo, hi = (min(flat), max(flat)) if flat.size else (0, 0)
+        if lo < info.min or hi > info.max:
+            raise InvalidInput.for_field(
+                spec.name, f"values within {spec.datatype} range", f"{lo if lo < info.min else hi}"
+            )
+        return np.array(list(flat), dtype=target).reshape(arr.shape)
+    except OverflowError:
+        raise InvalidInput.for_field(
+            spec.name, f"values within {spec.datatype} range", "a number too large to convert"
+        ) from None
 
 
 # -- inference from a sample -----------------------------------------------
 
 
 def _spec_for(name: str, arr: np.ndarray[Any, Any], *, batch_first: bool = True) -> TensorSpec:
-    if arr.dtype.kind in ("U", "S", "O"):
-        datatype = "BYTES"
-    else:
-        datatype = datatype_of(arr)
+    datatype = "BYTES" if arr.dtype.kind in ("U", "S", "O") else datatype_of(arr)
     shape = (-1, *arr.shape[1:]) if (batch_first and arr.ndim) else tuple(arr.shape)
     allow_nan = bool(arr.dtype.kind == "f" and arr.size and not np.all(np.isfinite(arr)))
     return TensorSpec(name=name, datatype=datatype, shape=tuple(int(x) for x in shape), allow_nan=allow_nan)
@@ -310,13 +329,42 @@ def records_to_columns(records: list[Mapping[str, Any]]) -> dict[str, np.ndarray
     cols: dict[str, np.ndarray[Any, Any]] = {}
     for k in keys:
         values = [r[k] for r in records]
-        arr = np.asarray(values) if not any(v is None for v in values) else np.array(values, dtype=object)
-        if arr.ndim != 1:
-            arr = np.array(values, dtype=object)
-            if arr.ndim != 1:
-                raise InvalidInput.for_field(str(k), "one scalar per row", "nested lists")
-        cols[str(k)] = arr
+        nested = next((i for i, v in enumerate(values) if _scalar_kind(v) == "nested"), None)
+        if nested is not None:
+            raise InvalidInput.for_field(
+                str(k), "one scalar per row", f"{type(values[nested]).__name__} in instance {nested}"
+            )
+        cols[str(k)] = column_array(values)
     return cols
+
+
+def _scalar_kind(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "bool"
+    if isinstance(v, (int, float, np.number)):
+        return "number"
+    if isinstance(v, (str, bytes)):
+        return "string"
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple, Mapping, np.ndarray)):
+        return "nested"
+    return "other"
+
+
+def column_array(values: list[Any]) -> np.ndarray[Any, Any]:
+    """A 1-D column from a list of scalars.
+
+    Mixed kinds (1 and "a", true and 2.5) and nulls stay an object array, so that
+    validation can name the odd value instead of NumPy quietly turning it into a
+    string or a float.
+    """
+    kinds = {_scalar_kind(v) for v in values}
+    if len(kinds) == 1 and kinds <= {"bool", "number", "string"}:
+        return np.asarray(values)
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
 
 
 def infer_signature(sample: Any) -> Signature:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,9 +9,9 @@ import click
 from shipyard.cli._output import fail, handle_errors, print_json, settings_from
 from shipyard.datafiles import parse_json_data, read_data
 from shipyard.http import post_json
-from shipyard.protocol.simple import _to_py
+from shipyard.protocol import simple
 from shipyard.registry import Registry
-from shipyard.types import ModelRef
+from shipyard.types import InferenceResponse, ModelRef, Tensor
 
 
 @click.command()
@@ -41,10 +40,8 @@ def predict(ctx: click.Context, ref: str, data: str | None, input_file: Path | N
     finally:
         reg.close()
     result = model.predict(payload)
-    if isinstance(result, dict):
-        out = {k: _to_py(v) for k, v in result.items()}
-    elif hasattr(result, "to_dict"):
-        out = json.loads(result.to_json(orient="records"))
-    else:
-        out = _to_py(result)
-    print_json({"model_name": model.name, "model_version": str(model.version.version), "predictions": out})
+    if hasattr(result, "columns"):  # DataFrame in, DataFrame out: back to named arrays
+        result = {str(c): result[c].to_numpy() for c in result.columns}
+    outputs = result if isinstance(result, dict) else {"predict": result}
+    response = InferenceResponse(model.name, str(model.version.version), [Tensor(k, v) for k, v in outputs.items()])
+    print_json(simple.encode_response(response))

@@ -111,7 +111,12 @@ def _decode_input(i: int, item: Any, binary: memoryview, offset: int) -> tuple[T
         raise InvalidInput(
             f"input '{name}' needs a 'datatype' string such as FP32 or INT64", field=name, got=_kind(datatype)
         )
-    dtype = numpy_dtype(datatype)
+    try:
+        dtype = numpy_dtype(datatype)
+    except InvalidInput as exc:  # name the input, not just the bad datatype
+        raise InvalidInput(
+            f"input '{name}': {exc.message}", field=name, expected=exc.expected, got=datatype
+        ) from None
     datatype = datatype.upper()
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
@@ -126,7 +131,7 @@ def _decode_input(i: int, item: Any, binary: memoryview, offset: int) -> tuple[T
         raise InvalidInput(f"input '{name}': 'parameters' must be an object", field=name)
     size = params.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer", field=name)
         if "data" in item:
             raise InvalidInput(f"input '{name}' has both 'data' and binary_data_size", field=name)
@@ -180,38 +185,79 @@ def _maybe_text(b: bytes) -> str | bytes:
         return b
 
 
+_NOTHING = object()
+
+
+def _json_desc(x: Any) -> str:
+    """A request value described in JSON terms, for error messages."""
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, str):
+        return f"string {x!r}"[:80]
+    if isinstance(x, dict):
+        return "an object"
+    return f"{type(x).__name__} {x!r}"[:80]
+
+
 def _from_json(name: str, datatype: str, dtype: np.dtype[Any], data: Any, count: int) -> np.ndarray[Any, Any]:
+    flat = _flatten(name, data)
     if datatype == "BYTES":
-        flat = _flatten(name, data)
-        bad = next((x for x in flat if not isinstance(x, str)), None) if flat else None
-        if bad is not None:
-            raise InvalidInput.for_field(name, "strings for datatype BYTES", f"{type(bad).__name__} {bad!r}"[:80])
+        bad = next((x for x in flat if not isinstance(x, str)), _NOTHING)
+        if bad is not _NOTHING:
+            raise InvalidInput.for_field(name, "strings for datatype BYTES", _json_desc(bad))
         arr = np.empty(len(flat), dtype=object)
         arr[:] = flat
     else:
-        try:
-            arr = np.asarray(data)
-        except ValueError:
-            raise InvalidInput.for_field(name, "a rectangular array", "ragged nested lists") from None
-        arr = arr.reshape(-1)
-        if arr.dtype.kind in ("U", "S", "O"):
-            bad = next((x for x in arr if not isinstance(x, (int, float, bool))), None)
-            raise InvalidInput.for_field(
-                name, f"numbers for datatype {datatype}", "null" if bad is None else f"{type(bad).__name__} {bad!r}"[:80]
-            )
+        # Scan the JSON values themselves: np.asarray would turn [true, 1.5] into floats
+        # and [1, "a"] into strings, hiding which value is wrong.
         if datatype == "BOOL":
-            if arr.dtype.kind != "b":
-                raise InvalidInput.for_field(name, "true/false for datatype BOOL", f"{arr.dtype} values")
-        elif dtype.kind in ("i", "u"):
-            if arr.dtype.kind == "b":
-                raise InvalidInput.for_field(name, f"integers for datatype {datatype}", "booleans")
-            if arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0):
-                raise InvalidInput.for_field(name, f"integers for datatype {datatype}", "fractional numbers")
-        elif arr.dtype.kind == "b":
-            raise InvalidInput.for_field(name, f"numbers for datatype {datatype}", "booleans")
-        arr = arr.astype(dtype)
+            bad = next((x for x in flat if not isinstance(x, bool)), _NOTHING)
+            if bad is not _NOTHING:
+                raise InvalidInput.for_field(name, "true/false for datatype BOOL", _json_desc(bad))
+        else:
+            bad = next((x for x in flat if isinstance(x, bool) or not isinstance(x, (int, float))), _NOTHING)
+            if bad is not _NOTHING:
+                raise InvalidInput.for_field(name, f"numbers for datatype {datatype}", _json_desc(bad))
+        if len(flat) != count:
+            raise InvalidInput.for_field(name, f"{count} values for its shape", f"{len(flat)} values")
+        if isinstance(data, list) and any(isinstance(x, list) for x in data):
+            try:
+                np.asarray(data)
+            except ValueError:
+                raise InvalidInput.for_field(name, "a rectangular array", "ragged nested lists") from None
+        arr = _numbers(name, datatype, dtype, flat)
     if arr.size != count:
         raise InvalidInput.for_field(name, f"{count} values for its shape", f"{arr.size} values")
+    return arr
+
+
+def _numbers(name: str, datatype: str, dtype: np.dtype[Any], flat: list[Any]) -> np.ndarray[Any, Any]:
+    """JSON numbers (already checked to be int/float, or bool for BOOL) as an array of ``dtype``.
+
+    Refuses what a plain cast would silently change: fractions into integers, and
+    values outside the datatype's range (INT8 300 would wrap to 44, FP16 1e6 to inf).
+    """
+    if dtype.kind in ("i", "u"):
+        frac = next((x for x in flat if isinstance(x, float) and not x.is_integer()), _NOTHING)
+        if frac is not _NOTHING:
+            raise InvalidInput.for_field(
+                name, f"integers for datatype {datatype}", f"fractional number {frac!r}"
+            )
+        info = np.iinfo(dtype)
+        out = next((x for x in flat if x < info.min or x > info.max), _NOTHING)
+        if out is not _NOTHING:
+            raise InvalidInput.for_field(
+                name, f"values within {datatype} range ({info.min}..{info.max})", f"{out!r}"
+            )
+        # int() first: NumPy would route [2**63 - 1, 1.0] through float64 and lose precision
+        return np.array([int(x) for x in flat], dtype=dtype)
+    with np.errstate(over="ignore"):
+        arr = np.array(flat, dtype=dtype)
+    if dtype.kind == "f" and arr.size and not np.all(np.isfinite(arr)):  # JSON has no inf: overflow
+        bad = flat[int(np.flatnonzero(~np.isfinite(arr))[0])]
+        raise InvalidInput.for_field(name, f"values within {datatype} range", f"{bad!r}")
     return arr
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInput
 from shipyard.protocol.oip import parse_json
-from shipyard.signature import Signature, records_to_columns
+from shipyard.signature import Signature, column_array, records_to_columns
 from shipyard.types import InferenceRequest, InferenceResponse, Tensor
 
 
@@ -50,6 +50,8 @@ def decode_request(body: bytes, signature: Signature) -> InferenceRequest:
 def _as_array(name: str, value: Any) -> np.ndarray[Any, Any]:
     if isinstance(value, np.ndarray):
         return value
+    if isinstance(value, list) and not any(isinstance(x, (list, dict)) for x in value):
+        return column_array(value)
     try:
         arr = np.asarray(value)
     except ValueError:

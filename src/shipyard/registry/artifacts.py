@@ -102,7 +102,15 @@ class ArtifactStore:
 
 
 def verify(folder: Path, name: str, version: int, files: dict[str, str]) -> None:
-    """Raise ArtifactIntegrityError unless ``folder`` holds exactly ``files`` with those hashes."""
+    """Raise ArtifactIntegrityError unless ``folder`` holds exactly ``files`` with those hashes.
+
+    Bytecode caches are never part of a version, so they are deleted first: Python would
+    run a planted ``__pycache__/*.pyc`` (an unchecked-hash one needs no matching source)
+    instead of the verified ``.py`` beside it. Any that cannot be deleted fail the check.
+    """
+    for cache in sorted(folder.rglob("__pycache__"), reverse=True):
+        if cache.is_dir():
+            shutil.rmtree(cache, ignore_errors=True)
     for rel, expected in files.items():
         p = folder / rel
         if not p.is_file():
@@ -117,11 +125,7 @@ def verify(folder: Path, name: str, version: int, files: dict[str, str]) -> None
 
 
 def hash_tree_names(folder: Path) -> set[str]:
-    return {
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
 def describe(files: dict[str, str], folder: Path | None = None) -> list[dict[str, Any]]:

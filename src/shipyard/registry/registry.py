@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.config import Settings
-from shipyard.errors import ModelFormatError, ShipyardError
+from shipyard.errors import InvalidInput, ModelFormatError, ShipyardError
 from shipyard.registry import lineage
 from shipyard.registry.artifacts import ArtifactStore, hash_tree
 from shipyard.registry.loaded import LoadedModel
@@ -89,7 +89,8 @@ class Registry:
         """
         check_name("model name", name)
         if alias is not None:
-            check_name("alias", alias)
+            # before anything is written: a bad alias must not leave a version behind
+            _check_alias(alias)
         parent_ref = None
         if parent is not None:
             p = self.get(parent)
@@ -205,9 +206,7 @@ class Registry:
     # -- aliases ------------------------------------------------------------------
 
     def set_alias(self, name: str, alias: str, version: int) -> AliasMove:
-        check_name("alias", alias)
-        if alias.isdigit():
-            raise ShipyardError(f"alias '{alias}' is a number; aliases must not look like versions")
+        _check_alias(alias)
         return self.store.set_alias(name, alias, version)
 
     def delete_alias(self, name: str, alias: str) -> AliasMove:
@@ -239,6 +238,14 @@ class Registry:
         folder = self.fetch(mv)
         data: dict[str, list[Any]] = json.loads((folder / INPUT_EXAMPLE).read_text())
         return data
+
+
+def _check_alias(alias: str) -> None:
+    check_name("alias", alias)
+    if alias.isdigit():
+        raise InvalidInput(
+            f"alias '{alias}' is a number; aliases must not look like versions", field="alias", got=alias
+        )
 
 
 def _lineage(training_data: Any, parent: str | None, source: str | None) -> dict[str, Any]:

@@ -19,6 +19,12 @@ ENTRY_POINT_GROUP = "shipyard.runtimes"
 # Order matters when guessing: specific formats before the generic ones.
 _BUILTIN = {
     "python": "shipyard.runtime.custom:CustomRuntime",
+    "mlflow": "shipyard.runtime.mlflow:MlflowRuntime",
+    "onnx": "shipyard.runtime.onnx:OnnxRuntime",
+    "torch": "shipyard.runtime.torch:TorchRuntime",
+    # XGBoost/LightGBM estimators subclass scikit-learn's bases: match them before sklearn
+    "xgboost": "shipyard.runtime.xgboost:XGBoostRuntime",
+    "lightgbm": "shipyard.runtime.lightgbm:LightGBMRuntime",
     "sklearn": "shipyard.runtime.sklearn:SklearnRuntime",
 }
 

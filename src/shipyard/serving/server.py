@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -110,7 +111,16 @@ def serve(
         timeout_graceful_shutdown=30,
         server_header=False,
     )
+    # uvicorn drains in-flight requests on SIGINT/SIGTERM, then re-raises the signal to
+    # whatever handler was there before; make that a clean exit 0 rather than death by signal.
+    previous = {sig: signal.signal(sig, _exit_cleanly) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         uvicorn.Server(config).run()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.registry.close()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

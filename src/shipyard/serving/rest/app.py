@@ -108,9 +108,17 @@ class RestApp:
                 raise PayloadTooLarge(size, self.max_body_bytes)
             chunks.append(chunk)
         body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "").lower()
+        encoding = request.headers.get("content-encoding", "").strip().lower()
         if encoding in ("gzip", "deflate"):
             body = self._decompress(body, encoding)
+        elif encoding not in ("", "identity"):
+            # reading e.g. a brotli body as JSON would only produce a baffling parse error
+            raise UnsupportedMediaType(
+                f"content encoding '{encoding}' is not supported; send gzip, deflate or identity",
+                field="Content-Encoding",
+                expected="gzip, deflate or identity",
+                got=encoding,
+            )
         return body
 
     def _decompress(self, body: bytes, encoding: str) -> bytes:
@@ -121,6 +129,16 @@ class RestApp:
             raise InvalidInput(f"body is not valid {encoding} data: {exc}", field="body") from None
         if len(out) > self.max_body_bytes:
             raise PayloadTooLarge(len(out), self.max_body_bytes)
+        if not d.eof:  # zlib returns what it could without complaint when the stream is cut short
+            raise InvalidInput(
+                f"body is not valid {encoding} data: the compressed stream is truncated", field="body"
+            )
+        if d.unused_data:  # e.g. a second gzip member: refuse rather than silently drop it
+            raise InvalidInput(
+                f"body is not valid {encoding} data: {len(d.unused_data)} bytes follow the "
+                "end of the compressed stream",
+                field="body",
+            )
         return out
 
     @staticmethod
