@@ -177,7 +177,7 @@ def _check_one(spec: TensorSpec, value: Any, *, columns: bool) -> np.ndarray[Any
             return arr.astype(object)
         if kind == "O":
             bad = _first_not(arr, (str, bytes))
-            if bad is not None:
+            if bad is not _ALL_OK:
                 raise InvalidInput.for_field(spec.name, "strings", _value_desc(bad))
             return arr
         raise InvalidInput.for_field(spec.name, "strings (BYTES)", _describe_array(arr))
@@ -225,11 +225,15 @@ def _check_one(spec: TensorSpec, value: Any, *, columns: bool) -> np.ndarray[Any
     raise InvalidInput.for_field(spec.name, spec.describe(), _describe_array(arr))
 
 
+_ALL_OK = object()
+
+
 def _first_not(arr: np.ndarray[Any, Any], types: tuple[type, ...]) -> Any:
+    """The first element that is not one of ``types`` (may be None), else ``_ALL_OK``."""
     for x in arr.ravel():
         if not isinstance(x, types):
             return x
-    return None
+    return _ALL_OK
 
 
 def _value_desc(x: Any) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +150,27 @@ def _session(file: Path, threads: int) -> Any:
 
 
 def _external_files(onnx: Any, proto: Any) -> list[str]:
+    """The files the graph's tensors (initializers, constants, subgraphs) keep their data in."""
     files: list[str] = []
-    for tensor in proto.graph.initializer:
+    for tensor in _tensors(proto.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = {e.key: e.value for e in tensor.external_data}.get("location")
             if location and location not in files:
                 files.append(location)
     return files
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)
 
 
 def _datatype(ort_type: str) -> str:

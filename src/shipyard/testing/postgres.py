@@ -157,11 +157,22 @@ def _run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProce
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def _log_size(path: Path) -> int:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _tail(path: Path, since: int = 0, lines: int = 20) -> str:
+    """The last ``lines`` lines written to ``path`` after byte offset ``since``."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
     except OSError:
         return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 @contextmanager
@@ -222,6 +233,7 @@ def _start(bindir: Path, prefix: list[str], data: Path, log: Path, work: Path, t
     """Start on a free port (retrying if another process takes it first); return the port."""
     for attempt in range(1, _START_ATTEMPTS + 1):
         port = free_port()
+        log_start = _log_size(log)
         started = _run(
             [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
              "-t", str(int(timeout)), "-o", f"-p {port}", "start"],
@@ -231,11 +243,11 @@ def _start(bindir: Path, prefix: list[str], data: Path, log: Path, work: Path, t
         if started.returncode == 0:
             _wait_ready(bindir, prefix, port, work, time.monotonic() + timeout)
             return port
-        tail = _tail(log)
-        if "could not bind" in tail or "already in use" in tail:
-            if attempt < _START_ATTEMPTS:
-                logger.info("port %d was taken before PostgreSQL bound it; retrying", port)
-                continue
+        tail = _tail(log, since=log_start)
+        port_taken = "could not bind" in tail or "already in use" in tail
+        if port_taken and attempt < _START_ATTEMPTS:
+            logger.info("port %d was taken before PostgreSQL bound it; retrying", port)
+            continue
         raise RuntimeError(
             f"PostgreSQL did not start on 127.0.0.1:{port}: {started.stderr.strip()}\n"
             f"last lines of {log}:\n{tail}"

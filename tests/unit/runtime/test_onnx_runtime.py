@@ -113,3 +113,28 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingDependency, match=r"onnxruntime is not installed.*shipyard\[onnx\]"):
         OnnxRuntime.load(tmp_path, {"file": "model.onnx"})
+
+
+def test_onnx_external_data_files_are_copied_with_the_model(registry: Registry, tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "matmul",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(W, "W")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "matmul.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+
+    mv = registry.register(path, "matmul")
+    assert set(mv.files) == {"model.onnx", "weights.bin"}
+    assert [(s.name, s.shape) for s in mv.signature.outputs] == [("Y", (-1, 3))]
+    X = rng.normal(size=(6, 4)).astype(np.float32)
+    got = registry.load("matmul").predict_arrays({"X": X})
+    np.testing.assert_allclose(got["Y"], X @ W, rtol=1e-6)
