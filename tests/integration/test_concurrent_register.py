@@ -7,11 +7,13 @@ under it (no version pointing at another process's files, none corrupt).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -22,12 +24,23 @@ from sklearn.linear_model import LogisticRegression
 from shipyard.config import Settings
 from shipyard.registry import Registry
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _register_worker import NAME, regularisation  # noqa: E402
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORKER = Path(__file__).with_name("_register_worker.py")
+
+
+def _worker_module() -> ModuleType:
+    """The worker script as a module, for its constants (without touching sys.path)."""
+    spec = importlib.util.spec_from_file_location("_register_worker", WORKER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_worker = _worker_module()
+NAME: str = _worker.NAME
+regularisation = _worker.regularisation
 WORKERS = 4
 PER_WORKER = 5
 

@@ -15,7 +15,7 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from shipyard.errors import ArtifactIntegrityError, ModelNotFound, RegistryError
+from shipyard.errors import ArtifactIntegrityError, InvalidInput, ModelNotFound, RegistryError
 from shipyard.registry import Registry
 from shipyard.registry.artifacts import ArtifactStore
 from shipyard.registry.store import SQLStore
@@ -106,6 +106,16 @@ def test_records_round_trip_through_postgres_unchanged(
     assert child.lineage["parent"] == "iris:1"
     assert mv.lineage["training_data"].startswith("sha256:")
     assert {"python", "numpy", "scikit-learn"} <= set(mv.packages)
+
+
+def test_a_nan_metric_is_refused_clearly_on_postgres(
+    pg_registry: Registry, model: Any, X: pd.DataFrame
+) -> None:
+    # PostgreSQL's JSON type rejects NaN: the registry must say so, not leak a DataError
+    with pytest.raises(InvalidInput, match="metric 'loss' is nan"):
+        pg_registry.register(model, "iris", sample=X.head(5), metrics={"loss": float("nan")})
+    with pytest.raises(ModelNotFound):
+        pg_registry.versions("iris")
 
 
 def test_aliases_history_and_rollback_on_postgres(

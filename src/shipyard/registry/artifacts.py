@@ -8,9 +8,11 @@ fetch re-hashes the files against the manifest recorded in the database.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import posixpath
 import shutil
 import uuid
 from pathlib import Path
@@ -57,23 +59,33 @@ class ArtifactStore:
     def put(self, local: Path, name: str, digest: str) -> str:
         """Upload a finished version folder; a no-op if that digest is already stored."""
         final = f"{self.root}/{name}/{digest}"
-        if self.fs.exists(final):
-            return self.uri(name, digest)
         tmp = f"{self.root}/{name}/.tmp-{uuid.uuid4().hex}"
-        self.fs.makedirs(f"{self.root}/{name}", exist_ok=True)
         if self.is_local:
+            if self.fs.exists(final):
+                return self.uri(name, digest)
+            self.fs.makedirs(f"{self.root}/{name}", exist_ok=True)
             shutil.copytree(local, tmp)
             try:
                 os.rename(tmp, final)
             except OSError:
                 # another process stored the same digest first: identical content, keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            self.fs.put(str(local), tmp, recursive=True)
-            if not self.fs.exists(final):
-                self.fs.mv(tmp, final, recursive=True)
-            else:
-                self.fs.rm(tmp, recursive=True)
+            return self.uri(name, digest)
+        # Object stores cannot rename a folder atomically. Moving our folder onto one that a
+        # concurrent writer of the same digest has just created would nest it inside
+        # (DIGEST/.tmp-*/...), and that extra file breaks the digest for every version. Same
+        # digest means same bytes, so move file by file instead; and complete a folder that a
+        # crashed upload left half-written rather than trusting that it exists.
+        names = [p.relative_to(local).as_posix() for p in sorted(local.rglob("*")) if p.is_file()]
+        if all(self.fs.exists(f"{final}/{rel}") for rel in names):
+            return self.uri(name, digest)
+        self.fs.makedirs(f"{self.root}/{name}", exist_ok=True)
+        self.fs.put(str(local), tmp, recursive=True)
+        for rel in names:
+            self.fs.makedirs(posixpath.dirname(f"{final}/{rel}"), exist_ok=True)
+            self.fs.mv(f"{tmp}/{rel}", f"{final}/{rel}")
+        with contextlib.suppress(FileNotFoundError):  # object stores drop an emptied "folder"
+            self.fs.rm(tmp, recursive=True)
         return self.uri(name, digest)
 
     def fetch(self, name: str, version: int, digest: str, files: dict[str, str]) -> Path:

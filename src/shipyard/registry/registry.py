@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from shipyard.registry.model import AliasMove, ModelVersion, manifest_digest
 from shipyard.registry.store import SQLStore
 from shipyard.runtime.base import Runtime
 from shipyard.runtime.loader import get_runtime, runtime_for_object, runtime_for_path
-from shipyard.signature import Signature, head, infer_signature, sample_to_arrays
+from shipyard.signature import Signature, TensorSpec, head, infer_signature, sample_to_arrays
 from shipyard.types import ModelRef, check_name
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class Registry:
         if alias is not None:
             # before anything is written: a bad alias must not leave a version behind
             _check_alias(alias)
+        checked_metrics = _check_metrics(metrics or {})
         parent_ref = None
         if parent is not None:
             p = self.get(parent)
@@ -115,7 +117,7 @@ class Registry:
             "flavor_meta": meta,
             "description": description,
             "tags": {str(k): str(v) for k, v in (tags or {}).items()},
-            "metrics": {str(k): float(v) for k, v in (metrics or {}).items()},
+            "metrics": checked_metrics,
             "lineage": _lineage(training_data, parent_ref, source),
             "packages": lineage.package_versions(runtime_cls.packages),
             "artifact_uri": uri,
@@ -151,13 +153,20 @@ class Registry:
             return declared
         sig = infer_signature(sample)
         arrays, _ = sample_to_arrays(sample)
-        if declared is not None and sig.format == "tensors" and len(declared.inputs) == len(arrays) == 1:
-            # an unnamed array sample for a model whose single input has its own name
-            arrays = {declared.inputs[0].name: next(iter(arrays.values()))}
-            only = sig.inputs[0]
+        if declared is not None:
+            if sig.format == "tensors" and len(declared.inputs) == len(arrays) == 1:
+                # an unnamed array sample for a model whose single input has its own name
+                arrays = {declared.inputs[0].name: next(iter(arrays.values()))}
+                sig = infer_signature(arrays)
+            # The artifact knows its own dtypes and shapes (an ONNX graph wants FP32 even when
+            # the sample is FP64); the sample only adds whether NaN is allowed.
+            own = {s.name: s for s in declared.inputs}
             sig = Signature(
-                inputs=(type(only)(declared.inputs[0].name, only.datatype, only.shape, only.allow_nan),),
-                format="tensors",
+                inputs=tuple(
+                    TensorSpec(s.name, own[s.name].datatype, own[s.name].shape, s.allow_nan) if s.name in own else s
+                    for s in sig.inputs
+                ),
+                format=declared.format if set(own) == {s.name for s in sig.inputs} else sig.format,
             )
         runtime = cls.load(work, meta)
         try:
@@ -246,6 +255,23 @@ def _check_alias(alias: str) -> None:
         raise InvalidInput(
             f"alias '{alias}' is a number; aliases must not look like versions", field="alias", got=alias
         )
+
+
+def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Finite floats only: the same record must store on SQLite and PostgreSQL, whose JSON
+    type rejects NaN and infinity."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"metric '{k}' must be a number, got {v!r}", field="metrics", got=v) from None
+        if not math.isfinite(f):
+            raise InvalidInput(
+                f"metric '{k}' is {f}; metrics must be finite numbers", field="metrics", got=v
+            )
+        out[str(k)] = f
+    return out
 
 
 def _lineage(training_data: Any, parent: str | None, source: str | None) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class Runtime(ABC):
     def predict(self, inputs: Arrays) -> Arrays:
         """Predict on a batch; every input and output has the batch as first dimension."""
 
-    def unload(self) -> None:
+    def unload(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources held by the loaded model."""
 
 

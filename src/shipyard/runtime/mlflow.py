@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from shipyard._extras import require
-from shipyard.errors import ModelFormatError, UnsafeFormat
+from shipyard.errors import InvalidInput, ModelFormatError, UnsafeFormat
 from shipyard.runtime.base import Arrays, Runtime, as_outputs
 from shipyard.runtime.sklearn import SAFE_PREFIXES, SklearnRuntime
 from shipyard.signature import Signature, TensorSpec
@@ -63,6 +63,8 @@ class MlflowRuntime(Runtime):
 
     @classmethod
     def accepts_path(cls, path: Path) -> bool:
+        if path.is_file() and path.name == MLMODEL:
+            return True
         return path.is_dir() and (path / MLMODEL).is_file()
 
     @classmethod
@@ -99,7 +101,7 @@ class MlflowRuntime(Runtime):
         folder = path / meta["dir"]
         mlmodel = _read_mlmodel(folder)
         if meta["loader"] == "sklearn":
-            inner = {k: meta[k] for k in ("file", "methods", "trusted_types", "pickle") if k in meta}
+            inner: dict[str, Any] = {k: meta[k] for k in ("file", "methods", "trusted_types", "pickle") if k in meta}
             return cls(SklearnRuntime.load(folder, inner), "sklearn", mlmodel)
         # Trust was given explicitly at registration and every file's sha256 was checked.
         pyfunc = require("mlflow.pyfunc", cls.extra, "mlflow")
@@ -176,7 +178,7 @@ def _signature(mlmodel: dict[str, Any]) -> Signature | None:
     if not isinstance(sig, dict) or not sig.get("inputs"):
         return None
     inputs = _specs(sig["inputs"], "input")
-    fmt = "columns" if all(not s.get("type") == "tensor" for s in _parse(sig["inputs"])) else "tensors"
+    fmt = "columns" if all(s.get("type") != "tensor" for s in _parse(sig["inputs"])) else "tensors"
     outputs = _specs(sig["outputs"], "predict") if sig.get("outputs") else ()
     return Signature(inputs=inputs, outputs=outputs, format=fmt)
 
@@ -196,20 +198,23 @@ def _specs(specs: Any, default: str) -> tuple[TensorSpec, ...]:
         name = s.get("name") or (default if len(parsed) == 1 else f"{default}_{i}")
         if s.get("type") == "tensor":
             t = s.get("tensor-spec") or {}
-            try:
-                datatype = datatype_of(np.empty(0, dtype=np.dtype(t.get("dtype", "object"))))
-            except (TypeError, ValueError):
-                datatype = "BYTES"
-            out.append(TensorSpec(name, datatype, tuple(int(d) for d in t.get("shape", [-1]))))
-        else:
-            datatype = _COLUMN_TYPES.get(str(s.get("type")))
-            if datatype is None:
-                raise ModelFormatError(
-                    f"MLflow column '{name}' has type {s.get('type')!r}, which shipyard cannot serve"
-                )
-            optional = not s.get("required", True)
-            out.append(TensorSpec(name, datatype, (-1,), allow_nan=optional and datatype.startswith("FP")))
+            shape = tuple(int(d) for d in t.get("shape", [-1]))
+            out.append(TensorSpec(name, _tensor_datatype(t.get("dtype")), shape))
+            continue
+        datatype = _COLUMN_TYPES.get(str(s.get("type")))
+        if datatype is None:
+            raise ModelFormatError(f"MLflow column '{name}' has type {s.get('type')!r}, which shipyard cannot serve")
+        optional = not s.get("required", True)
+        out.append(TensorSpec(name, datatype, (-1,), allow_nan=optional and datatype.startswith("FP")))
     return tuple(out)
+
+
+def _tensor_datatype(dtype: Any) -> str:
+    """A NumPy dtype name from a tensor spec ('float64') -> 'FP64'; strings/objects -> BYTES."""
+    try:
+        return datatype_of(np.empty(0, dtype=np.dtype(str(dtype))))
+    except (TypeError, ValueError, InvalidInput):
+        return "BYTES"
 
 
 def _output_names(mlmodel: dict[str, Any]) -> list[str]:

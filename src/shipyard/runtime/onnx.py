@@ -71,7 +71,9 @@ class OnnxRuntime(Runtime):
     @classmethod
     def save(cls, obj: Any, dest: Path, *, trust_pickle: bool = False, **options: Any) -> dict[str, Any]:
         onnx = require("onnx", cls.extra)
-        onnx.save_model(obj, str(dest / MODEL_FILE))
+        # protobuf cannot serialise 2 GB or more in one message: put the weights beside it
+        large = obj.ByteSize() >= 2**31 - 1
+        onnx.save_model(obj, str(dest / MODEL_FILE), save_as_external_data=large, location=f"{MODEL_FILE}.data")
         return _meta(options)
 
     @classmethod
@@ -91,6 +93,8 @@ class OnnxRuntime(Runtime):
             target = (dest / location).resolve()
             if not target.is_relative_to(dest.resolve()):
                 raise ModelFormatError(f"'{src}' names external data outside its folder: {location}")
+            if not (src.parent / location).is_file():
+                raise ModelFormatError(f"'{src}' keeps weights in '{location}', which is not next to it")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src.parent / location, target)
         return _meta(options)
@@ -122,9 +126,9 @@ class OnnxRuntime(Runtime):
         else:
             missing = next(n for n in names if n not in inputs)
             raise InvalidInput(f"the ONNX graph needs an input named '{missing}'", field=missing)
-        feed = {name: _cast(arr, dt) for (name, dt), arr in zip(self.inputs, values)}
+        feed = {name: _cast(arr, dt) for (name, dt), arr in zip(self.inputs, values, strict=True)}
         results = self.session.run(None, feed)
-        return {name: _output(value, typ) for (name, typ), value in zip(self.outputs, results)}
+        return {name: _output(value, typ) for (name, typ), value in zip(self.outputs, results, strict=True)}
 
     def unload(self) -> None:
         self.session = None

@@ -115,7 +115,7 @@ class TorchRuntime(Runtime):
             inputs.append(spec)
         outs = [n for n in program.graph.nodes if n.op == "output"][0].args[0]
         names = ["predict"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
-        outputs = [_spec(name, getattr(o, "meta", {}).get("val")) for name, o in zip(names, outs)]
+        outputs = [_spec(name, getattr(o, "meta", {}).get("val")) for name, o in zip(names, outs, strict=True)]
         return Signature(
             inputs=tuple(inputs),
             outputs=tuple(o for o in outputs if o is not None) if all(outputs) else (),
@@ -131,7 +131,8 @@ class TorchRuntime(Runtime):
         if meta.get("kind") == "export":
             program = _load_program(file)
             placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-            dtypes = [getattr(placeholders[n].meta.get("val"), "dtype", None) for n in program.graph_signature.user_inputs]
+            vals = [placeholders[n].meta.get("val") for n in program.graph_signature.user_inputs]
+            dtypes = [getattr(v, "dtype", None) for v in vals]
             return cls(program.module(), dtypes)
         try:
             module = torch.jit.load(str(file), map_location="cpu")

@@ -46,7 +46,11 @@ class DataPlane:
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
         ref = self.repository.ref_for(name, version)
-        return await anyio.to_thread.run_sync(self.repository.is_ready, ref)
+        ready = await anyio.to_thread.run_sync(self.repository.is_ready, ref)
+        if not ready and ref.version is not None:
+            # is_ready only knows what is loaded: a version that does not exist is 404, not 503
+            await anyio.to_thread.run_sync(self.repository.registry.resolve, ref)
+        return ready
 
     async def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         model = await self.resolve(name, version)

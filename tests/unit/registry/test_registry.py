@@ -558,6 +558,21 @@ def test_tags_metrics_and_description_are_stored(
     assert stored == mv
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(float("nan"), "is nan"), (float("inf"), "is inf"), ("high", "must be a number")],
+)
+def test_metrics_that_are_not_finite_numbers_are_refused_before_anything_is_written(
+    registry: Registry, settings: Settings, model: Any, X: pd.DataFrame, value: Any, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=f"metric 'loss' {message}"):
+        register(registry, model, X, metrics={"accuracy": 0.9, "loss": value})
+
+    with pytest.raises(ModelNotFound):
+        registry.versions("iris")
+    assert not (Path(settings.resolved_artifacts) / "iris").exists()
+
+
 def test_a_file_path_registration_records_its_source(
     registry: Registry, model: Any, X: pd.DataFrame, tmp_path: Path
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,8 +33,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def models(registry: Registry) -> dict[int, LogisticRegression]:
+def register_models(registry: Registry) -> dict[int, LogisticRegression]:
     """m:1 (alias champion) and m:2 predict opposite classes; 'other' is registered but not served."""
     first = LogisticRegression().fit(X, Y)
     second = LogisticRegression().fit(X, 1 - Y)
@@ -44,11 +43,32 @@ def models(registry: Registry) -> dict[int, LogisticRegression]:
     return {1: first, 2: second}
 
 
-@pytest.fixture
-def server(settings: Settings, registry: Registry, models: dict[int, LogisticRegression]) -> Server:
+def fast(settings: Settings) -> Settings:
     # alias_refresh_seconds=0: an alias move is seen by the very next request
-    fast = settings.replace(alias_refresh_seconds=0, max_body_bytes=LIMIT)
-    return build_server(fast, ["m"], registry=registry)
+    return settings.replace(alias_refresh_seconds=0, max_body_bytes=LIMIT)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Registry, dict[int, Any]]]:
+    """One registry for the tests that only read it: registering per test would make this module slow."""
+    settings = Settings(home=tmp_path_factory.mktemp("rest") / "home")
+    registry = Registry.from_settings(settings)
+    try:
+        yield settings, registry, register_models(registry)
+    finally:
+        registry.close()
+
+
+@pytest.fixture
+def models(shared: tuple[Settings, Registry, dict[int, Any]]) -> dict[int, LogisticRegression]:
+    return shared[2]
+
+
+@pytest.fixture
+def server(shared: tuple[Settings, Registry, dict[int, Any]]) -> Server:
+    """A fresh server (nothing loaded, not ready) on the shared registry, serving only 'm'."""
+    settings, registry, _ = shared
+    return build_server(fast(settings), ["m"], registry=registry)
 
 
 def client(server: Server) -> httpx.AsyncClient:
@@ -167,9 +187,9 @@ async def test_alias_and_version_pick_the_model(server: Server, models: dict[int
         assert v1.json()["model_version"] == "1"
 
 
-async def test_an_alias_move_reaches_the_running_server(
-    server: Server, registry: Registry, models: dict[int, LogisticRegression]
-) -> None:
+async def test_an_alias_move_reaches_the_running_server(settings: Settings, registry: Registry) -> None:
+    models = register_models(registry)  # a registry of its own: this test moves an alias
+    server = build_server(fast(settings), ["m"], registry=registry)
     async with serving(server) as c:
         assert (await c.post("/v2/models/m@champion/infer", json=v2_body(X))).json()["model_version"] == "1"
         registry.set_alias("m", "champion", 2)

@@ -188,6 +188,8 @@ class RestApp:
         body = await self._body(request)
         header_len = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
         self._check_json_type(request, header_len is not None)
+        # an unknown model is the answer even when the body is also wrong (as on /v1)
+        await self.dp.resolve(p["name"], p.get("version"))
         req = oip.decode_request(body, header_len)
         if req.id is None:
             req.id = request_id_var.get()

@@ -1,0 +1,38 @@
+"""Importing a runtime module never imports its framework; that waits for the first use."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+from shipyard.runtime.loader import flavors, get_runtime
+
+HEAVY = ("xgboost", "lightgbm", "onnx", "onnxruntime", "torch", "mlflow", "sklearn", "skops", "pandas")
+MODULES = {
+    "xgboost": "shipyard.runtime.xgboost",
+    "lightgbm": "shipyard.runtime.lightgbm",
+    "onnx": "shipyard.runtime.onnx",
+    "torch": "shipyard.runtime.torch",
+    "mlflow": "shipyard.runtime.mlflow",
+}
+
+
+@pytest.mark.parametrize("flavor", sorted(MODULES))
+def test_runtime_module_imports_without_its_framework(monkeypatch: pytest.MonkeyPatch, flavor: str) -> None:
+    for name in HEAVY:  # None in sys.modules makes any import of it fail
+        monkeypatch.setitem(sys.modules, name, None)
+    package, _, attr = MODULES[flavor].rpartition(".")
+    # re-import from scratch; both handles on the module are put back afterwards
+    monkeypatch.delitem(sys.modules, MODULES[flavor], raising=False)
+    monkeypatch.delattr(importlib.import_module(package), attr, raising=False)
+    module = importlib.import_module(MODULES[flavor])
+    assert module.__name__ == MODULES[flavor]
+
+
+def test_builtin_flavors_are_ordered_specific_before_generic() -> None:
+    names = flavors()
+    assert names[:7] == ["python", "mlflow", "onnx", "torch", "xgboost", "lightgbm", "sklearn"]
+    for flavor in names[:7]:
+        assert get_runtime(flavor).flavor == flavor
