@@ -28,10 +28,10 @@ def read_data(path: Path) -> Any:
         return pd.read_parquet(path)
     if suffix == ".csv":
         try:
-            import pandas as pd
+            import pandas
         except ImportError:
             return _csv_columns(path)
-        return pd.read_csv(path)
+        return pandas.read_csv(path)
     if suffix == ".jsonl":
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if suffix == ".json":

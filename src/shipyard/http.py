@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -20,10 +21,8 @@ def post_json(url: str, body: Any, timeout: float = 30) -> Any:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             detail = json.loads(detail)["error"]
-        except (ValueError, KeyError, TypeError):
-            pass
         raise ShipyardError(f"server answered {exc.code}: {detail}") from None
     except urllib.error.URLError as exc:
         raise ShipyardError(f"cannot reach {url}: {exc.reason}") from None

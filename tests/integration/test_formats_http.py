@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from tests.fixtures.models import EXPECTED_OUTPUT, FORMAT_CASES
 
 from shipyard.config import Settings
 from shipyard.registry import Registry
 from shipyard.testing import RunningServer, run_server
-from tests.fixtures.models import EXPECTED_OUTPUT, FORMAT_CASES
 
 pytestmark = pytest.mark.integration
 

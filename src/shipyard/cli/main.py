@@ -20,7 +20,8 @@ from shipyard.config import Settings
     default=None,
     help="Registry folder (SQLite + artifacts). Env: SHIPYARD_HOME. Default: ./.shipyard",
 )
-@click.option("--registry-url", default=None, help="SQLAlchemy URL of the registry database. Env: SHIPYARD_REGISTRY_URL")
+@click.option("--registry-url", default=None,
+              help="SQLAlchemy URL of the registry database. Env: SHIPYARD_REGISTRY_URL")
 @click.option("--artifacts", default=None, help="fsspec URL of the artifact store. Env: SHIPYARD_ARTIFACTS")
 @click.pass_context
 @handle_errors

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from shipyard.cli._output import console, handle_errors, print_json, settings_from, table
@@ -67,7 +69,9 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
     table(f"inputs ({sig.format})", ["name", "datatype", "shape", "nan allowed"],
           [[s.name, s.datatype, list(s.shape), "yes" if s.allow_nan else "no"] for s in sig.inputs])
     table("outputs", ["name", "datatype", "shape"], [[s.name, s.datatype, list(s.shape)] for s in sig.outputs])
-    meta = [("tags", mv.tags), ("metrics", mv.metrics), ("lineage", mv.lineage), ("packages", mv.packages)]
+    meta: list[tuple[str, dict[str, Any]]] = [
+        ("tags", mv.tags), ("metrics", mv.metrics), ("lineage", mv.lineage), ("packages", mv.packages)
+    ]
     table(None, ["", ""], [[k, ", ".join(f"{a}={b}" for a, b in v.items())] for k, v in meta if v])
     table("files", ["path", "sha256"], [[p, h[:16]] for p, h in sorted(mv.files.items())])
 

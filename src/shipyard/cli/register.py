@@ -26,9 +26,12 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
 @click.argument("name")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A few rows of real input (.csv/.json/.jsonl/.parquet/.npy); the signature is inferred from it.")
-@click.option("--flavor", help="Model format, when it cannot be guessed (sklearn, xgboost, lightgbm, onnx, torch, mlflow, python).")
-@click.option("--trust-pickle", is_flag=True, help="Allow pickle/joblib files. Loading a pickle can run arbitrary code.")
+              help="A few rows of real input (.csv/.json/.jsonl/.parquet/.npy); "
+                   "the signature is inferred from it.")
+@click.option("--flavor", help="Model format, when it cannot be guessed "
+              "(sklearn, xgboost, lightgbm, onnx, torch, mlflow, python).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow pickle/joblib files. Loading a pickle can run arbitrary code.")
 @click.option("--description", default="", help="Free text kept with the version.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Tag the version (repeatable).")
 @click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="Record a metric (repeatable).")

@@ -11,7 +11,8 @@ from shipyard.serving.server import serve as run_server
 @click.command()
 @click.argument("models", nargs=-1)
 @click.option("--host", default=None, help="Address to bind. Env: SHIPYARD_HOST. Default: 127.0.0.1")
-@click.option("--port", type=int, default=None, help="Port to listen on (0 = any free). Env: SHIPYARD_PORT. Default: 8000")
+@click.option("--port", type=int, default=None,
+              help="Port to listen on (0 = any free). Env: SHIPYARD_PORT. Default: 8000")
 @click.option("--max-body-bytes", type=int, default=None,
               help="Largest request body; larger ones get 413. Env: SHIPYARD_MAX_BODY_BYTES. Default: 64 MiB")
 @click.option("--access-log", is_flag=True, help="Log every request.")
