@@ -80,16 +80,22 @@ class VersionConflict(RegistryError):
 class ArtifactIntegrityError(RegistryError):
     """A stored file no longer has the sha256 recorded at registration."""
 
-    def __init__(self, name: str, version: int, path: str, expected: str, actual: str | None) -> None:
+    def __init__(
+        self, name: str, version: int, path: str, expected: str | None, actual: str | None
+    ) -> None:
         self.name = name
         self.version = version
         self.path = path
         self.expected = expected
         self.actual = actual
-        found = "the file is missing" if actual is None else f"found sha256 {actual[:12]}…"
+        if expected is None:
+            what = "is not part of the registered version (an unexpected file was added)"
+        elif actual is None:
+            what = f"is missing (expected sha256 {expected[:12]}...)"
+        else:
+            what = f"was changed after registration (expected sha256 {expected[:12]}..., found {actual[:12]}...)"
         super().__init__(
-            f"refusing to load {name}:{version}: artifact file '{path}' was changed after "
-            f"registration (expected sha256 {expected[:12]}…, {found}); "
+            f"refusing to load {name}:{version}: artifact file '{path}' {what}; "
             "re-register the model from a trusted source"
         )
 

@@ -133,7 +133,7 @@ def verify(folder: Path, name: str, version: int, files: dict[str, str]) -> None
     present = hash_tree_names(folder)
     extra = sorted(present - set(files))
     if extra:
-        raise ArtifactIntegrityError(name, version, extra[0], "(no such file)", "an unexpected file")
+        raise ArtifactIntegrityError(name, version, extra[0], None, "unexpected")
 
 
 def hash_tree_names(folder: Path) -> set[str]:

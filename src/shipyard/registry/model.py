@@ -46,6 +46,9 @@ class ModelVersion:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    def __hash__(self) -> int:  # the dict fields are not hashable; identity is name, version, digest
+        return hash((self.name, self.version, self.digest))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -73,6 +73,9 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+_WRITE_FLAG = "shipyard_write"
+
+
 def _sqlite_immediate(engine: Engine) -> None:
     """SQLite: take the write lock at BEGIN so concurrent writers queue instead of failing late."""
 
@@ -87,7 +90,9 @@ def _sqlite_immediate(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers lock at BEGIN; readers use a plain deferred transaction (WAL lets them run
+        # beside a writer, and a read-only database file stays readable).
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(_WRITE_FLAG) else "BEGIN")
 
 
 class SQLStore:
@@ -127,8 +132,14 @@ class SQLStore:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        """A write transaction (on SQLite it takes the database's write lock at BEGIN)."""
+        with self.engine.connect() as conn:
+            conn.info[_WRITE_FLAG] = True  # info lives on the pooled DBAPI connection: reset below
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info.pop(_WRITE_FLAG, None)
 
     def _lock_model(self, conn: Connection, name: str, create: bool) -> bool:
         """Lock the model's row for this transaction; create it first if asked."""

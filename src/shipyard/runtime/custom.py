@@ -66,14 +66,24 @@ class CustomRuntime(Runtime):
         # A unique module name per artifact, so two versions of one class can live side by side.
         mod_name = f"_shipyard_model_{abs(hash(str(path)))}_{module_file.stem}"
         with _import_lock:
+            # Helper modules shipped in code/ that the model module imports at top level are
+            # dropped from sys.modules afterwards, so two versions whose helpers differ never
+            # share them. The folder stays on sys.path for imports made later, inside predict.
+            before = set(sys.modules)
             if str(code) not in sys.path:
                 sys.path.insert(0, str(code))
-            # Compile the verified source ourselves: a stray .pyc beside it is never used.
-            module = types.ModuleType(mod_name)
-            module.__file__ = str(module_file)
-            sys.modules[mod_name] = module
-            source = module_file.read_text()
-            exec(compile(source, str(module_file), "exec"), module.__dict__)
+            try:
+                # Compile the verified source ourselves: a stray .pyc beside it is never used.
+                module = types.ModuleType(mod_name)
+                module.__file__ = str(module_file)
+                sys.modules[mod_name] = module
+                source = module_file.read_text()
+                exec(compile(source, str(module_file), "exec"), module.__dict__)
+            finally:
+                for name in set(sys.modules) - before:
+                    file = getattr(sys.modules[name], "__file__", None) or ""
+                    if name != mod_name and file.startswith(str(code)):
+                        del sys.modules[name]
         target: Any = module
         for part in meta["class"].split("."):
             target = getattr(target, part)

@@ -198,11 +198,6 @@ def test_an_extra_file_in_the_artifact_folder_refuses_to_load(
     assert "'sitecustomize.py'" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="errors.ArtifactIntegrityError always says 'was changed' and slices its placeholder "
-    "strings into 'expected sha256 (no such fil…, found sha256 an unexpecte…' for an extra file",
-)
 def test_an_extra_file_error_says_the_file_is_unexpected(
     registry: Registry, model: Any, X: pd.DataFrame
 ) -> None:
