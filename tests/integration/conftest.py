@@ -5,11 +5,34 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from shipyard.testing import PostgresUnavailable, postgres_server
+from shipyard.config import Settings
+from shipyard.demo import register_demo
+from shipyard.registry import Registry
+from shipyard.testing import PostgresUnavailable, RunningServer, postgres_server, run_server
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SHIPYARD_HOME holding the quickstart model as demo:1 (alias champion)."""
+    home = tmp_path_factory.mktemp("demo") / "home"
+    reg = Registry.from_settings(Settings(home=home))
+    try:
+        register_demo(reg)
+    finally:
+        reg.close()
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_home: Path) -> Iterator[RunningServer]:
+    """`python -m shipyard serve demo@champion` on a free loopback port, small body limit."""
+    with run_server(demo_home, ["demo@champion"], args=["--max-body-bytes", "65536"]) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
