@@ -38,6 +38,11 @@ fi
 .venv/bin/python -c "import shipyard, sklearn, onnxruntime, torch, tritonclient" \
   || { echo "the test dependencies did not install" >&2; exit 1; }
 
+# -- static checks -------------------------------------------------------------------------
+say "ruff and mypy (strict)"
+.venv/bin/ruff check src tests bench
+.venv/bin/mypy
+
 # -- tests -------------------------------------------------------------------------------
 say "running tests"
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -9,6 +9,7 @@ status codes in one table each, at the edge. Nothing here knows HTTP.
     ├── MissingDependency            an optional extra is not installed
     ├── RegistryError
     │   ├── ModelNotFound            no such model, version or alias
+    │   │   └── ModelNotServed       registered, but this server does not serve it
     │   ├── VersionConflict          a concurrent write won; retry
     │   └── ArtifactIntegrityError   a file's sha256 differs from the record
     ├── ModelFormatError
@@ -71,6 +72,19 @@ class ModelNotFound(RegistryError):
         else:
             msg = f"model '{name}' is not registered"
         super().__init__(msg)
+
+
+class ModelNotServed(ModelNotFound):
+    """The model exists in the registry but the server was not started with it."""
+
+    def __init__(self, name: str, served: list[str]) -> None:
+        super().__init__(name)
+        shown = ", ".join(served) or "no models"
+        self.message = (
+            f"model '{name}' is not served here (this server serves {shown}); "
+            "start the server with it, or with no model names to serve every registered model"
+        )
+        self.args = (self.message,)
 
 
 class VersionConflict(RegistryError):

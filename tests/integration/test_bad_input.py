@@ -199,10 +199,10 @@ CASES: list[tuple[str, str, str, dict[str, str], bytes, int, str]] = [
     ("too-large-once-gunzipped", "POST", V1, {**JSON, **GZIP}, gzip.compress(b" " * (2 * LIMIT) + GOOD_V2), 413,
      f"exceeds the limit of {LIMIT} bytes"),
     # -- unknown models, versions, aliases ------------------------------------------------
-    ("v2-unknown-model", "POST", "/v2/models/nope/infer", JSON, GOOD_V2, 404, "model 'nope' is not registered"),
+    ("v2-unknown-model", "POST", "/v2/models/nope/infer", JSON, GOOD_V2, 404, "model 'nope' is not served here"),
     ("v1-unknown-model", "POST", "/v1/models/nope:predict", JSON, v1({"instances": RECORDS}), 404,
-     "model 'nope' is not registered"),
-    ("unknown-model-metadata", "GET", "/v2/models/nope", {}, b"", 404, "model 'nope' is not registered"),
+     "model 'nope' is not served here"),
+    ("unknown-model-metadata", "GET", "/v2/models/nope", {}, b"", 404, "model 'nope' is not served here"),
     ("v2-unknown-version", "POST", "/v2/models/demo/versions/7/infer", JSON, GOOD_V2, 404,
      "model 'demo' has no version 7"),
     ("unknown-version-ready", "GET", "/v2/models/demo/versions/7/ready", {}, b"", 404, "model 'demo' has no version 7"),

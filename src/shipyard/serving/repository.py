@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
-from shipyard.errors import ModelNotFound, ModelNotReady
+from shipyard.errors import InvalidInput, ModelNotFound, ModelNotReady, ModelNotServed
 from shipyard.registry import LoadedModel, Registry
 from shipyard.types import ModelRef
 
@@ -82,10 +82,15 @@ class ModelRepository:
         """Turn a URL's model name (``demo``, ``demo@alias``) and optional version into a ref."""
         ref = ModelRef.parse(name)
         if ref.name not in self.defaults and not self.serve_all:
-            raise ModelNotFound(ref.name)
+            raise ModelNotServed(ref.name, self.names())
         if version is not None and version != "":
             if ref.alias is not None or ref.version is not None:
-                raise ModelNotFound(ref.name, version=version)
+                raise InvalidInput(
+                    f"'{name}' already names a version; use /v2/models/{ref.name}/versions/{version} "
+                    f"or /v2/models/{name} but not both",
+                    field="version",
+                    got=version,
+                )
             if not version.isdigit():
                 raise ModelNotFound(ref.name, version=version)
             return ModelRef(ref.name, version=int(version))

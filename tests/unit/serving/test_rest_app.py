@@ -205,7 +205,7 @@ async def test_an_alias_move_reaches_the_running_server(settings: Settings, regi
         ("/v2/models/m@nope/infer", "model 'm' has no alias 'nope'"),
         ("/v2/models/m/versions/9/infer", "model 'm' has no version 9"),
         ("/v2/models/m/versions/latest/infer", "model 'm' has no version latest"),
-        ("/v2/models/ghost/infer", "model 'ghost' is not registered"),
+        ("/v2/models/ghost/infer", "model 'ghost' is not served here"),
     ],
     ids=["alias", "version", "non-numeric-version", "model"],
 )
