@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from importlib.metadata import entry_points
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,32 +56,33 @@ def get_runtime(flavor: str) -> type[Runtime]:
     return cls
 
 
-def runtime_for_object(obj: Any) -> type[Runtime]:
-    """Pick the runtime that can save this in-memory model."""
+def _first_runtime(accepts: Callable[[type[Runtime]], bool]) -> type[Runtime] | None:
+    """The first runtime, in flavor order, that accepts; runtimes whose extra is missing are skipped."""
     for flavor in flavors():
         try:
             cls = get_runtime(flavor)
         except MissingDependency:
             continue
-        if cls.accepts_object(obj):
+        if accepts(cls):
             return cls
-    raise UnsupportedModel(
-        f"no runtime knows how to save a {type(obj).__module__}.{type(obj).__qualname__}; "
-        "supported: scikit-learn, XGBoost, LightGBM, PyTorch (TorchScript/exported), ONNX, "
-        "MLflow model folders and shipyard.Model subclasses"
-    )
+    return None
+
+
+def runtime_for_object(obj: Any) -> type[Runtime]:
+    """Pick the runtime that can save this in-memory model."""
+    cls = _first_runtime(lambda c: c.accepts_object(obj))
+    if cls is None:
+        raise UnsupportedModel(
+            f"no runtime knows how to save a {type(obj).__module__}.{type(obj).__qualname__}; "
+            "supported: scikit-learn, XGBoost, LightGBM, PyTorch (TorchScript/exported), ONNX, "
+            "MLflow model folders and shipyard.Model subclasses"
+        )
+    return cls
 
 
 def runtime_for_path(path: Path) -> type[Runtime]:
     """Pick the runtime that can import this file or folder."""
-    for flavor in flavors():
-        try:
-            cls = get_runtime(flavor)
-        except MissingDependency:
-            continue
-        if cls.accepts_path(path):
-            return cls
-    raise UnsupportedModel(
-        f"cannot tell the model format of '{path}'; pass --flavor "
-        f"({', '.join(flavors())})"
-    )
+    cls = _first_runtime(lambda c: c.accepts_path(path))
+    if cls is None:
+        raise UnsupportedModel(f"cannot tell the model format of '{path}'; pass --flavor ({', '.join(flavors())})")
+    return cls
