@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import lru_cache
 from importlib.metadata import entry_points
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
