@@ -42,6 +42,34 @@ class Settings:
     alias_refresh_seconds: float = 2.0
     """How long a server trusts a resolved alias before asking the registry again."""
 
+    keep_alive_seconds: float = 75.0
+    """Idle keep-alive connections are closed after this; longer than load balancers' usual 60 s,
+    so the server never closes a connection a balancer is about to reuse."""
+
+    batching: bool = False
+    """Merge concurrent requests into one model call (models must treat rows independently)."""
+
+    batch_max_size: int = 64
+    """Most rows in one batched model call (the ceiling in latency-target mode)."""
+
+    batch_max_wait_ms: float = 0.0
+    """How long an idle model waits for more requests before a batch goes (0: never waits)."""
+
+    batch_latency_target_ms: float = 0.0
+    """If above 0, adapt the batch size so a batch's latency stays under this (AIMD)."""
+
+    max_queue: int = 256
+    """Requests per model version waiting or running; beyond it, 503 with Retry-After at once."""
+
+    request_timeout_seconds: float = 30.0
+    """A request still unanswered after this gets 504 (0: no deadline)."""
+
+    cache_size: int = 0
+    """Entries of the response cache (0: no cache)."""
+
+    cache_ttl_seconds: float = 300.0
+    """How long a cached response stays valid."""
+
     log_level: str = "info"
     """Logging level of the CLI and server."""
 
@@ -57,6 +85,10 @@ class Settings:
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.alias_refresh_seconds < 0:
             raise ConfigError("alias_refresh_seconds must not be negative")
+        if self.max_queue < 1:
+            raise ConfigError(f"max_queue must be at least 1, got {self.max_queue}")
+        if self.request_timeout_seconds < 0 or self.cache_size < 0 or self.batch_latency_target_ms < 0:
+            raise ConfigError("request_timeout_seconds, cache_size and batch_latency_target_ms must not be negative")
 
     @property
     def resolved_registry_url(self) -> str:
@@ -97,6 +129,10 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
             return float(raw)
         if t == "Path":
             return Path(raw)
+        if t == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
         return raw
     except ValueError:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {t}") from None

@@ -15,10 +15,16 @@ status codes in one table each, at the edge. Nothing here knows HTTP.
     ├── ModelFormatError
     │   ├── UnsupportedModel         no runtime knows this object or file
     │   └── UnsafeFormat             pickle without an explicit trust flag
+    ├── ExportError                  a version cannot be exported or optimised for the edge
+    │   ├── NotExportable            no ONNX converter for this model (custom Python code)
+    │   └── CheckFailed              an artifact differs from its source beyond the tolerance
     ├── InvalidInput                 the request does not fit the signature
     │   ├── PayloadTooLarge
     │   └── UnsupportedMediaType
     ├── ModelNotReady
+    │   ├── Overloaded               the model's queue is full; retry after a pause
+    │   └── WorkerDied               the worker process running the request died
+    ├── RequestTimeout               the request outlived its deadline
     └── InferenceError               the model itself raised
 """
 
@@ -134,6 +140,28 @@ class UnsafeFormat(ModelFormatError):
         )
 
 
+class ExportError(ShipyardError):
+    """A version cannot be exported, optimised or bundled for the edge."""
+
+
+class NotExportable(ExportError):
+    """The model's format has no converter to ONNX, or this transformation does not apply to it."""
+
+
+class CheckFailed(ExportError):
+    """An exported or optimised artifact disagrees with its source beyond the tolerance.
+
+    Args:
+        variant: which artifact failed, e.g. ``onnx+quantize:dynamic``.
+        reason: what was measured against what was allowed.
+    """
+
+    def __init__(self, variant: str, reason: str) -> None:
+        self.variant = variant
+        self.reason = reason
+        super().__init__(f"{variant} failed its check against the source model: {reason}; nothing was written")
+
+
 class InvalidInput(ShipyardError):
     """A request does not match what the model accepts.
 
@@ -182,6 +210,33 @@ class UnsupportedMediaType(InvalidInput):
 
 class ModelNotReady(ShipyardError):
     """The model is known but cannot take requests right now."""
+
+
+class Overloaded(ModelNotReady):
+    """The model's bounded queue is full: the request is refused at once, not queued."""
+
+    def __init__(self, model: str, queued: int, retry_after: float = 1.0) -> None:
+        self.model = model
+        self.queued = queued
+        self.retry_after = retry_after
+        super().__init__(
+            f"model {model} is overloaded ({queued} requests queued, the limit); retry in {retry_after:g}s"
+        )
+
+
+class WorkerDied(ModelNotReady):
+    """The worker process handling the request exited; a replacement is starting."""
+
+
+class RequestTimeout(ShipyardError):
+    """The request did not finish within its deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(
+            f"request did not finish within {seconds:g}s (raise it with --request-timeout / "
+            "SHIPYARD_REQUEST_TIMEOUT_SECONDS)"
+        )
 
 
 class InferenceError(ShipyardError):

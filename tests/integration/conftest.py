@@ -35,6 +35,13 @@ def demo_server(demo_home: Path) -> Iterator[RunningServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def grpc_demo_server(demo_home: Path) -> Iterator[RunningServer]:
+    """Like demo_server, plus gRPC on another free port (`--grpc-port`): one process, both transports."""
+    with run_server(demo_home, ["demo@champion"], args=["--max-body-bytes", "65536"], grpc=True) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL server for this test module; skips, naming what is missing, without one."""

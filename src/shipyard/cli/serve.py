@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from shipyard.cli._output import handle_errors, settings_from, setup_logging
@@ -16,21 +18,37 @@ from shipyard.serving.server import serve as run_server
 @click.option("--max-body-bytes", type=int, default=None,
               help="Largest request body; larger ones get 413. Env: SHIPYARD_MAX_BODY_BYTES. Default: 64 MiB")
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--grpc-port", type=int, default=None,
+              help="Also serve the Open Inference Protocol over gRPC on this port, same process and models "
+                   "(extra 'grpc'; 0 = any free). Default: off")
+@click.option("--batching/--no-batching", default=None,
+              help="Merge concurrent requests into one model call. Env: SHIPYARD_BATCHING. Default: off")
+@click.option("--batch-max-size", type=int, default=None, help="Rows per batched call. Default: 64")
+@click.option("--batch-max-wait-ms", type=float, default=None,
+              help="How long an idle model waits to fill a batch. Default: 0 (batches form from queued requests)")
+@click.option("--batch-latency-target-ms", type=float, default=None,
+              help="Adapt the batch size (AIMD) to keep batch latency under this.")
+@click.option("--max-queue", type=int, default=None,
+              help="Requests per model waiting or running before 503 + Retry-After. Default: 256")
+@click.option("--request-timeout", "request_timeout_seconds", type=float, default=None,
+              help="Seconds before an unanswered request gets 504 (0: none). Default: 30")
+@click.option("--cache-size", type=int, default=None, help="Response cache entries (0: off). Default: 0")
+@click.option("--cache-ttl", "cache_ttl_seconds", type=float, default=None, help="Cache entry lifetime. Default: 300")
 @click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),
               help="Env: SHIPYARD_LOG_LEVEL. Default: info")
 @click.option("--log-format", default=None, type=click.Choice(["text", "json"]), help="Env: SHIPYARD_LOG_FORMAT.")
 @click.pass_context
 @handle_errors
-def serve(ctx: click.Context, models: tuple[str, ...], host: str | None, port: int | None,
-          max_body_bytes: int | None, access_log: bool, log_level: str | None, log_format: str | None) -> None:
+def serve(ctx: click.Context, /, models: tuple[str, ...], access_log: bool, grpc_port: int | None,
+          **options: Any) -> None:
     """Serve MODELS (name, name@alias or name:VERSION); none given serves every registered model.
 
     A bare name in a URL means the reference the server was started with, so
     `shipyard serve fraud@champion` answers /v2/models/fraud/infer with the
     champion; /v2/models/fraud@challenger/infer and /v2/models/fraud/versions/2/infer
     address others. Alias moves reach a running server within a few seconds.
+    Every option also has a SHIPYARD_* environment variable (upper-case, '-' as '_').
     """
-    settings = settings_from(ctx).replace(host=host, port=port, max_body_bytes=max_body_bytes,
-                                          log_level=log_level, log_format=log_format)
+    settings = settings_from(ctx).replace(**options)
     setup_logging(settings.log_level, settings.log_format)
-    run_server(settings, list(models), access_log=access_log)
+    run_server(settings, list(models), access_log=access_log, grpc_port=grpc_port)

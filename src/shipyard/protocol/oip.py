@@ -294,6 +294,27 @@ def _decode_outputs(raw: Any) -> tuple[list[str] | None, dict[str, dict[str, Any
     return names, params
 
 
+def decode_tensor(index: int, item: dict[str, Any], raw: bytes | None = None) -> Tensor:
+    """One tensor from a JSON-shaped ``item`` (name, datatype, shape, data) or from its raw bytes.
+
+    The gRPC transport and the Python client decode through here, so every
+    transport accepts and refuses the same tensors with the same messages.
+    ``raw`` is the tensor's elements as the binary extension lays them out.
+    """
+    if raw is None:
+        return _decode_input(index, item, memoryview(b""), 0)[0]
+    params = item.get("parameters") or {}
+    if not isinstance(params, dict):
+        params = {}
+    item = {**item, "parameters": {**params, "binary_data_size": len(raw)}}
+    return _decode_input(index, item, memoryview(raw), 0)[0]
+
+
+def tensor_bytes(t: Tensor) -> bytes:
+    """A tensor's elements as raw little-endian bytes (BYTES: 4-byte length, then each element)."""
+    return _tensor_bytes(t)
+
+
 # -- encoding ---------------------------------------------------------------
 
 

@@ -30,26 +30,34 @@ class LoadedModel:
 
     def predict_arrays(self, inputs: Arrays, outputs: list[str] | None = None) -> Arrays:
         """Validate named arrays against the signature, predict, return named outputs."""
-        checked = self.signature.validate(inputs)
+        if outputs:
+            self.check_outputs(outputs)
+        return select_outputs(self.run(self.signature.validate(inputs)), outputs)
+
+    def run(self, checked: Arrays) -> Arrays:
+        """Predict on inputs that already passed the signature; model errors become InferenceError."""
         try:
-            result = self.runtime.predict(checked)
+            return self.runtime.predict(checked)
         except ShipyardError:
             raise
         except Exception as exc:
             raise InferenceError(
                 f"model {self.version.ref} failed while predicting: {type(exc).__name__}: {exc}"
             ) from exc
-        if outputs:
-            unknown = [o for o in outputs if o not in result]
-            if unknown:
-                raise InvalidInput(
-                    f"unknown output '{unknown[0]}'; this model returns {', '.join(result)}",
-                    field=unknown[0],
-                    expected=list(result),
-                    got=unknown[0],
-                )
-            result = {o: result[o] for o in outputs}
-        return result
+
+    def check_outputs(self, outputs: list[str]) -> None:
+        """Refuse output names the signature does not have (before any model time is spent)."""
+        known = [s.name for s in self.signature.outputs]
+        if not known:
+            return
+        unknown = [o for o in outputs if o not in known]
+        if unknown:
+            raise InvalidInput(
+                f"unknown output '{unknown[0]}'; this model returns {', '.join(known)}",
+                field=unknown[0],
+                expected=known,
+                got=unknown[0],
+            )
 
     def predict(self, data: Any) -> Any:
         """Predict from a DataFrame, records, a dict of columns or an array.
@@ -71,6 +79,21 @@ class LoadedModel:
 
     def close(self) -> None:
         self.runtime.unload()
+
+
+def select_outputs(result: Arrays, outputs: list[str] | None) -> Arrays:
+    """Keep only the requested outputs (all when none are named)."""
+    if not outputs:
+        return result
+    missing = [o for o in outputs if o not in result]
+    if missing:
+        raise InvalidInput(
+            f"unknown output '{missing[0]}'; this model returns {', '.join(result)}",
+            field=missing[0],
+            expected=list(result),
+            got=missing[0],
+        )
+    return {o: result[o] for o in outputs}
 
 
 def to_list(arr: np.ndarray[Any, Any]) -> list[Any]:

@@ -55,6 +55,8 @@ class ModelRepository:
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._guard = threading.Lock()
         self.ready = False
+        self.on_alias_move: Callable[[str], None] | None = None
+        """Called with the model name when an alias is seen pointing somewhere new."""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -107,6 +109,10 @@ class ModelRepository:
             return hit.version
         version = self.registry.resolve(ref)
         self._resolved[ref] = _Resolved(version, now)
+        if hit is not None and hit.version != version:
+            logger.info("%s moved from version %d to %d", ref, hit.version, version)
+            if self.on_alias_move is not None:
+                self.on_alias_move(ref.name)
         return version
 
     def cached(self, ref: ModelRef) -> LoadedModel | None:

@@ -10,18 +10,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shipyard._extras import require
+from shipyard.batching.policy import BatchPolicy
 from shipyard.config import Settings
 from shipyard.registry import Registry
+from shipyard.serving.cache import CachePolicy, ResponseCache
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.rest.app import RestApp
+
+if TYPE_CHECKING:
+    from shipyard.serving.grpc.server import GrpcServer
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,10 @@ class _Lifespan:
         self.app = app
         self.repository = repository
         self.on_ready = on_ready
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
+        """Coroutines run at shutdown, after in-flight requests finished, before models unload."""
+        self.on_startup: list[Callable[[], Awaitable[None]]] = []
+        """Coroutines run once the models are loaded, before the server reports started (gRPC)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -58,13 +68,36 @@ class _Lifespan:
                     logger.error("could not load models: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                try:
+                    for start in self.on_startup:
+                        await start()
+                except Exception as exc:
+                    logger.error("could not start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 if self.on_ready is not None:
                     self.on_ready()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for stop in self.on_shutdown:
+                    try:
+                        await stop()
+                    except Exception:
+                        logger.exception("error while shutting down")
                 self.repository.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def batch_policy(settings: Settings) -> BatchPolicy | None:
+    """The batch policy the settings ask for, or None when batching is off."""
+    if not settings.batching:
+        return None
+    return BatchPolicy(
+        max_batch_size=settings.batch_max_size,
+        max_wait_ms=settings.batch_max_wait_ms,
+        latency_target_ms=settings.batch_latency_target_ms or None,
+    )
 
 
 def build_server(
@@ -73,13 +106,42 @@ def build_server(
     *,
     registry: Registry | None = None,
     on_ready: Callable[[], Any] | None = None,
+    grpc_port: int | None = None,
 ) -> Server:
-    """Wire a server for ``models`` (references); no models means every registered model."""
+    """Wire a server for ``models`` (references); no models means every registered model.
+
+    ``grpc_port`` adds the gRPC listener (extra ``grpc``) on the same data plane.
+    """
     reg = registry or Registry.from_settings(settings)
     repo = ModelRepository(reg, models, alias_refresh_seconds=settings.alias_refresh_seconds)
-    dp = DataPlane(repo)
+    dp = DataPlane(
+        repo,
+        default_batching=batch_policy(settings),
+        cache=ResponseCache(CachePolicy(settings.cache_size, settings.cache_ttl_seconds))
+        if settings.cache_size
+        else None,
+        cached_models=set(repo.defaults) if settings.cache_size else None,
+        max_queue=settings.max_queue,
+        request_timeout=settings.request_timeout_seconds or None,
+    )
+    if dp.cache is not None:
+        repo.on_alias_move = dp.cache.invalidate
     rest = RestApp(dp, max_body_bytes=settings.max_body_bytes).build()
-    return Server(settings, reg, repo, dp, _Lifespan(rest, repo, on_ready))
+    lifespan = _Lifespan(rest, repo, on_ready)
+    lifespan.on_shutdown.append(dp.close)
+    if grpc_port is not None:
+        grpc_server = _grpc_server(dp, settings, grpc_port)
+        lifespan.on_startup.append(grpc_server.start)
+        lifespan.on_shutdown.insert(0, grpc_server.stop)  # drain gRPC calls before the data plane closes
+    return Server(settings, reg, repo, dp, lifespan)
+
+
+def _grpc_server(dp: DataPlane, settings: Settings, port: int) -> GrpcServer:
+    """The gRPC listener, imported only when asked for (MissingDependency without the extra)."""
+    require("grpc", "grpc", "grpcio")
+    from shipyard.serving.grpc.server import GrpcServer
+
+    return GrpcServer(dp, host=settings.host, port=port, max_message_bytes=settings.max_body_bytes)
 
 
 @contextlib.asynccontextmanager
@@ -89,6 +151,7 @@ async def started(server: Server) -> AsyncIterator[Server]:
     try:
         yield server
     finally:
+        await server.dataplane.close()
         server.repository.close()
 
 
@@ -98,9 +161,10 @@ def serve(
     *,
     access_log: bool = False,
     on_ready: Callable[[], Any] | None = None,
+    grpc_port: int | None = None,
 ) -> None:
-    """Serve until interrupted. Blocks."""
-    server = build_server(settings, models, on_ready=on_ready)
+    """Serve until interrupted. Blocks. ``grpc_port`` also serves gRPC, in the same process."""
+    server = build_server(settings, models, on_ready=on_ready, grpc_port=grpc_port)
     config = uvicorn.Config(
         server.app,
         host=settings.host,
@@ -109,6 +173,7 @@ def serve(
         access_log=access_log,
         log_config=None,  # the CLI configures logging once, for the whole process
         timeout_graceful_shutdown=30,
+        timeout_keep_alive=int(settings.keep_alive_seconds),
         server_header=False,
     )
     # uvicorn drains in-flight requests on SIGINT/SIGTERM, then re-raises the signal to

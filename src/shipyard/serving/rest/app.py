@@ -24,7 +24,7 @@ from shipyard.errors import InvalidInput, PayloadTooLarge, ShipyardError, Unsupp
 from shipyard.protocol import oip, simple
 from shipyard.serving.context import new_request_id, request_id_var
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.rest.errors import error_body, status_for
+from shipyard.serving.rest.errors import error_body, retry_headers, status_for
 from shipyard.serving.rest.openapi import docs_html, openapi_spec
 
 logger = logging.getLogger(__name__)
@@ -76,9 +76,9 @@ def _guard(handler: Handler) -> Handler:
             return await handler(request)
         except ShipyardError as exc:
             status = status_for(exc)
-            if status >= 500:
+            if status >= 500 and status != 503:  # 503s are load shedding, logged by count not line
                 logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-            return json_response(error_body(exc), status)
+            return json_response(error_body(exc), status, retry_headers(exc))
         except Exception:
             logger.exception("unexpected error on %s %s", request.method, request.url.path)
             rid = request_id_var.get()

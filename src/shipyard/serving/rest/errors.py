@@ -11,6 +11,7 @@ STATUS_TABLE: tuple[tuple[type[errors.ShipyardError], int], ...] = (
     (errors.InvalidInput, 400),
     (errors.ModelNotFound, 404),
     (errors.ModelNotReady, 503),
+    (errors.RequestTimeout, 504),
     (errors.ArtifactIntegrityError, 500),
     (errors.InferenceError, 500),
     (errors.MissingDependency, 500),
@@ -23,6 +24,17 @@ def status_for(exc: errors.ShipyardError) -> int:
         if isinstance(exc, cls):
             return status
     return 500
+
+
+def retry_headers(exc: errors.ShipyardError) -> dict[str, str] | None:
+    """``Retry-After`` (whole seconds, at least 1) for errors that ask the client to come back."""
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is None:
+        if isinstance(exc, errors.ModelNotReady):
+            retry_after = 1
+        else:
+            return None
+    return {"Retry-After": str(max(1, round(retry_after)))}
 
 
 def error_body(exc: errors.ShipyardError) -> dict[str, object]:

@@ -1,0 +1,1 @@
+"""Adaptive batching: pure policies and merging, and the queue that applies them."""

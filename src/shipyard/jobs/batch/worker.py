@@ -1,0 +1,133 @@
+"""What runs inside a worker process (local pool, Dask worker, Spark executor's Python worker).
+
+Each process loads the pinned version once, from the registry, with every
+artifact file's sha256 checked (``Registry.load``), and keeps it for all the
+chunks it is given. ``run_part`` scores one chunk and writes its part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from shipyard.config import Settings
+from shipyard.errors import (
+    ConfigError,
+    InferenceError,
+    InvalidInput,
+    ModelFormatError,
+    RegistryError,
+    ShipyardError,
+)
+from shipyard.jobs.batch.parts import REJECTS_DIR, SUFFIXES
+from shipyard.jobs.batch.scoring import Chunk, ModelPin, ScoringSpec, output_table, reject_records, score
+from shipyard.jobs.batch.writers import write_part, write_records
+from shipyard.registry import LoadedModel, Registry
+
+logger = logging.getLogger(__name__)
+
+_models: dict[tuple[str, str, str, int, str], LoadedModel] = {}
+_lock = threading.Lock()
+
+
+def model_for(pin: ModelPin, settings: Settings) -> LoadedModel:
+    """The pinned version, loaded once per process (files verified against their sha256)."""
+    key = (settings.resolved_registry_url, settings.resolved_artifacts, pin.name, pin.version, pin.digest)
+    with _lock:
+        model = _models.get(key)
+        if model is None:
+            reg = Registry.from_settings(settings)
+            try:
+                mv = reg.get(pin.ref)
+                if mv.digest != pin.digest:
+                    raise RegistryError(
+                        f"{pin.ref} in this registry has digest {mv.digest[:12]}..., the job was planned with "
+                        f"{pin.digest[:12]}...: the workers see a different registry than the driver"
+                    )
+                model = reg.load(mv)
+            finally:
+                reg.close()
+            _models[key] = model
+            logger.debug("loaded %s in worker", pin.ref)
+        return model
+
+
+@dataclass(frozen=True)
+class PartTask:
+    """One chunk to score and where its part goes."""
+
+    name: str
+    file: int
+    chunk: int
+    source: str
+    """Path of the input file, for the rejects file."""
+
+    first_row: int
+    """Row number (within the file) of the chunk's first row."""
+
+    output: str
+    output_format: str
+    spec: ScoringSpec
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class PartOutcome:
+    name: str
+    file: int
+    chunk: int
+    rows: int
+    predicted: int
+    rejected: int
+
+
+def run_part(task: PartTask, chunk: Chunk) -> PartOutcome:
+    """Score ``chunk``, write its rejects (if any) then its output part; both atomically.
+
+    Errors are re-raised as plain shipyard errors carrying the message, because
+    they cross a process boundary and some error classes cannot be rebuilt from
+    a pickle.
+    """
+    try:
+        model = model_for(task.spec.pin, task.settings)
+        keep = any(task.spec.signature.input(c) is not None for c in task.spec.passthrough)
+        scored = score(model, chunk, task.spec, keep_inputs=keep)
+        out = Path(task.output)
+        if scored.errors:
+            (out / REJECTS_DIR).mkdir(exist_ok=True)
+            records = reject_records(chunk, scored, source=task.source, first_row=task.first_row)
+            write_records(records, out / REJECTS_DIR / f"{task.name}.jsonl")
+        write_part(output_table(chunk, scored, task.spec), out / (task.name + SUFFIXES[task.output_format]), task.output_format)
+    except ShipyardError as exc:
+        raise _portable(exc, task.name) from None
+    except Exception as exc:
+        raise InferenceError(f"part {task.name} failed: {type(exc).__name__}: {exc}") from None
+    return PartOutcome(task.name, task.file, task.chunk, chunk.num_rows, scored.predicted, len(scored.errors))
+
+
+def _portable(exc: ShipyardError, part: str) -> ShipyardError:
+    message = f"part {part}: {exc}"
+    for cls in (InvalidInput, InferenceError, ConfigError, ModelFormatError, RegistryError):
+        if isinstance(exc, cls):
+            return cls(message)
+    return ShipyardError(message)
+
+
+def die_with_parent() -> None:
+    """Pool initializer: have Linux kill this worker if the driver dies (even by SIGKILL).
+
+    Without it an orphaned worker would keep scoring the chunk it holds; harmless for
+    the output (parts are atomic and identical), but a process nobody waits for.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -1,0 +1,172 @@
+"""``inference.GRPCInferenceService``: decode, call the data plane, encode. Nothing else.
+
+Each call runs the same data-plane methods as the REST handlers, in the same
+order (the model is resolved before the tensors are decoded, so an unknown
+model is the answer even when the tensors are also wrong), under the same
+request id: the ``x-request-id`` metadata if the caller sent one, else a new
+one. Errors become gRPC status codes through ``serving/grpc/errors.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from shipyard.errors import ShipyardError
+from shipyard.serving.context import new_request_id, request_id_var
+from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.grpc import codec
+from shipyard.serving.grpc import inference_pb2 as pb
+from shipyard.serving.grpc.errors import REQUEST_ID_KEY, error_metadata, status_for
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Requests of one ModelStreamInfer call being worked on at once; reading waits beyond it.
+STREAM_WINDOW = 64
+
+
+def _request_id(context: Any) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and value:
+            return str(value)[:128]
+    return new_request_id()
+
+
+class InferenceServicer:
+    """The Open Inference Protocol gRPC service over one DataPlane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+
+    async def _guarded(self, context: Any, method: str, call: Callable[[str], Awaitable[T]]) -> T:
+        """Run one unary call under its request id; shipyard errors abort with their status code."""
+        rid = _request_id(context)
+        token = request_id_var.set(rid)
+        try:
+            result = await call(rid)
+        except ShipyardError as exc:
+            code = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                logger.error("gRPC %s failed: %s", method, exc)
+            await context.abort(code, exc.message, trailing_metadata=error_metadata(exc, rid))
+            raise AssertionError("context.abort returned") from None  # it raises; this is for the type checker
+        except Exception:
+            logger.exception("unexpected error in gRPC %s", method)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"internal server error (request id {rid})",
+                trailing_metadata=((REQUEST_ID_KEY, rid),),
+            )
+            raise AssertionError("context.abort returned") from None
+        finally:
+            request_id_var.reset(token)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+        return result
+
+    # -- health and metadata -------------------------------------------------------------
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:  # noqa: N802
+        async def call(rid: str) -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=self.dp.live())
+
+        return await self._guarded(context, "ServerLive", call)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:  # noqa: N802
+        async def call(rid: str) -> pb.ServerReadyResponse:
+            return pb.ServerReadyResponse(ready=self.dp.ready())
+
+        return await self._guarded(context, "ServerReady", call)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
+        async def call(rid: str) -> pb.ModelReadyResponse:
+            return pb.ModelReadyResponse(ready=await self.dp.model_ready(request.name, request.version or None))
+
+        return await self._guarded(context, "ModelReady", call)
+
+    async def ServerMetadata(  # noqa: N802
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        async def call(rid: str) -> pb.ServerMetadataResponse:
+            meta = self.dp.server_metadata()
+            return pb.ServerMetadataResponse(
+                name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+            )
+
+        return await self._guarded(context, "ServerMetadata", call)
+
+    async def ModelMetadata(  # noqa: N802
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        async def call(rid: str) -> pb.ModelMetadataResponse:
+            return codec.metadata_message(await self.dp.model_metadata(request.name, request.version or None))
+
+        return await self._guarded(context, "ModelMetadata", call)
+
+    # -- inference -------------------------------------------------------------------------
+
+    async def _infer(self, msg: pb.ModelInferRequest, rid: str) -> pb.ModelInferResponse:
+        version = msg.model_version or None
+        await self.dp.resolve(msg.model_name, version)
+        request = codec.decode_request(msg)
+        if request.id is None:
+            request.id = rid
+        response = await self.dp.infer(msg.model_name, version, request)
+        # answer in the form asked in: raw for raw (tritonclient reads only raw), typed for typed
+        return codec.encode_response(response, raw=bool(msg.raw_input_contents))
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
+        return await self._guarded(context, "ModelInfer", lambda rid: self._infer(request, rid))
+
+    async def ModelStreamInfer(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Answer a stream of requests in order, working on up to STREAM_WINDOW at once.
+
+        A failed request gets a response with ``error_message`` (and its id) and
+        the stream goes on, as tritonclient's stream callback expects.
+        """
+        pending: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for msg in request_iterator:
+                    await pending.put(asyncio.ensure_future(self._stream_one(msg)))
+            finally:
+                if not pending.full():
+                    pending.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                task = await pending.get()
+                if task is None:
+                    break
+                yield await task
+            await reader  # surface a failure to read the stream
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                left = pending.get_nowait()
+                if left is not None:
+                    left.cancel()
+
+    async def _stream_one(self, msg: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        rid = msg.id or new_request_id()
+        request_id_var.set(rid)  # this task's own context copy
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(msg, rid))
+        except ShipyardError as exc:
+            if status_for(exc) == grpc.StatusCode.INTERNAL:
+                logger.error("gRPC ModelStreamInfer request failed: %s", exc)
+            message = exc.message
+        except Exception:
+            logger.exception("unexpected error in gRPC ModelStreamInfer")
+            message = f"internal server error (request id {rid})"
+        failed = pb.ModelInferResponse(model_name=msg.model_name, model_version=msg.model_version, id=rid)
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
