@@ -10,7 +10,7 @@ The public API mirrors the CLI::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipyard.config import Settings
 from shipyard.errors import ShipyardError
@@ -19,9 +19,15 @@ from shipyard.runtime.base import Model
 from shipyard.signature import Signature, TensorSpec
 from shipyard.types import ModelRef
 
+if TYPE_CHECKING:
+    from shipyard.client import AsyncClient, Client
+    from shipyard.jobs.batch import BatchResult
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "LoadedModel",
     "Model",
     "ModelRef",
@@ -32,6 +38,7 @@ __all__ = [
     "Signature",
     "TensorSpec",
     "__version__",
+    "batch_predict",
     "load",
     "register",
 ]
@@ -58,3 +65,30 @@ def load(ref: str, *, settings: Settings | None = None) -> LoadedModel:
         return reg.load(ref)
     finally:
         reg.close()
+
+
+def batch_predict(model: str, input: Any, output: Any, **options: Any) -> BatchResult:
+    """Predict every row of ``input`` (Parquet, CSV or JSON Lines files) into the folder ``output``.
+
+    Options: ``format``, ``id_columns``, ``keep_input``, ``engine`` (local, dask, spark),
+    ``workers``, ``max_reject_ratio``, ``batch_rows``; see ``shipyard.jobs.batch.batch_predict``.
+    Rerunning the same call after a crash resumes where it stopped.
+    """
+    from shipyard.jobs.batch import batch_predict as run  # pyarrow and the engines load only when used
+
+    return run(model, input, output, **options)
+
+
+# Imported on first use, so `import shipyard` does not import httpx (or grpc).
+_LAZY = {"AsyncClient": "shipyard.client", "Client": "shipyard.client"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shipyard' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -42,6 +42,13 @@ class Settings:
     alias_refresh_seconds: float = 2.0
     """How long a server trusts a resolved alias before asking the registry again."""
 
+    workers: int = 1
+    """Model worker processes; 1 runs the model inside the server process."""
+
+    runtime: str = "native"
+    """'native' (the model's own library), 'onnx' (compile to ONNX Runtime, fall back to native
+    if conversion or the output check fails) or 'auto' (onnx where it is known to help)."""
+
     keep_alive_seconds: float = 75.0
     """Idle keep-alive connections are closed after this; longer than load balancers' usual 60 s,
     so the server never closes a connection a balancer is about to reuse."""
@@ -85,6 +92,10 @@ class Settings:
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.alias_refresh_seconds < 0:
             raise ConfigError("alias_refresh_seconds must not be negative")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.runtime not in ("auto", "native", "onnx"):
+            raise ConfigError(f"runtime must be auto, native or onnx, got {self.runtime!r}")
         if self.max_queue < 1:
             raise ConfigError(f"max_queue must be at least 1, got {self.max_queue}")
         if self.request_timeout_seconds < 0 or self.cache_size < 0 or self.batch_latency_target_ms < 0:

@@ -95,7 +95,8 @@ CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
     ("typed-int8-out-of-range", "ModelInfer", typed(sepal_width=("INT8", [3], "int_contents", [3, 300, 2])), INVALID,
      "input 'sepal_width': expected values within INT8 range (-128..127), got 300"),
     # -- missing and extra inputs -----------------------------------------------------------
-    ("missing-input", "ModelInfer", raw(drop=("petal_width",)), INVALID, "missing input 'petal_width': expected FP64[-1]"),
+    ("missing-input", "ModelInfer", raw(drop=("petal_width",)), INVALID,
+     "missing input 'petal_width': expected FP64[-1]"),
     ("extra-input", "ModelInfer", raw(add=(("colour", "FP64", [3], fp64(1, 2, 3)),)), INVALID,
      "unexpected input 'colour': this model takes 'sepal_length', 'sepal_width', 'petal_length', 'petal_width'"),
     ("duplicate-input", "ModelInfer", raw(add=(("sepal_length", "FP64", [3], fp64(1, 2, 3)),)), INVALID,
@@ -164,7 +165,8 @@ CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
     ("unknown-alias", "ModelInfer", raw(model="demo@staging"), NOT_FOUND, "model 'demo' has no alias 'staging'"),
     ("alias-and-version", "ModelInfer", raw(model="demo@champion", version="1"), INVALID,
      "'demo@champion' already names a version"),
-    ("invalid-model-name", "ModelInfer", raw(model="de mo"), INVALID, "invalid model name 'de mo': use letters, digits"),
+    ("invalid-model-name", "ModelInfer", raw(model="de mo"), INVALID,
+     "invalid model name 'de mo': use letters, digits"),
     ("empty-model-name", "ModelMetadata", pb.ModelMetadataRequest(name=""), INVALID, "invalid model name ''"),
 ]
 # fmt: on

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from shipyard import __version__
-from shipyard.cli import alias, models, predict, quickstart, register, serve
+from shipyard.cli import alias, batch, export, models, predict, quickstart, register, serve
 from shipyard.cli._output import handle_errors
 from shipyard.config import Settings
 
@@ -44,6 +44,9 @@ cli.add_command(alias.alias)
 cli.add_command(alias.rollback)
 cli.add_command(serve.serve)
 cli.add_command(predict.predict)
+cli.add_command(batch.batch)
+cli.add_command(export.export)
+cli.add_command(export.bundle)
 
 
 def main() -> None:

@@ -17,6 +17,11 @@ from shipyard.serving.server import serve as run_server
               help="Port to listen on (0 = any free). Env: SHIPYARD_PORT. Default: 8000")
 @click.option("--max-body-bytes", type=int, default=None,
               help="Largest request body; larger ones get 413. Env: SHIPYARD_MAX_BODY_BYTES. Default: 64 MiB")
+@click.option("--workers", type=int, default=None,
+              help="Model worker processes (1: the model runs in the server process). Env: SHIPYARD_WORKERS.")
+@click.option("--runtime", type=click.Choice(["auto", "native", "onnx"]), default=None,
+              help="native: the model's own library; onnx: compiled to ONNX Runtime when the outputs match "
+                   "(else native, with the reason logged); auto: onnx where it helps. Env: SHIPYARD_RUNTIME.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @click.option("--grpc-port", type=int, default=None,
               help="Also serve the Open Inference Protocol over gRPC on this port, same process and models "

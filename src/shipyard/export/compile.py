@@ -62,7 +62,8 @@ def to_openvino(src: Path, dest: Path) -> None:
         detail = next((line.strip("- ") for line in first if "No conversion rule" in line), first[-1] if first else "")
         raise NotExportable(f"OpenVINO cannot convert this graph: {detail}") from exc
     dest.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(dest / IR_FILE))
+    # keep float32 weights: the compiled model must answer like the source (fp16 is --quantize fp16's job)
+    ov.save_model(model, str(dest / IR_FILE), compress_to_fp16=False)
 
 
 class OpenVinoRunner:
@@ -71,7 +72,8 @@ class OpenVinoRunner:
     def __init__(self, folder: Path, threads: int = 1) -> None:
         ov = require("openvino", EXTRA)
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": threads}
+        # f32 on every CPU: recent CPUs would otherwise run in bf16 and drift from the source
+        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = core.compile_model(str(folder / IR_FILE), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.inputs = [(p.get_any_name(), _numpy_dtype(p.get_element_type().to_dtype())) for p in self.compiled.inputs]

@@ -258,7 +258,8 @@ class Exporter:
         self.source = open_source(loaded, self.folder)
         self.data = check_rows(registry, mv, opts.check_data, opts.target)
         self.expected = self._reference(self.data.inputs)
-        self.has_labels = checks.labels_of(self.expected) is not None
+        # label outputs (not argmax of scores) decide which default tolerance applies
+        self.has_labels = any(checks.is_label(v) for v in self.expected.values())
 
     def run(self) -> ExportReport:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -301,7 +302,7 @@ class Exporter:
             logger.debug("%s failed", name, exc_info=True)
             row.error = f"{type(exc).__name__}: {exc}"
         if row.error is not None:
-            logger.warning("%s: %s", name, row.error)
+            logger.info("%s not written: %s", name, row.error)
             return row
         row.path = dest
         row.size_bytes = measure.size_bytes(dest)
@@ -367,7 +368,7 @@ class Exporter:
         n = pruning.tree_count(fresh)
         if spec.trees is not None:
             return pruning.truncate(fresh, spec.trees), {"trees": spec.trees, "of": n}
-        if not self.has_labels:
+        if checks.labels_of(self.expected) is None:
             raise NotExportable("--prune trees without K needs a classifier (the curve scores labels); give trees:K")
         inputs = self.data.labelled() if self.data.truth is not None else self.data.inputs
         truth = self.data.truth if self.data.truth is not None else checks.labels_of(self.expected)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import anyio.to_thread
 
 from shipyard.errors import InvalidInput, ModelNotFound, ModelNotReady, ModelNotServed
-from shipyard.registry import LoadedModel, Registry
+from shipyard.registry import LoadedModel, ModelVersion, Registry
+from shipyard.serving.compiled import CompiledCache, wants_onnx
 from shipyard.types import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class ModelRepository:
         refs: list[str] | None,
         *,
         alias_refresh_seconds: float = 2.0,
+        runtime_mode: str = "native",
+        compiled: CompiledCache | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -49,6 +52,8 @@ class ModelRepository:
             ref = ModelRef.parse(text)
             self.defaults[ref.name] = ref
         self.alias_refresh_seconds = alias_refresh_seconds
+        self.runtime_mode = runtime_mode
+        self.compiled = compiled
         self._clock = clock
         self._resolved: dict[ModelRef, _Resolved] = {}
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
@@ -137,10 +142,26 @@ class ModelRepository:
             model = self._loaded.get(key)
             if model is None:
                 started = time.perf_counter()
-                model = self.registry.load(self.registry.store.get_version(ref.name, version))
+                model = self._load(self.registry.store.get_version(ref.name, version))
                 self._loaded[key] = model
                 logger.info("loaded %s:%d in %.2fs", ref.name, version, time.perf_counter() - started)
         return model
+
+    def _load(self, mv: ModelVersion) -> LoadedModel:
+        """The native model, or its checked ONNX Runtime twin when the runtime mode asks for it."""
+        if self.compiled is None or not wants_onnx(self.runtime_mode, mv):
+            return self.registry.load(mv)
+        cached = self.compiled.load(mv)
+        if isinstance(cached, LoadedModel):
+            return cached
+        native = self.registry.load(mv)
+        if cached is False:
+            return native
+        compiled = self.compiled.compile(self.registry, native)
+        if compiled is None:
+            return native
+        native.close()
+        return compiled
 
     async def get_async(self, ref: ModelRef) -> LoadedModel:
         model = self.cached(ref)

@@ -22,6 +22,7 @@ from shipyard.batching.policy import BatchPolicy
 from shipyard.config import Settings
 from shipyard.registry import Registry
 from shipyard.serving.cache import CachePolicy, ResponseCache
+from shipyard.serving.compiled import CompiledCache
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.rest.app import RestApp
@@ -113,7 +114,13 @@ def build_server(
     ``grpc_port`` adds the gRPC listener (extra ``grpc``) on the same data plane.
     """
     reg = registry or Registry.from_settings(settings)
-    repo = ModelRepository(reg, models, alias_refresh_seconds=settings.alias_refresh_seconds)
+    repo = ModelRepository(
+        reg,
+        models,
+        alias_refresh_seconds=settings.alias_refresh_seconds,
+        runtime_mode=settings.runtime,
+        compiled=CompiledCache(settings.cache_dir / "compiled") if settings.runtime != "native" else None,
+    )
     dp = DataPlane(
         repo,
         default_batching=batch_policy(settings),

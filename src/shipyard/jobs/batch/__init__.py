@@ -22,6 +22,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from shipyard._extras import require
 from shipyard.config import Settings
 from shipyard.errors import ConfigError
 from shipyard.jobs.batch.result import BatchResult, RejectLimitExceeded
@@ -83,6 +84,7 @@ def batch_predict(
         InvalidInput: the input lacks a column the model or ``id_columns`` need.
         ConfigError: ``output`` holds something else, or a bad option.
     """
+    require("pyarrow", "batch")
     from shipyard.jobs.batch import plan
 
     _check(format, engine, workers, max_reject_ratio, batch_rows)

@@ -41,7 +41,8 @@ def dask_executor(workers: int, address: str | None = None) -> Iterator[Executor
             client = stack.enter_context(distributed.Client(cluster))
         else:
             client = stack.enter_context(distributed.Client(address))
-        logger.info("dask cluster at %s with %d workers", client.scheduler.address, len(client.scheduler_info()["workers"]))
+        workers_up = len(client.scheduler_info()["workers"])
+        logger.info("dask cluster at %s with %d workers", client.scheduler.address, workers_up)
         # pure=False: every chunk is its own task, never deduplicated by hashing its (large) arguments
         executor: Executor = client.get_executor(pure=False)
         yield executor

@@ -107,14 +107,17 @@ def run(job: Job, executor: Executor, *, engine: str, workers: int, progress: Re
     journal = Journal(out)
     state = finished(journal.read(), present_files(out), SUFFIXES[job.output_format])
     resumed_parts = len(state.parts)
+    resumed_rows = sum(r.rows for r in state.parts.values())
     if resuming:
         logger.info("resuming %s: %d parts already finished", out, resumed_parts)
-    progress.start(job.reader.total_rows(), sum(r.rows for r in state.parts.values()))
+    progress.start(job.reader.total_rows(), resumed_rows)
     try:
         records = _drive(job, executor, journal, state.parts, state.files, progress, max_in_flight=2 * workers)
     finally:
         progress.close()
-    return _finish(job, records, manifest, engine=engine, resumed=resumed_parts, seconds=time.monotonic() - t0)
+    return _finish(
+        job, records, manifest, engine=engine, resumed=(resumed_parts, resumed_rows), seconds=time.monotonic() - t0
+    )
 
 
 def _drive(
@@ -186,7 +189,13 @@ def _drive(
 
 
 def _finish(
-    job: Job, records: dict[str, PartRecord], manifest: dict[str, Any], *, engine: str, resumed: int, seconds: float
+    job: Job,
+    records: dict[str, PartRecord],
+    manifest: dict[str, Any],
+    *,
+    engine: str,
+    resumed: tuple[int, int],
+    seconds: float,
 ) -> BatchResult:
     out = job.output
     parts = [records[k] for k in sorted(records)]
@@ -210,7 +219,8 @@ def _finish(
         predicted=predicted,
         rejected=rejected,
         parts=len(parts),
-        resumed_parts=resumed,
+        resumed_parts=resumed[0],
+        resumed_rows=resumed[1],
         seconds=seconds,
         rejects_path=rejects_path,
     )

@@ -31,14 +31,14 @@ def absolute(settings: Settings) -> Settings:
     return settings.replace(home=settings.home.expanduser().resolve())
 
 
-def pin_model(ref: str, settings: Settings, output: Path) -> tuple[ModelPin, ModelVersion]:
+def pin_model(ref: str, settings: Settings, output: Path | None = None) -> tuple[ModelPin, ModelVersion]:
     """The version ``ref`` means for this job, its files verified.
 
     A rerun into an output started with the same ``ref`` keeps the version that run
     used, even if the alias has moved since: one output, one version.
     """
     ModelRef.parse(ref)
-    manifest = read_manifest(output) if output.is_dir() else None
+    manifest = read_manifest(output) if output is not None and output.is_dir() else None
     reg = Registry.from_settings(settings)
     try:
         mv = None

@@ -13,6 +13,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -75,7 +76,7 @@ class Bar:
             TimeRemainingColumn(),
             console=console or Console(stderr=True),
         )
-        self._task: int | None = None
+        self._task: TaskID | None = None
 
     def start(self, total: int | None, done: int) -> None:
         self._progress.start()
@@ -105,8 +106,6 @@ class LogLines:
     def start(self, total: int | None, done: int) -> None:
         self.total, self.done, self.resumed = total, done, done
         self.t0 = self.last = time.monotonic()
-        if done:
-            logger.info("resuming: %s rows were finished by an earlier run", f"{done:,}")
 
     def advance(self, rows: int) -> None:
         self.done += rows
@@ -119,13 +118,12 @@ class LogLines:
         self._log(time.monotonic())
 
     def _log(self, now: float) -> None:
-        elapsed = max(now - self.t0, 1e-9)
-        speed = (self.done - self.resumed) / elapsed
+        speed = (self.done - self.resumed) / max(now - self.t0, 1e-9)
         if self.total:
-            left = (self.total - self.done) / speed if speed > 0 else float("inf")
-            eta = "?" if left == float("inf") else f"{left:,.0f}s"
+            left = self.total - self.done
+            eta = f", ETA {left / speed:,.0f}s" if left > 0 and speed > 0 else ""
             logger.info(
-                "%s / %s rows (%.1f%%), %s rows/s, ETA %s",
+                "%s / %s rows (%.1f%%), %s rows/s%s",
                 f"{self.done:,}", f"{self.total:,}", 100 * self.done / self.total, f"{speed:,.0f}", eta,
             )
         else:

@@ -136,7 +136,8 @@ class DatasetReader:
         self.signature = signature
         if fmt == "csv":
             text_inputs = {s.name: pa.string() for s in signature.inputs if s.datatype != "BYTES"}
-            file_format: ds.FileFormat = ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=text_inputs))
+            convert = pacsv.ConvertOptions(column_types=text_inputs)
+            file_format: ds.FileFormat = ds.CsvFileFormat(convert_options=convert)
         else:
             file_format = ds.ParquetFileFormat()
         self.dataset = ds.dataset([f.path for f in files], format=file_format)
@@ -162,7 +163,7 @@ class DatasetReader:
     def total_rows(self) -> int | None:
         if self.fmt != "parquet":
             return None
-        return sum(frag.count_rows() for frag in self._fragments.values())
+        return sum(int(frag.count_rows()) for frag in self._fragments.values())
 
     def chunks(self, file: InputFile, rows: int) -> Iterator[Chunk]:
         frag = self._fragments[file.path]
@@ -189,7 +190,8 @@ class JsonLinesReader:
         missing = [c for c in wanted if c not in names]
         if missing:
             raise InvalidInput(
-                f"input column '{missing[0]}' is not in the first record of {files[0].path} (it has {', '.join(names)})",
+                f"input column '{missing[0]}' is not in the first record of {files[0].path} "
+                f"(it has {', '.join(names)})",
                 field=missing[0],
                 got=names,
             )
@@ -225,13 +227,14 @@ class JsonLinesReader:
         records: list[dict[str, Any]] = []
         errors: list[RowError] = []
         for i, line in enumerate(lines):
+            shown = line[:200].decode(errors="replace").rstrip("\n")
             try:
                 doc = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                errors.append(RowError(i, None, f"line is not valid JSON ({exc}): {line[:200].decode(errors='replace')!r}"))
+                errors.append(RowError(i, None, f"line is not valid JSON ({exc}): {shown!r}"))
                 doc = {}
             if not isinstance(doc, dict):
-                errors.append(RowError(i, None, f"line is not a JSON object: {line[:200].decode(errors='replace')!r}"))
+                errors.append(RowError(i, None, f"line is not a JSON object: {shown!r}"))
                 doc = {}
             records.append(doc)
         table_cols = {}

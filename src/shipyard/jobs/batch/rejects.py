@@ -71,10 +71,10 @@ def isolate(signature: Signature, arrays: Arrays, n_rows: int) -> tuple[np.ndarr
         return valid, []
     errors: dict[int, RowError] = {}
     suspects = _suspect_rows(signature, arrays, n_rows)
-    for i in np.flatnonzero(suspects):
-        err = _error(signature, take(arrays, np.array([i])))
+    for suspect in np.flatnonzero(suspects).tolist():
+        err = _error(signature, take(arrays, np.array([suspect])))
         if err is not None:
-            errors[int(i)] = RowError(int(i), err.field, _POSITION.sub("", str(err)))
+            errors[suspect] = RowError(suspect, err.field, _POSITION.sub("", str(err)))
     stack = [np.flatnonzero(~suspects)]
     while stack:
         rows = stack.pop()
@@ -84,14 +84,13 @@ def isolate(signature: Signature, arrays: Arrays, n_rows: int) -> tuple[np.ndarr
         if err is None:
             continue
         if rows.size == 1:
-            i = int(rows[0])
-            errors[i] = RowError(i, err.field, _POSITION.sub("", str(err)))
+            row = int(rows[0])
+            errors[row] = RowError(row, err.field, _POSITION.sub("", str(err)))
             continue
         half = rows.size // 2
         stack.append(rows[half:])
         stack.append(rows[:half])
-    for i in errors:
-        valid[i] = False
+    valid[list(errors)] = False
     return valid, [errors[i] for i in sorted(errors)]
 
 

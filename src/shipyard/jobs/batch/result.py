@@ -36,6 +36,9 @@ class BatchResult:
     resumed_parts: int
     """Parts an earlier, interrupted run had finished; this run skipped them."""
 
+    resumed_rows: int
+    """Input rows of those parts."""
+
     seconds: float
     """Wall time of this run."""
 
@@ -48,7 +51,8 @@ class BatchResult:
 
     @property
     def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
+        """Rows this run did (not those an earlier run finished), per second of this run."""
+        return (self.rows - self.resumed_rows) / self.seconds if self.seconds > 0 else 0.0
 
 
 class RejectLimitExceeded(InvalidInput):

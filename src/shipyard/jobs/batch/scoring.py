@@ -167,7 +167,8 @@ def column_to_numpy(col: pa.ChunkedArray | pa.Array, spec: TensorSpec, *, parse_
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
-    if parse_strings and spec.datatype != "BYTES" and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+    text = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+    if parse_strings and text and spec.datatype != "BYTES":
         return _parse_text(arr, spec)
     if len(spec.shape) > 1 and _is_list(arr.type):
         return _nested(arr, spec)
@@ -356,10 +357,9 @@ def reject_records(chunk: Chunk, scored: Scored, *, source: str, first_row: int)
     if not scored.errors:
         return []
     rows = [e.row for e in scored.errors]
-    if chunk.table.num_columns:
-        values = chunk.table.take(pa.array(rows, pa.int64())).to_pylist()
-    else:  # every input came as NumPy (JSON Lines without pass-through columns)
-        values = [{} for _ in rows]
+    # with no table columns (JSON Lines, no pass-through), every input came as NumPy
+    table = chunk.table
+    values = table.take(pa.array(rows, pa.int64())).to_pylist() if table.num_columns else [{} for _ in rows]
     out = []
     for e, row in zip(scored.errors, values, strict=True):
         for name, arr in chunk.arrays.items():

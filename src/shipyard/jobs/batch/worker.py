@@ -103,7 +103,8 @@ def run_part(task: PartTask, chunk: Chunk) -> PartOutcome:
             (out / REJECTS_DIR).mkdir(exist_ok=True)
             records = reject_records(chunk, scored, source=task.source, first_row=task.first_row)
             write_records(records, out / REJECTS_DIR / f"{task.name}.jsonl")
-        write_part(output_table(chunk, scored, task.spec), out / (task.name + SUFFIXES[task.output_format]), task.output_format)
+        part = out / (task.name + SUFFIXES[task.output_format])
+        write_part(output_table(chunk, scored, task.spec), part, task.output_format)
     except ShipyardError as exc:
         raise _portable(exc, task.name) from None
     except Exception as exc:

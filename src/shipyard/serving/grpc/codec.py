@@ -13,6 +13,7 @@ the datatype names (``CONTENTS_FIELD``).
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -42,6 +43,7 @@ CONTENTS_FIELD: dict[str, str] = {
 }
 _FIELDS = tuple(sorted(set(CONTENTS_FIELD.values())))
 _INT64_MAX = 2**63 - 1
+_FLOAT_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 
 
 # -- parameters ----------------------------------------------------------------------
@@ -157,6 +159,11 @@ def _decode_typed(i: int, t: Any, item: dict[str, Any]) -> Tensor:
     if datatype == "BYTES":  # through the raw layout, so text and binary elements decode as REST does
         raw = b"".join(struct.pack("<I", len(b)) + b for b in values)
         return oip.decode_tensor(i, item, raw)
+    if datatype in ("FP32", "FP64"):  # NaN and inf are real values here (JSON has none): the signature decides
+        count = math.prod(item["shape"])
+        if t.name and min(item["shape"], default=0) >= 0 and len(values) != count:
+            raise InvalidInput.for_field(t.name, f"{count} values for its shape", f"{len(values)} values")
+        return oip.decode_tensor(i, item, np.asarray(values, dtype=_FLOAT_DTYPES[datatype]).tobytes())
     return oip.decode_tensor(i, {**item, "data": list(values)})
 
 

@@ -24,6 +24,7 @@ from shipyard.errors import InvalidInput, PayloadTooLarge, ShipyardError, Unsupp
 from shipyard.protocol import oip, simple
 from shipyard.serving.context import new_request_id, request_id_var
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.graphql import graphql_routes
 from shipyard.serving.rest.errors import error_body, retry_headers, status_for
 from shipyard.serving.rest.openapi import docs_html, openapi_spec
 
@@ -245,6 +246,7 @@ class RestApp:
             Route("/v1/models/{name}:predict", g(self.predict), methods=["POST"]),
             Route("/openapi.json", self.openapi),
             Route("/docs", self.docs),
+            *graphql_routes(self.dp),  # /graphql when strawberry (extra 'graphql') is installed
         ]
         app = Starlette(
             routes=routes,

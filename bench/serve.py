@@ -1,0 +1,269 @@
+"""Serving throughput and latency against the raw model and a bare HTTP endpoint, in one run.
+
+    .venv/bin/python bench/serve.py [--duration 4] [--rounds 2] [--concurrency 1,8,32,64] [--models rf,lr]
+
+Everything runs on 127.0.0.1. Needs `wrk` (Debian package `wrk`). For each model
+(the quickstart RandomForest "rf", a LogisticRegression on 20 features "lr") it
+measures, with single-row requests:
+
+  (a) raw     the model's predict called in-process, one row at a time
+  (b) bare    a bare Starlette endpoint doing the same predict on the same HTTP stack
+  (c) native  shipyard, native runtime, no batching, one worker
+  (d) batch   shipyard with adaptive batching
+  (e) onnx    shipyard with the ONNX Runtime path
+  (f) b+onnx  batching plus ONNX
+  (g) 2 wrk   shipyard native, no batching, two worker processes
+
+and prints one Markdown table per model: throughput, p50, p99 (median over rounds),
+ratio to (b), idle RSS per worker and cold start (process start to first answer).
+Load is bounded: each point runs --duration seconds with wrk's single thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Point:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+
+
+@dataclass
+class Result:
+    points: dict[int, list[Point]] = field(default_factory=dict)
+    rss_mb: list[float] = field(default_factory=list)
+    cold_s: list[float] = field(default_factory=list)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tree_rss_mb(pid: int) -> tuple[float, int]:
+    """RSS of a process and its descendants (MB) and how many processes that is."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parts = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(parts[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, count, todo = 0, 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    count += 1
+        except OSError:
+            continue
+        todo.extend(children.get(p, []))
+    return total / 1024, count
+
+
+def parse_ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    v = float(m.group(1))
+    return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
+
+
+def wrk(url: str, body: bytes, concurrency: int, duration: float, tmp: Path) -> Point:
+    script = tmp / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = [[{body.decode()}]]\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency", "--timeout", "10s", "-s", str(script), url],
+        capture_output=True, text=True, timeout=int(duration) + 30, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = parse_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = parse_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return Point(rps, p50, p99, int(errors.group(1)) if errors else 0)
+
+
+def post(url: str, body: bytes) -> int:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return int(resp.status)
+
+
+def start(cmd: list[str], env: dict[str, str], url: str, body: bytes) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a server; return it and its cold start (process start to first good answer)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {' '.join(cmd)}")
+        try:
+            if post(url, body) == 200:
+                return proc, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.01)
+    proc.kill()
+    raise RuntimeError(f"server not ready: {' '.join(cmd)}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def register_models(home: Path) -> dict[str, tuple[Any, Any]]:
+    """Register rf (quickstart) and lr (LogisticRegression, 20 features); return model + one row each."""
+    import pandas as pd
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    from shipyard.config import Settings
+    from shipyard.demo import register_demo, train_demo_model
+    from shipyard.registry import Registry
+
+    reg = Registry.from_settings(Settings(home=home))
+    register_demo(reg, name="rf")
+    rf, X_rf, _ = train_demo_model()
+    Xa, y = make_classification(n_samples=2000, n_features=20, random_state=0)
+    X_lr = pd.DataFrame(Xa, columns=[f"f{i}" for i in range(20)])
+    lr = LogisticRegression(max_iter=1000).fit(X_lr, y)
+    reg.register(lr, "lr", sample=X_lr.head(5))
+    reg.close()
+    return {"rf": (rf, X_rf.iloc[[0]]), "lr": (lr, X_lr.iloc[[0]])}
+
+
+def raw_point(model: Any, row: Any, duration: float) -> Point:
+    lat: list[float] = []
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        model.predict(row)
+        lat.append(time.perf_counter() - t0)
+    arr = np.array(lat) * 1e3
+    return Point(len(lat) / duration, float(np.median(arr)), float(np.percentile(arr, 99)))
+
+
+CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "(b) bare endpoint": ("bare", []),
+    "(c) shipyard native": ("shipyard", ["--workers", "1"]),
+    "(d) shipyard batching": ("shipyard", ["--workers", "1", "--batching"]),
+    "(e) shipyard onnx": ("shipyard", ["--workers", "1", "--runtime", "onnx"]),
+    "(f) shipyard batching+onnx": ("shipyard", ["--workers", "1", "--batching", "--runtime", "onnx"]),
+    "(g) shipyard native, 2 workers": ("shipyard", ["--workers", "2"]),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--concurrency", default="1,8,32,64")
+    ap.add_argument("--models", default="rf,lr")
+    ap.add_argument("--configs", default="", help="comma-separated letters to run, e.g. b,c,d (default: all)")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/serve.py needs wrk: apt-get install wrk")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    chosen = {k: v for k, v in CONFIGS.items() if not args.configs or k[1] in args.configs.split(",")}
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        home = tmp / "home"
+        models = register_models(home)
+        env = {**os.environ, "SHIPYARD_HOME": str(home), "PYTHONPATH": str(ROOT)}
+        for name in args.models.split(","):
+            model, row = models[name]
+            record = row.to_dict(orient="records")
+            body = orjson.dumps({"instances": record})
+            results: dict[str, Result] = {"(a) raw predict": Result()}
+            for _ in range(args.rounds):
+                results["(a) raw predict"].points.setdefault(1, []).append(raw_point(model, row, args.duration))
+                for label, (kind, extra) in chosen.items():
+                    port = free_port()
+                    if kind == "bare":
+                        cmd = [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(port),
+                               "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+                        url = f"http://127.0.0.1:{port}/predict"
+                        run_env = {**env, "BARE_MODEL": name}
+                    else:
+                        cmd = [sys.executable, "-m", "shipyard", "serve", name, "--port", str(port),
+                               "--log-level", "warning", *extra]
+                        url = f"http://127.0.0.1:{port}/v1/models/{name}:predict"
+                        run_env = env
+                    try:
+                        proc, cold = start(cmd, run_env, url, body)
+                    except RuntimeError as exc:
+                        print(f"skipping {label} for {name}: {exc}", file=sys.stderr)
+                        continue
+                    try:
+                        time.sleep(0.5)
+                        rss, procs = tree_rss_mb(proc.pid)
+                        res = results.setdefault(label, Result())
+                        res.cold_s.append(cold)
+                        res.rss_mb.append(rss / max(1, procs))
+                        for c in levels:
+                            res.points.setdefault(c, []).append(wrk(url, body, c, args.duration, tmp))
+                    finally:
+                        stop(proc)
+            print_table(name, results, levels)
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_table(name: str, results: dict[str, Result], levels: list[int]) -> None:
+    bare = results.get("(b) bare endpoint")
+    print(f"\n### {name}: single-row requests, median of rounds\n")
+    print("| config | conc. | req/s | p50 ms | p99 ms | req/s vs bare | RSS/worker MB | cold start s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    fmt: Callable[[float], str] = lambda v: f"{v:.2f}"  # noqa: E731
+    for label, res in results.items():
+        for c in sorted(res.points):
+            pts = res.points[c]
+            rps = med([p.rps for p in pts])
+            base = med([p.rps for p in bare.points.get(c, [])]) if bare else float("nan")
+            errors = sum(p.errors for p in pts)
+            print(f"| {label}{' (errors: %d)' % errors if errors else ''} | {c} | {rps:.0f} | "
+                  f"{fmt(med([p.p50_ms for p in pts]))} | {fmt(med([p.p99_ms for p in pts]))} | "
+                  f"{rps / base:.2f}x | {med(res.rss_mb):.0f} | {med(res.cold_s):.2f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The client over gRPC: ``inference.GRPCInferenceService`` with raw contents (extra ``grpc``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shipyard._extras import require
+from shipyard.client._errors import KIND_BY_GRPC_CODE, server_error
+from shipyard.client._transport import Unavailable
+from shipyard.errors import ShipyardError
+from shipyard.types import InferenceRequest, InferenceResponse
+
+
+class GrpcTransport:
+    """One server over one ``grpc.aio`` channel; create it inside the event loop that uses it."""
+
+    def __init__(self, target: str, *, secure: bool = False, headers: dict[str, str] | None = None) -> None:
+        self.grpc: Any = require("grpc", "grpc", "grpcio")
+        from shipyard.serving.grpc import codec, errors, inference_pb2, inference_pb2_grpc
+
+        self.codec, self.keys, self.pb = codec, errors, inference_pb2
+        self.target = target
+        self.scheme = "grpcs" if secure else "grpc"
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        if secure:
+            self._channel = self.grpc.aio.secure_channel(target, self.grpc.ssl_channel_credentials(), options)
+        else:
+            self._channel = self.grpc.aio.insecure_channel(target, options)
+        self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
+
+    async def _call(
+        self, method: str, request: Any, timeout: float, model: str | None = None, version: str | None = None
+    ) -> Any:
+        try:
+            return await getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
+        except self.grpc.aio.AioRpcError as exc:
+            raise self._error(exc, timeout, model, version) from None
+
+    def _error(self, exc: Any, timeout: float, model: str | None, version: str | None) -> Exception:
+        trailing = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
+        kind = trailing.get(self.keys.TYPE_KEY)
+        code = exc.code()
+        where = f"{self.scheme}://{self.target}"
+        if kind is None and code == self.grpc.StatusCode.UNAVAILABLE:  # no shipyard answer: no connection
+            return Unavailable(ShipyardError(f"cannot reach {where}: {exc.details()}"))
+        if kind is None and code == self.grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ShipyardError(f"no answer from {where} within {timeout:.3g}s")
+        message = exc.details() or code.name
+        if kind is None and code.name not in KIND_BY_GRPC_CODE:
+            message = f"server answered {code.name}: {message}"
+        retry_after = float(trailing[self.keys.RETRY_AFTER_KEY]) if self.keys.RETRY_AFTER_KEY in trailing else None
+        error = server_error(
+            kind or KIND_BY_GRPC_CODE.get(code.name),
+            message,
+            field=trailing.get(self.keys.FIELD_KEY),
+            model=model,
+            version=version,
+            retry_after=retry_after,
+        )
+        if code == self.grpc.StatusCode.UNAVAILABLE:
+            return Unavailable(error, retry_after)
+        return error
+
+    async def infer(
+        self, model: str, version: str | None, request: InferenceRequest, timeout: float
+    ) -> InferenceResponse:
+        msg = self.codec.encode_request(request, model, version)
+        response = await self._call("ModelInfer", msg, timeout, model, version)
+        return self.codec.decode_response(response)
+
+    async def server_metadata(self, timeout: float) -> dict[str, Any]:
+        meta = await self._call("ServerMetadata", self.pb.ServerMetadataRequest(), timeout)
+        return {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
+
+    async def model_metadata(self, model: str, version: str | None, timeout: float) -> dict[str, Any]:
+        request = self.pb.ModelMetadataRequest(name=model, version=version or "")
+        meta = await self._call("ModelMetadata", request, timeout, model, version)
+        return self.codec.metadata_dict(meta)
+
+    async def live(self, timeout: float) -> bool:
+        return bool((await self._call("ServerLive", self.pb.ServerLiveRequest(), timeout)).live)
+
+    async def ready(self, timeout: float) -> bool:
+        return bool((await self._call("ServerReady", self.pb.ServerReadyRequest(), timeout)).ready)
+
+    async def aclose(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,209 @@
+"""The GraphQL schema: served models, their versions, aliases and signatures, and ``predict``.
+
+Resolvers only translate: every question goes to the data plane (resolve,
+infer) or, for versions and aliases, to the ``ModelCatalog``; predictions run
+through ``DataPlane.infer`` like a REST or gRPC request, under the request id
+the REST middleware set for this HTTP request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import strawberry
+from strawberry.scalars import JSON
+
+from shipyard.errors import InvalidInput
+from shipyard.protocol import simple
+from shipyard.registry import ModelVersion
+from shipyard.serving.catalog import ModelCatalog
+from shipyard.serving.context import request_id_var
+from shipyard.serving.dataplane import DataPlane
+from shipyard.signature import Signature, TensorSpec
+
+
+@dataclass
+class Context:
+    """What every resolver gets as ``info.context``."""
+
+    dataplane: DataPlane
+    catalog: ModelCatalog
+    request: Any = None
+    response: Any = None
+
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type(name="TensorSpec", description="One named input or output of a signature.")
+class TensorSpecType:
+    name: str
+    datatype: str = strawberry.field(description="Open Inference Protocol datatype, e.g. FP64, INT64, BYTES.")
+    shape: list[int] = strawberry.field(description="-1 marks a dimension of any size (the rows).")
+    allow_nan: bool
+
+
+@strawberry.type(name="Signature", description="What a version accepts and returns.")
+class SignatureType:
+    format: str = strawberry.field(description="'columns' (a table) or 'tensors' (named n-d arrays).")
+    inputs: list[TensorSpecType]
+    outputs: list[TensorSpecType]
+
+
+@strawberry.type(name="Version", description="One immutable registered version.")
+class VersionType:
+    version: int
+    flavor: str
+    digest: str = strawberry.field(description="sha256 over every file of the version.")
+    created_at: str
+    description: str
+    tags: JSON
+    metrics: JSON
+    signature: SignatureType
+
+
+@strawberry.type(name="Alias", description="A movable name for one version, e.g. champion.")
+class AliasType:
+    name: str
+    version: int
+
+
+async def _versions(root: ModelType, info: Info) -> list[VersionType]:
+    return [_version(v) for v in await info.context.catalog.versions(root.name)]
+
+
+async def _aliases(root: ModelType, info: Info) -> list[AliasType]:
+    found = await info.context.catalog.aliases(root.name)
+    return [AliasType(name=k, version=v) for k, v in sorted(found.items())]
+
+
+async def _current(root: ModelType, info: Info) -> VersionType:
+    return _version(await info.context.catalog.version(root.name))
+
+
+async def _current_signature(root: ModelType, info: Info) -> SignatureType:
+    return _signature((await info.context.catalog.version(root.name)).signature)
+
+
+@strawberry.type(name="Model", description="A model this server serves.")
+class ModelType:
+    name: str
+    ref: str = strawberry.field(description="What the bare name means on this server, e.g. demo@champion.")
+    loaded: bool
+    versions: list[VersionType] = strawberry.field(
+        resolver=_versions, description="Every registered version, oldest first."
+    )
+    aliases: list[AliasType] = strawberry.field(
+        resolver=_aliases, description="Every alias and the version it points to."
+    )
+    current: VersionType = strawberry.field(
+        resolver=_current, description="The version the bare name means now (an alias is followed)."
+    )
+    signature: SignatureType = strawberry.field(
+        resolver=_current_signature, description="The signature of the current version."
+    )
+
+
+@strawberry.type(name="Output", description="One output tensor of a prediction.")
+class OutputType:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: JSON = strawberry.field(description="The values, flattened in row-major order.")
+
+
+@strawberry.type(name="Prediction")
+class PredictionType:
+    model_name: str
+    model_version: str = strawberry.field(description="The version that answered (aliases resolved).")
+    request_id: str
+    predictions: JSON = strawberry.field(
+        description="One entry per record: the value when the model has one output, else an object of outputs."
+    )
+    outputs: list[OutputType]
+
+
+def _models(info: Info) -> list[ModelType]:
+    return [ModelType(name=m["name"], ref=m["ref"], loaded=m["loaded"]) for m in info.context.dataplane.models()]
+
+
+async def _model(info: Info, name: str) -> ModelType:
+    served = {m["name"]: m for m in info.context.dataplane.models()}
+    bare = info.context.catalog.served_name(name)  # ModelNotServed for the others
+    if bare != name:
+        await info.context.catalog.version(name)  # ModelNotFound for an unknown alias or version
+    m = served.get(bare, {"name": bare, "ref": bare, "loaded": False})
+    return ModelType(name=m["name"], ref=m["ref"], loaded=m["loaded"])
+
+
+async def _predict(info: Info, model: str, records: JSON, version: str | None = None) -> PredictionType:
+    dp = info.context.dataplane
+    if not isinstance(records, list) or not records:
+        raise InvalidInput(
+            "records must be a non-empty list of rows (objects, or lists of values for a one-input model)",
+            field="records",
+            got=type(records).__name__,
+        )
+    loaded = await dp.resolve(model, version)
+    try:
+        request = simple.decode_request(orjson.dumps({"instances": records}), loaded.signature)
+    except InvalidInput as exc:
+        if exc.field == "instances":  # the argument is called records here
+            exc.field = "records"
+        raise
+    request.id = request_id_var.get()
+    response = await dp.infer(model, version, request)
+    doc = simple.encode_response(response)
+    return PredictionType(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        request_id=response.id or "",
+        predictions=JSON(doc["predictions"]),
+        outputs=[
+            OutputType(name=t.name, datatype=t.datatype, shape=list(t.data.shape), data=JSON(_values(t.data)))
+            for t in response.outputs
+        ],
+    )
+
+
+@strawberry.type
+class Query:
+    models: list[ModelType] = strawberry.field(resolver=_models, description="The models this server serves.")
+    model: ModelType = strawberry.field(
+        resolver=_model, description="One served model, by name (name@alias or name:VERSION must exist too)."
+    )
+    predict: PredictionType = strawberry.field(
+        resolver=_predict,
+        description="Predict with a model (name, name@alias or name:VERSION) for records: "
+        'a list of objects such as [{"x": 1.0, "y": 2.0}] (lists of values for a one-input model).',
+    )
+
+
+def _values(arr: Any) -> list[Any]:
+    flat: list[Any] = arr.reshape(-1).tolist()
+    return [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in flat]
+
+
+def _spec(s: TensorSpec) -> TensorSpecType:
+    return TensorSpecType(name=s.name, datatype=s.datatype, shape=list(s.shape), allow_nan=s.allow_nan)
+
+
+def _signature(sig: Signature) -> SignatureType:
+    return SignatureType(
+        format=sig.format, inputs=[_spec(s) for s in sig.inputs], outputs=[_spec(s) for s in sig.outputs]
+    )
+
+
+def _version(mv: ModelVersion) -> VersionType:
+    return VersionType(
+        version=mv.version,
+        flavor=mv.flavor,
+        digest=mv.digest,
+        created_at=mv.created_at,
+        description=mv.description,
+        tags=JSON(dict(mv.tags)),
+        metrics=JSON(dict(mv.metrics)),
+        signature=_signature(mv.signature),
+    )
