@@ -9,7 +9,8 @@ each with every quantization, pruning and compilation. Every variant is checked
 on the 150 iris rows plus the stored sample, with the species as the target, so
 "accuracy delta" is accuracy against the true labels minus the source's.
 Latency is the median of one ``predict`` call on one thread (ONNX Runtime or
-OpenVINO for the variants, the registered runtime for the source). Prints one
+OpenVINO for the variants, the registered runtime for the source, torch limited
+to one thread too). Prints one
 Markdown table; a variant that cannot be made says why in the last column.
 """
 
@@ -90,7 +91,7 @@ def _rows(model: str, report: ExportReport) -> list[list[str]]:
         note = ""
         if v.error:
             note = "not made: " + v.error.split(":", 1)[0] if v.error.startswith("nothing") else "not made: " + v.error
-            note = note[:110]
+            note = note[:140]
         elif "sparsity" in v.notes:
             note = f"{v.notes['sparsity']:.0%} of weights zero"
         elif "trees" in v.notes:
@@ -111,6 +112,9 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=1.0, help="timing budget per variant and batch size")
     args = ap.parse_args()
 
+    import torch
+
+    torch.set_num_threads(1)  # every path on one thread, as the ONNX Runtime and OpenVINO variants run
     X, y = _iris()
     data = X.copy()
     data["species"] = y

@@ -35,7 +35,7 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
   grep -v "^WARNING: Location" .venv/pip-install.log >&2
   exit 1
 fi
-.venv/bin/python -c "import shipyard, sklearn, onnxruntime, torch, tritonclient" \
+.venv/bin/python -c "import shipyard, sklearn, onnxruntime, torch, tritonclient, tritonclient.grpc, grpc, strawberry" \
   || { echo "the test dependencies did not install" >&2; exit 1; }
 
 # -- static checks -------------------------------------------------------------------------

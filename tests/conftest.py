@@ -14,7 +14,7 @@ from shipyard.registry import Registry
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings whose SHIPYARD_HOME is a fresh folder (SQLite + local artifacts)."""
-    return Settings(home=tmp_path / "home")
+    return Settings(home=tmp_path / "home", workers=1)
 
 
 @pytest.fixture

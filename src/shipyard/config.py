@@ -42,8 +42,8 @@ class Settings:
     alias_refresh_seconds: float = 2.0
     """How long a server trusts a resolved alias before asking the registry again."""
 
-    workers: int = 1
-    """Model worker processes; 1 runs the model inside the server process."""
+    workers: int = 0
+    """Model worker processes: 0 means one per CPU core; 1 runs the model inside the server process."""
 
     runtime: str = "native"
     """'native' (the model's own library), 'onnx' (compile to ONNX Runtime, fall back to native
@@ -92,8 +92,8 @@ class Settings:
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.alias_refresh_seconds < 0:
             raise ConfigError("alias_refresh_seconds must not be negative")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 (one per core) or more, got {self.workers}")
         if self.runtime not in ("auto", "native", "onnx"):
             raise ConfigError(f"runtime must be auto, native or onnx, got {self.runtime!r}")
         if self.max_queue < 1:
@@ -108,6 +108,11 @@ class Settings:
     @property
     def resolved_artifacts(self) -> str:
         return self.artifacts or str((self.home / "artifacts").resolve())
+
+    @property
+    def worker_count(self) -> int:
+        """How many model workers ``workers`` means on this machine."""
+        return self.workers or max(1, os.cpu_count() or 1)
 
     @property
     def cache_dir(self) -> Path:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.fixtures.models import FORMAT_CASES
 
 from shipyard.errors import NotExportable
 from shipyard.export import ExportOptions, export_version
 from shipyard.registry import Registry
-from tests.fixtures.models import FORMAT_CASES
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,8 @@ def test_a_custom_python_model_is_refused_with_what_and_why(registry: Registry, 
 def test_string_labels_survive_export(registry: Registry, tmp_path: Path) -> None:
     model, sample, expected, _ = FORMAT_CASES["lightgbm"](tmp_path)
     registry.register(model, "lgb", sample=sample)
-    report = export_version(registry, "lgb", tmp_path / "out", ExportOptions(latency_budget_s=0.01, register="lgb-edge"))
+    options = ExportOptions(latency_budget_s=0.01, register="lgb-edge")
+    report = export_version(registry, "lgb", tmp_path / "out", options)
     loaded = registry.load(report.variants[1].registered or "")
     got = loaded.predict_arrays({c: sample[c].to_numpy() for c in sample.columns})["predict"]
     assert [str(x) for x in got] == [str(x) for x in expected]

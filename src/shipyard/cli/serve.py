@@ -18,7 +18,8 @@ from shipyard.serving.server import serve as run_server
 @click.option("--max-body-bytes", type=int, default=None,
               help="Largest request body; larger ones get 413. Env: SHIPYARD_MAX_BODY_BYTES. Default: 64 MiB")
 @click.option("--workers", type=int, default=None,
-              help="Model worker processes (1: the model runs in the server process). Env: SHIPYARD_WORKERS.")
+              help="Model worker processes (1: the model runs in the server process). "
+                   "Env: SHIPYARD_WORKERS. Default: one per CPU core")
 @click.option("--runtime", type=click.Choice(["auto", "native", "onnx"]), default=None,
               help="native: the model's own library; onnx: compiled to ONNX Runtime when the outputs match "
                    "(else native, with the reason logged); auto: onnx where it helps. Env: SHIPYARD_RUNTIME.")

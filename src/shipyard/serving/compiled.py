@@ -41,6 +41,23 @@ def wants_onnx(mode: str, mv: ModelVersion) -> bool:
     return mode == "auto" and mv.flavor in AUTO_FLAVORS
 
 
+def load_for_serving(registry: Registry, mv: ModelVersion, mode: str, compiled: CompiledCache | None) -> LoadedModel:
+    """The native model, or its checked ONNX Runtime twin when the runtime mode asks for it."""
+    if compiled is None or not wants_onnx(mode, mv):
+        return registry.load(mv)
+    cached = compiled.load(mv)
+    if isinstance(cached, LoadedModel):
+        return cached
+    native = registry.load(mv)
+    if cached is False:
+        return native
+    twin = compiled.compile(registry, native)
+    if twin is None:
+        return native
+    native.close()
+    return twin
+
+
 class CompiledCache:
     """Compiled graphs and their check verdicts, one folder per version digest."""
 

@@ -20,7 +20,7 @@ import anyio.to_thread
 
 from shipyard.errors import InvalidInput, ModelNotFound, ModelNotReady, ModelNotServed
 from shipyard.registry import LoadedModel, ModelVersion, Registry
-from shipyard.serving.compiled import CompiledCache, wants_onnx
+from shipyard.serving.compiled import CompiledCache, load_for_serving
 from shipyard.types import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class ModelRepository:
         alias_refresh_seconds: float = 2.0,
         runtime_mode: str = "native",
         compiled: CompiledCache | None = None,
+        loader: Callable[[ModelVersion], LoadedModel] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -54,6 +55,7 @@ class ModelRepository:
         self.alias_refresh_seconds = alias_refresh_seconds
         self.runtime_mode = runtime_mode
         self.compiled = compiled
+        self.loader = loader
         self._clock = clock
         self._resolved: dict[ModelRef, _Resolved] = {}
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
@@ -81,6 +83,9 @@ class ModelRepository:
         self._loaded.clear()
 
     # -- resolution ---------------------------------------------------------------
+
+    def loaded_versions(self) -> list[ModelVersion]:
+        return [m.version for m in self._loaded.values()]
 
     def names(self) -> list[str]:
         return sorted(self.defaults)
@@ -148,20 +153,9 @@ class ModelRepository:
         return model
 
     def _load(self, mv: ModelVersion) -> LoadedModel:
-        """The native model, or its checked ONNX Runtime twin when the runtime mode asks for it."""
-        if self.compiled is None or not wants_onnx(self.runtime_mode, mv):
-            return self.registry.load(mv)
-        cached = self.compiled.load(mv)
-        if isinstance(cached, LoadedModel):
-            return cached
-        native = self.registry.load(mv)
-        if cached is False:
-            return native
-        compiled = self.compiled.compile(self.registry, native)
-        if compiled is None:
-            return native
-        native.close()
-        return compiled
+        if self.loader is not None:
+            return self.loader(mv)
+        return load_for_serving(self.registry, mv, self.runtime_mode, self.compiled)
 
     async def get_async(self, ref: ModelRef) -> LoadedModel:
         model = self.cached(ref)

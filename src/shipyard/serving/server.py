@@ -26,6 +26,7 @@ from shipyard.serving.compiled import CompiledCache
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.rest.app import RestApp
+from shipyard.serving.workers import WorkerPool, preload_modules, remote_model
 
 if TYPE_CHECKING:
     from shipyard.serving.grpc.server import GrpcServer
@@ -121,8 +122,12 @@ def build_server(
         runtime_mode=settings.runtime,
         compiled=CompiledCache(settings.cache_dir / "compiled") if settings.runtime != "native" else None,
     )
+    pool = WorkerPool(settings, settings.worker_count) if settings.worker_count > 1 else None
+    if pool is not None:
+        repo.loader = remote_model  # the server process keeps signatures; workers hold the models
     dp = DataPlane(
         repo,
+        executor=pool,
         default_batching=batch_policy(settings),
         cache=ResponseCache(CachePolicy(settings.cache_size, settings.cache_ttl_seconds))
         if settings.cache_size
@@ -136,6 +141,14 @@ def build_server(
     rest = RestApp(dp, max_body_bytes=settings.max_body_bytes).build()
     lifespan = _Lifespan(rest, repo, on_ready)
     lifespan.on_shutdown.append(dp.close)
+    if pool is not None:
+
+        async def start_workers() -> None:
+            versions = repo.loaded_versions()
+            pool.preload(preload_modules({mv.flavor for mv in versions}, settings.runtime))
+            await pool.start(versions)
+
+        lifespan.on_startup.insert(0, start_workers)
     if grpc_port is not None:
         grpc_server = _grpc_server(dp, settings, grpc_port)
         lifespan.on_startup.append(grpc_server.start)
@@ -155,6 +168,8 @@ def _grpc_server(dp: DataPlane, settings: Settings, port: int) -> GrpcServer:
 async def started(server: Server) -> AsyncIterator[Server]:
     """Run the lifespan startup/shutdown around a block (for in-process use and tests)."""
     await server.repository.start()
+    for start in getattr(server.app, "on_startup", ()):
+        await start()
     try:
         yield server
     finally:

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from sklearn.linear_model import LogisticRegression
+from tests.fixtures.batch import FEATURES, iris_rows
 
 from shipyard.errors import ConfigError, InvalidInput
 from shipyard.jobs.batch.scoring import (
@@ -25,7 +26,6 @@ from shipyard.jobs.batch.scoring import (
 )
 from shipyard.registry import LoadedModel, Registry
 from shipyard.signature import Signature, TensorSpec
-from tests.fixtures.batch import FEATURES, iris_rows
 
 X_SPEC = TensorSpec("x", "FP64", (-1,))
 

@@ -195,7 +195,7 @@ class FakeContext:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Registry, LogisticRegression]]:
-    settings = Settings(home=tmp_path_factory.mktemp("grpc") / "home", alias_refresh_seconds=0)
+    settings = Settings(home=tmp_path_factory.mktemp("grpc") / "home", workers=1, alias_refresh_seconds=0)
     registry = Registry.from_settings(settings)
     try:
         model = LogisticRegression().fit(X, Y)

@@ -51,7 +51,7 @@ def fast(settings: Settings) -> Settings:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Registry, dict[int, Any]]]:
     """One registry for the tests that only read it: registering per test would make this module slow."""
-    settings = Settings(home=tmp_path_factory.mktemp("rest") / "home")
+    settings = Settings(home=tmp_path_factory.mktemp("rest") / "home", workers=1)
     registry = Registry.from_settings(settings)
     try:
         yield settings, registry, register_models(registry)

@@ -106,7 +106,7 @@ def batch_predict(
             model, input, out, output_format=format, id_columns=tuple(id_columns), keep_input=keep_input,
             batch_rows=batch_rows, input_format=input_format, settings=s,
         )
-        with plan.executor(engine, n_workers) as executor:
+        with plan.executor(engine, n_workers, job.flavor) as executor:
             result = local.run(job, executor, engine=engine, workers=n_workers, progress=reporter(progress))
     if result.reject_ratio > max_reject_ratio:
         raise RejectLimitExceeded(result, max_reject_ratio)

@@ -65,11 +65,15 @@ class InlineExecutor(Executor):
 
 
 @contextlib.contextmanager
-def process_pool(workers: int) -> Iterator[Executor]:
-    """``workers`` processes (spawned: the driver runs pyarrow threads, which fork would copy badly)."""
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
-    )
+def process_pool(workers: int, preload: list[str]) -> Iterator[Executor]:
+    """``workers`` processes forked from a forkserver that has imported ``preload``.
+
+    Not plain fork: the driver runs pyarrow threads, which a fork would copy mid-work.
+    Not spawn: every worker would import the model's libraries itself.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(preload)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent)
     try:
         yield pool
     finally:
@@ -88,6 +92,9 @@ class Job:
     output: Path
     output_format: str
     batch_rows: int
+    flavor: str
+    """The model's runtime, which decides what worker processes preload."""
+
     identity: dict[str, Any] = field(default_factory=dict)
 
 

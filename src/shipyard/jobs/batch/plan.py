@@ -20,6 +20,7 @@ from shipyard.jobs.batch.local import InlineExecutor, Job, process_pool
 from shipyard.jobs.batch.parts import LAYOUT, read_manifest
 from shipyard.jobs.batch.readers import discover, open_reader
 from shipyard.jobs.batch.scoring import ModelPin, ScoringSpec, output_schema
+from shipyard.jobs.batch.worker import preload_modules
 from shipyard.registry import ModelVersion, Registry
 from shipyard.types import ModelRef
 
@@ -89,11 +90,11 @@ def plan_job(
         "columns": schema.names,
         "batch_rows": batch_rows,
     }
-    return Job(model, files, reader, spec, settings, output, output_format, batch_rows, identity)
+    return Job(model, files, reader, spec, settings, output, output_format, batch_rows, mv.flavor, identity)
 
 
 @contextlib.contextmanager
-def executor(engine: str, workers: int) -> Iterator[Executor]:
+def executor(engine: str, workers: int, flavor: str) -> Iterator[Executor]:
     """Where chunks run: this process (one local worker), a process pool, or a Dask cluster."""
     if engine == "dask":
         from shipyard.jobs.batch.dask import dask_executor
@@ -103,5 +104,5 @@ def executor(engine: str, workers: int) -> Iterator[Executor]:
     elif workers == 1:
         yield InlineExecutor()
     else:
-        with process_pool(workers) as ex:
+        with process_pool(workers, preload_modules(flavor)) as ex:
             yield ex

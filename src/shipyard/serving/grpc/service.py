@@ -131,23 +131,24 @@ class InferenceServicer:
         A failed request gets a response with ``error_message`` (and its id) and
         the stream goes on, as tritonclient's stream callback expects.
         """
-        pending: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(STREAM_WINDOW)
+        window = asyncio.Semaphore(STREAM_WINDOW)  # bounds the work; the queue itself never blocks
+        pending: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
                 async for msg in request_iterator:
-                    await pending.put(asyncio.ensure_future(self._stream_one(msg)))
+                    await window.acquire()
+                    pending.put_nowait(asyncio.ensure_future(self._stream_one(msg)))
             finally:
-                if not pending.full():
-                    pending.put_nowait(None)
+                pending.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
-            while True:
-                task = await pending.get()
-                if task is None:
-                    break
-                yield await task
+            while (task := await pending.get()) is not None:
+                try:
+                    yield await task
+                finally:
+                    window.release()
             await reader  # surface a failure to read the stream
         finally:
             reader.cancel()
