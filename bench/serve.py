@@ -105,7 +105,8 @@ def wrk(url: str, body: bytes, concurrency: int, duration: float, tmp: Path) -> 
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency", "--timeout", "10s", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency", "--timeout", "10s",
+         "-s", str(script), url],
         capture_output=True, text=True, timeout=int(duration) + 30, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -259,7 +260,8 @@ def print_table(name: str, results: dict[str, Result], levels: list[int]) -> Non
             rps = med([p.rps for p in pts])
             base = med([p.rps for p in bare.points.get(c, [])]) if bare else float("nan")
             errors = sum(p.errors for p in pts)
-            print(f"| {label}{' (errors: %d)' % errors if errors else ''} | {c} | {rps:.0f} | "
+            note = f" (non-2xx: {errors})" if errors else ""
+            print(f"| {label}{note} | {c} | {rps:.0f} | "
                   f"{fmt(med([p.p50_ms for p in pts]))} | {fmt(med([p.p99_ms for p in pts]))} | "
                   f"{rps / base:.2f}x | {med(res.rss_mb):.0f} | {med(res.cold_s):.2f} |")
     sys.stdout.flush()

@@ -13,6 +13,10 @@ need_apt=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi
+# Java: Spark (the batch engine) runs on the machine's JVM, 17 or newer.
+if ! command -v java >/dev/null 2>&1; then
+  need_apt+=(default-jre-headless)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing system packages: ${need_apt[*]}"
@@ -35,7 +39,7 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
   grep -v "^WARNING: Location" .venv/pip-install.log >&2
   exit 1
 fi
-.venv/bin/python -c "import shipyard, sklearn, onnxruntime, torch, tritonclient, tritonclient.grpc, grpc, strawberry" \
+.venv/bin/python -c "import shipyard, sklearn, onnxruntime, torch, tritonclient, tritonclient.grpc, grpc, strawberry, pyarrow, pyspark, distributed" \
   || { echo "the test dependencies did not install" >&2; exit 1; }
 
 # -- static checks -------------------------------------------------------------------------

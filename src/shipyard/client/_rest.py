@@ -84,7 +84,12 @@ class RestTransport:
         http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=http_transport)
+        # keep every connection a burst opened: httpx's default keeps 20, so 64 callers at once
+        # would close and reopen 44 connections per round
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, transport=http_transport, limits=limits
+        )
 
     async def _send(
         self, method: str, path: str, timeout: float, *, model: str | None = None, version: str | None = None,

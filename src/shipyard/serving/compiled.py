@@ -37,7 +37,7 @@ VERDICT_FILE = "verdict.json"
 
 def wants_onnx(mode: str, mv: ModelVersion) -> bool:
     if mode == "onnx":
-        return mv.flavor not in ("onnx", "python")
+        return mv.flavor != "onnx"  # every other format is tried; one that cannot convert says why
     return mode == "auto" and mv.flavor in AUTO_FLAVORS
 
 

@@ -75,6 +75,10 @@ class _Lifespan:
                         await start()
                 except Exception as exc:
                     logger.error("could not start: %s", exc)
+                    for stop in self.on_shutdown:  # undo what did start (worker processes), best effort
+                        with contextlib.suppress(Exception):
+                            await stop()
+                    self.repository.close()
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 if self.on_ready is not None:

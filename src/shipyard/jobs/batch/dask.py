@@ -35,7 +35,10 @@ def dask_executor(workers: int, address: str | None = None) -> Iterator[Executor
                     threads_per_worker=1,
                     processes=True,
                     host="127.0.0.1",
-                    dashboard_address=None,
+                    # no dashboard; the scheduler's small HTTP server (health) on any free loopback port,
+                    # not the fixed 8787 it takes when only dashboard_address=None is given
+                    dashboard_address="127.0.0.1:0",
+                    scheduler_kwargs={"dashboard": False},
                 )
             )
             client = stack.enter_context(distributed.Client(cluster))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
@@ -44,7 +45,7 @@ from shipyard.jobs.batch.progress import Reporter
 from shipyard.jobs.batch.readers import InputFile, Reader
 from shipyard.jobs.batch.result import BatchResult
 from shipyard.jobs.batch.scoring import ScoringSpec
-from shipyard.jobs.batch.worker import PartOutcome, PartTask, die_with_parent, run_part
+from shipyard.jobs.batch.worker import PartOutcome, PartTask, run_part, watch_driver
 from shipyard.jobs.batch.writers import concatenate
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def process_pool(workers: int, preload: list[str]) -> Iterator[Executor]:
     """
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(preload)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=watch_driver, initargs=(os.getpid(),))
     try:
         yield pool
     finally:

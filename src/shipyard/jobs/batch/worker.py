@@ -7,12 +7,11 @@ chunks it is given. ``run_part`` scores one chunk and writes its part.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
-import signal
-import sys
+import os
+import select
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,15 +137,35 @@ def _portable(exc: ShipyardError, part: str) -> ShipyardError:
     return ShipyardError(message)
 
 
-def die_with_parent() -> None:
-    """Pool initializer: have Linux kill this worker if the driver dies (even by SIGKILL).
+def watch_driver(pid: int) -> None:
+    """Pool initializer: exit this worker as soon as the driver process ``pid`` is gone.
 
-    Without it an orphaned worker would keep scoring the chunk it holds; harmless for
-    the output (parts are atomic and identical), but a process nobody waits for.
+    Workers are forked from a forkserver, not from the driver, and hold their queues'
+    pipes open themselves, so nothing else tells them the driver was killed (SIGKILL,
+    OOM): they would wait for work forever. The part a worker is writing when this
+    fires is lost whole (it was under a temporary name) and the rerun redoes it.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    threading.Thread(target=_exit_when_gone, args=(pid,), name="shipyard-watch-driver", daemon=True).start()
+
+
+def _exit_when_gone(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)  # Linux >= 5.3: readable once the process has exited
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+    else:
+        while _alive(pid):
+            time.sleep(0.5)
+    os._exit(70)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
