@@ -29,7 +29,7 @@ import yaml
 from shipyard._extras import require
 from shipyard.errors import InvalidInput, ModelFormatError, UnsafeFormat
 from shipyard.runtime.base import Arrays, Runtime, as_outputs
-from shipyard.runtime.sklearn import SAFE_PREFIXES, SklearnRuntime
+from shipyard.runtime.sklearn import SAFE_PREFIXES, SklearnRuntime, import_skops
 from shipyard.signature import Signature, TensorSpec
 from shipyard.types import datatype_of
 
@@ -156,7 +156,7 @@ def _sklearn_meta(
     meta: dict[str, Any] = {"loader": "sklearn", "file": file, "methods": [pyfunc.get("predict_fn") or "predict"]}
     fmt = flavor.get("serialization_format", "cloudpickle")
     if fmt == "skops":
-        sio = require("skops.io", "sklearn", "skops")
+        sio = import_skops()
         untrusted = [t for t in sio.get_untrusted_types(file=src / file) if not t.startswith(SAFE_PREFIXES)]
         if untrusted and not trust_pickle:
             raise ModelFormatError(

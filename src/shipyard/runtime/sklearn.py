@@ -11,8 +11,10 @@ trusted, it is converted to skops on the way in when skops can hold it.
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,7 @@ class SklearnRuntime(Runtime):
 
     @classmethod
     def save(cls, obj: Any, dest: Path, *, trust_pickle: bool = False, **options: Any) -> dict[str, Any]:
-        sio = require("skops.io", "sklearn", "skops")
+        sio = import_skops()
         methods = _methods(obj, options.get("methods"))
         data = sio.dumps(obj)
         untrusted = [t for t in sio.get_untrusted_types(data=data) if not t.startswith(SAFE_PREFIXES)]
@@ -74,7 +76,7 @@ class SklearnRuntime(Runtime):
     @classmethod
     def import_path(cls, src: Path, dest: Path, *, trust_pickle: bool = False, **options: Any) -> dict[str, Any]:
         if src.suffix == ".skops":
-            sio = require("skops.io", "sklearn", "skops")
+            sio = import_skops()
             untrusted = [t for t in sio.get_untrusted_types(file=src) if not t.startswith(SAFE_PREFIXES)]
             if untrusted and not trust_pickle:
                 raise ModelFormatError(
@@ -104,7 +106,7 @@ class SklearnRuntime(Runtime):
             joblib = require("joblib", "sklearn")
             model = joblib.load(path / meta["file"])
         else:
-            sio = require("skops.io", "sklearn", "skops")
+            sio = import_skops()
             file = path / meta["file"]
             allowed = set(meta.get("trusted_types", []))
             found = sio.get_untrusted_types(file=file)
@@ -125,6 +127,40 @@ class SklearnRuntime(Runtime):
         if len(inputs) == 1:
             return next(iter(inputs.values()))
         return np.column_stack(list(inputs.values()))
+
+
+# skops lists scikit-learn's estimators at import time, and scikit-learn's listing walks every
+# subpackage, importing array-API shims for torch and dask (and pytest, for test helpers) when
+# they are installed: seconds and hundreds of MB that no model needs. While skops imports,
+# those are made to look absent (the walk skips what fails to import); afterwards they import
+# as usual.
+_UNNEEDED_FOR_SKOPS = ("torch", "dask", "pytest")
+
+
+class _HideWhileImporting(importlib.abc.MetaPathFinder):
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.split(".")[0] in self.names:
+            raise ImportError(f"{fullname} is not imported while skops loads", name=fullname)
+        return None
+
+
+def import_skops() -> Any:
+    """``skops.io``, imported without dragging torch and dask in behind it."""
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    hide = tuple(n for n in _UNNEEDED_FOR_SKOPS if n not in sys.modules)
+    finder = _HideWhileImporting(hide)
+    sys.meta_path.insert(0, finder)
+    try:
+        return require("skops.io", "sklearn", "skops")
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [m for m in sys.modules if m.startswith("sklearn.externals.array_api_compat.")]:
+            if name.split(".")[4:5] and name.split(".")[4] in hide:
+                del sys.modules[name]  # half-imported shims; scikit-learn re-imports them on demand
 
 
 def _methods(obj: Any, requested: Any) -> list[str]:
