@@ -15,7 +15,8 @@ measures, with single-row requests:
   (g) 2 wrk   shipyard native, no batching, two worker processes
 
 and prints one Markdown table per model: throughput, p50, p99 (median over rounds),
-ratio to (b), idle RSS per worker and cold start (process start to first answer).
+ratio to (b), idle RSS per process of the server's process tree, and cold start
+(process start to first answer; for ONNX configs, a start after the graph is cached).
 Load is bounded: each point runs --duration seconds with wrk's single thread.
 """
 
@@ -227,6 +228,8 @@ def main() -> None:
                         url = f"http://127.0.0.1:{port}/v1/models/{name}:predict"
                         run_env = env
                     try:
+                        if "onnx" in extra:  # compile once, as a deployment would; time the start after
+                            stop(start(cmd, run_env, url, body)[0])
                         proc, cold = start(cmd, run_env, url, body)
                     except RuntimeError as exc:
                         print(f"skipping {label} for {name}: {exc}", file=sys.stderr)

@@ -210,6 +210,8 @@ def _check_one(spec: TensorSpec, value: Any, *, columns: bool) -> np.ndarray[Any
             raise InvalidInput.for_field(spec.name, spec.describe(), _describe_array(arr))
         with np.errstate(over="ignore"):
             cast = arr.astype(target, copy=False)
+        if np.isfinite(cast).all():  # the common case, one pass: nothing overflowed, no NaN/inf
+            return cast
         overflow = ~np.isfinite(cast) & np.isfinite(arr)  # e.g. 1e300 into FP32 becomes inf
         if overflow.any():
             bad_val = arr.reshape(-1)[int(np.flatnonzero(overflow.reshape(-1))[0])]

@@ -123,7 +123,12 @@ class SklearnRuntime(Runtime):
     def _features(self, inputs: Arrays) -> Any:
         if self.feature_names is not None:
             pd = require("pandas", "sklearn")
-            return pd.DataFrame({name: inputs[name] for name in inputs}, columns=list(inputs))
+            values = list(inputs.values())
+            first = values[0].dtype
+            if first.kind != "O" and all(v.ndim == 1 and v.dtype == first for v in values):
+                # One 2-D block is ~10x cheaper to build than a frame from many columns.
+                return pd.DataFrame(np.column_stack(values), columns=list(inputs), copy=False)
+            return pd.DataFrame(dict(inputs), columns=list(inputs))
         if len(inputs) == 1:
             return next(iter(inputs.values()))
         return np.column_stack(list(inputs.values()))

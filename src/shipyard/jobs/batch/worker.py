@@ -36,9 +36,10 @@ _lock = threading.Lock()
 
 # What the forkserver imports once, so that each worker forked from it starts with the
 # model's libraries already in memory instead of importing them itself (seconds each).
-# The same table lives in serving/workers.py; both belong with the runtime plug-ins.
+# The same table lives in serving/workers.py; both belong with the runtime plug-ins. Not
+# skops.io: imported plainly it drags in torch and dask; the runtime's own loader avoids that.
 _PRELOAD = {
-    "sklearn": ["skops.io", "pandas", "sklearn.ensemble", "sklearn.linear_model"],
+    "sklearn": ["pandas", "sklearn.ensemble", "sklearn.linear_model"],
     "xgboost": ["xgboost", "pandas"],
     "lightgbm": ["lightgbm", "pandas"],
     "onnx": ["onnxruntime"],
