@@ -73,6 +73,10 @@ def _instances(instances: Any, signature: Signature) -> dict[str, Any]:
     only = _single_tensor(signature)
     if only is not None and not isinstance(instances[0], Mapping):
         return {only: instances}
+    if signature.float_columns:
+        fast = _float_records(instances, signature.input_names)
+        if fast is not None:
+            return fast
     if all(isinstance(r, Mapping) for r in instances):
         return records_to_columns(instances)
     if signature.format == "columns" and all(isinstance(r, list) for r in instances):
@@ -93,6 +97,27 @@ def _instances(instances: Any, signature: Signature) -> dict[str, Any]:
         f"{', '.join(signature.input_names)}",
         field="instances",
     )
+
+
+def _float_records(instances: list[Any], names: list[str]) -> dict[str, Any] | None:
+    """Rows of plain numbers with exactly the signature's fields, as one float block (views per column).
+
+    Anything else (a missing or extra field, a bool, a string, null) returns None and takes
+    the general path, whose errors name the field and value.
+    """
+    keys = set(names)
+    rows = []
+    for r in instances:
+        if type(r) is not dict or r.keys() != keys:
+            return None
+        row = [r[k] for k in names]
+        for v in row:
+            t = type(v)
+            if t is not float and t is not int:
+                return None
+        rows.append(row)
+    block = np.array(rows, dtype=np.float64)
+    return {name: block[:, i] for i, name in enumerate(names)}
 
 
 def _columns(inputs: Any, signature: Signature) -> dict[str, Any]:

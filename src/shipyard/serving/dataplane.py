@@ -133,8 +133,9 @@ class DataPlane:
             outputs = await self._predict(model, arrays)
         else:
             try:
-                outputs = await asyncio.wait_for(self._predict(model, arrays), self.request_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.request_timeout):  # in place; wait_for would add a task
+                    outputs = await self._predict(model, arrays)
+            except TimeoutError:
                 raise RequestTimeout(self.request_timeout) from None
         outputs = select_outputs(outputs, request.outputs)
         if key is not None and self.cache is not None:

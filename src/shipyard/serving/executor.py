@@ -39,7 +39,7 @@ class InProcessExecutor:
 
     capacity = 1
 
-    def __init__(self, inline_below_ms: float = 2.0) -> None:
+    def __init__(self, inline_below_ms: float = 10.0) -> None:
         self.inline_below_ms = inline_below_ms
         self._avg_ms: dict[int, float] = {}
 

@@ -258,3 +258,14 @@ def test_options_are_checked(tmp_path: Path, settings: Settings) -> None:
                        ({"batch_rows": 0}, "batch_rows")]:
         with pytest.raises(ConfigError, match=match):
             batch_predict("lr", tmp_path, tmp_path / "out", settings=settings, **bad)
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(
+    tmp_path: Path, settings: Settings, model: LogisticRegression
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_parquet(iris_rows(100), data / "in.parquet")
+    first = predict("lr", data, data / "scores", settings)
+    again = predict("lr", data, data / "scores", settings)  # the parts are now in data/ too
+    assert first.rows == again.rows == 100 and again.resumed_parts == again.parts == 1

@@ -102,18 +102,24 @@ async def test_predict_returns_predictions_version_and_request_id(
 
 @pytest.mark.parametrize(
     ("variables", "code", "field", "message"),
+    # fmt: off
     [
         ({"model": "m", "records": [{"x1": "a", "x2": 1.0}]}, "BAD_USER_INPUT", "x1", "input 'x1': expected FP64"),
         ({"model": "m", "records": [{"x1": 1.0}]}, "BAD_USER_INPUT", "x2", "missing input 'x2'"),
-        ({"model": "m", "records": [{"x1": 1.0, "x2": 2.0, "x3": 0.0}]}, "BAD_USER_INPUT", "x3", "unexpected input 'x3'"),
+        ({"model": "m", "records": [{"x1": 1.0, "x2": 2.0, "x3": 0.0}]}, "BAD_USER_INPUT", "x3",
+         "unexpected input 'x3'"),
         ({"model": "m", "records": []}, "BAD_USER_INPUT", "records", "records must be a non-empty list"),
         ({"model": "m", "records": {"x1": [1.0]}}, "BAD_USER_INPUT", "records", "records must be a non-empty list"),
         ({"model": "m", "records": [[1.0, 2.0, 3.0]]}, "BAD_USER_INPUT", "records", "instance 0 has 3 values"),
-        ({"model": "other", "records": [{"x1": 1.0, "x2": 2.0}]}, "NOT_FOUND", None, "model 'other' is not served here"),
+        ({"model": "other", "records": [{"x1": 1.0, "x2": 2.0}]}, "NOT_FOUND", None,
+         "model 'other' is not served here"),
         ({"model": "m@staging", "records": [{"x1": 1.0, "x2": 2.0}]}, "NOT_FOUND", None, "has no alias 'staging'"),
-        ({"model": "m", "version": "9", "records": [{"x1": 1.0, "x2": 2.0}]}, "NOT_FOUND", None, "has no version 9"),
+        ({"model": "m", "version": "9", "records": [{"x1": 1.0, "x2": 2.0}]}, "NOT_FOUND", None,
+         "has no version 9"),
     ],
-    ids=["wrong-type", "missing", "extra", "empty", "not-a-list", "list-row-too-long", "not-served", "alias", "version"],
+    # fmt: on
+    ids=["wrong-type", "missing", "extra", "empty", "not-a-list", "list-row-too-long", "not-served", "alias",
+         "version"],
 )
 async def test_predict_errors_are_graphql_errors_naming_the_field(
     client: httpx.AsyncClient, variables: dict[str, Any], code: str, field: str | None, message: str

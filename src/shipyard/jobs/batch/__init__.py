@@ -88,6 +88,7 @@ def batch_predict(
     from shipyard.jobs.batch import plan
 
     _check(format, engine, workers, max_reject_ratio, batch_rows)
+    ids = tuple(dict.fromkeys(id_columns))
     s = plan.absolute(settings or Settings.from_env())
     out = Path(output).expanduser().resolve()
     n_workers = workers or os.cpu_count() or 1
@@ -95,7 +96,7 @@ def batch_predict(
         from shipyard.jobs.batch.spark import run_spark
 
         result = run_spark(
-            model, input, out, output_format=format, id_columns=tuple(id_columns), keep_input=keep_input,
+            model, input, out, output_format=format, id_columns=ids, keep_input=keep_input,
             workers=n_workers, batch_rows=batch_rows, input_format=input_format, settings=s,
         )
     else:
@@ -103,7 +104,7 @@ def batch_predict(
         from shipyard.jobs.batch.progress import reporter
 
         job = plan.plan_job(
-            model, input, out, output_format=format, id_columns=tuple(id_columns), keep_input=keep_input,
+            model, input, out, output_format=format, id_columns=ids, keep_input=keep_input,
             batch_rows=batch_rows, input_format=input_format, settings=s,
         )
         with plan.executor(engine, n_workers, job.flavor) as executor:

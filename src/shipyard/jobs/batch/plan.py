@@ -75,7 +75,7 @@ def plan_job(
 ) -> Job:
     """Resolve the model, find and open the inputs, and fix the output's columns."""
     pin, mv = pin_model(model, settings, output)
-    files, fmt = discover(input, input_format)
+    files, fmt = discover(input, input_format, exclude=output)
     wanted: list[str] | None = None if keep_input else list(id_columns)
     reader = open_reader(fmt, files, mv.signature, wanted)
     passthrough = tuple(reader.columns()) if keep_input else id_columns

@@ -50,7 +50,9 @@ class InputFile:
         return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
-def discover(input: str | Path | Sequence[str | Path], input_format: str | None = None) -> tuple[list[InputFile], str]:
+def discover(
+    input: str | Path | Sequence[str | Path], input_format: str | None = None, *, exclude: Path | None = None
+) -> tuple[list[InputFile], str]:
     """The input files, sorted, and their format.
 
     Args:
@@ -58,6 +60,8 @@ def discover(input: str | Path | Sequence[str | Path], input_format: str | None 
             names that start with ``_`` or ``.``), a glob such as ``data/*.parquet``, or a
             list of those.
         input_format: ``parquet``, ``csv`` or ``jsonl``; guessed from the suffixes when None.
+        exclude: a folder whose files are never input (the job's own output, should it sit
+            inside an input folder).
     """
     items = [input] if isinstance(input, (str, Path)) else list(input)
     named: list[Path] = []  # files the user named one by one: always read
@@ -82,6 +86,8 @@ def discover(input: str | Path | Sequence[str | Path], input_format: str | None 
             f"unknown input format '{fmt}'; use one of {', '.join(INPUT_FORMATS)}", field="input_format", got=fmt
         )
     paths = named + [f for f in found if _SUFFIX_FORMAT.get(f.suffix.lower()) == fmt]
+    if exclude is not None:
+        paths = [p for p in paths if not p.resolve().is_relative_to(exclude.resolve())]
     if not paths:
         raise InvalidInput(f"no {fmt} input files match '{input}'", field="input", got=str(input))
     unique = sorted({str(p.resolve()) for p in paths})

@@ -166,7 +166,7 @@ def run_spark(
     functions = require("pyspark.sql.functions", "spark", "pyspark")
     storage = require("pyspark.storagelevel", "spark", "pyspark")
     pin, _ = pin_model(model, settings, output)
-    files, fmt = discover(input, input_format)
+    files, fmt = discover(input, input_format, exclude=output)
     identity: dict[str, Any] = {
         "layout": LAYOUT,
         "model": {"name": pin.name, "version": pin.version, "digest": pin.digest},
