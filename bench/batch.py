@@ -17,7 +17,9 @@ in a fresh process:
 
 Peak RSS is the largest sum of resident memory over the process and all its children
 (workers, forkserver, the JVM), sampled every 20 ms. A one-part run of the local engine
-gives its fixed start-up cost. Prints a Markdown table of medians over rounds.
+gives its fixed start-up cost (forkserver, imports, model load); "after start-up" subtracts
+it. Prints a Markdown table of medians over rounds, with the machine's load average: other
+processes on the same cores slow the two-worker runs more than the one-core raw call.
 """
 
 from __future__ import annotations
@@ -174,6 +176,7 @@ def main() -> None:
     ap.add_argument("--no-spark", action="store_true")
     ap.add_argument("--keep", type=Path, help="keep the data and outputs in this folder")
     args = ap.parse_args()
+    args.load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="shipyard-bench-batch-") as tmp:
         root = args.keep or Path(tmp)
@@ -220,21 +223,30 @@ def _table(rows: list[tuple[str, int, str, list[dict[str, Any]]]], args: argpars
         "spark": f"Spark local[{args.workers}] predict_spark, Parquet -> Parquet",
     }
     base: dict[tuple[str, int], float] = {}
-    print(f"\n{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
-          f"median of {args.rounds} rounds; batch rows {args.batch_rows:,}\n")
-    print("| model | rows | path | seconds | rows/s | peak RSS MiB | rows/s vs raw |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    startup = {model: statistics.median(r["seconds"] for r in rounds)
+               for model, _, path, rounds in rows if path == "start-up"}
+    print(f"\n{os.cpu_count()} cores, load average {args.load_before:.1f} before and {os.getloadavg()[0]:.1f} "
+          f"after (other work on the machine); median of {args.rounds} rounds; batch rows {args.batch_rows:,}\n")
+    print("| model | rows | path | seconds | rows/s | vs raw | rows/s after start-up | vs raw | peak RSS MiB |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model, n, path, rounds in rows:
         seconds = statistics.median(r["seconds"] for r in rounds)
         rss = statistics.median(r["peak_rss"] for r in rounds) / 2**20
         if path == "start-up":
-            print(f"| {model} | 1,000 | {labels[path]} | {seconds:.2f} | | {rss:,.0f} | |")
+            print(f"| {model} | 1,000 | {labels[path]} | {seconds:.2f} | | | | | {rss:,.0f} |")
             continue
         speed = n / seconds
         if path == "raw":
             base[(model, n)] = speed
-        ratio = speed / base[(model, n)] if (model, n) in base else float("nan")
-        print(f"| {model} | {n:,} | {labels[path]} | {seconds:.2f} | {speed:,.0f} | {rss:,.0f} | {ratio:.2f}x |")
+        ratio = speed / base[(model, n)]
+        steady = ""
+        if path == "local" and model in startup and seconds > startup[model]:
+            warm = n / (seconds - startup[model])
+            steady = f"{warm:,.0f} | {warm / base[(model, n)]:.2f}x"
+        else:
+            steady = " | "
+        print(f"| {model} | {n:,} | {labels[path]} | {seconds:.2f} | {speed:,.0f} | {ratio:.2f}x | {steady} | "
+              f"{rss:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -41,10 +41,11 @@ def decode_request(body: bytes, signature: Signature) -> InferenceRequest:
         )
     arrays = _instances(doc["instances"], signature) if has_instances else _columns(doc["inputs"], signature)
     request_id = doc.get("id")
-    return InferenceRequest(
-        inputs=[Tensor(name, _as_array(name, v)) for name, v in arrays.items()],
-        id=None if request_id is None else str(request_id),
-    )
+    if signature.float_columns and all(type(v) is np.ndarray and v.dtype == np.float64 for v in arrays.values()):
+        tensors = [Tensor(name, v, "FP64") for name, v in arrays.items()]  # the fast path's float block
+    else:
+        tensors = [Tensor(name, _as_array(name, v)) for name, v in arrays.items()]
+    return InferenceRequest(inputs=tensors, id=None if request_id is None else str(request_id))
 
 
 def _as_array(name: str, value: Any) -> np.ndarray[Any, Any]:

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from shipyard.errors import ShipyardError
+from shipyard.errors import MissingDependency, ShipyardError
 from shipyard.registry import LoadedModel, ModelVersion, Registry
 from shipyard.runtime.base import Arrays, Runtime
 from shipyard.runtime.onnx import OnnxRuntime
@@ -90,6 +90,9 @@ class CompiledCache:
         graph: bytes | None = None
         try:
             verdict, graph = _convert_and_check(registry, native)
+        except MissingDependency as exc:  # not the model's fault: try again once it is installed
+            logger.warning("serving %s natively: %s", mv.ref, exc)
+            return None
         except ShipyardError as exc:
             verdict = {"ok": False, "reason": str(exc)}
         except Exception as exc:  # a converter bug must not stop the native model from serving

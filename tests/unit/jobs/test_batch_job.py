@@ -109,10 +109,12 @@ def test_a_job_killed_part_way_resumes_and_ends_identical(
         input_format=None, settings=absolute(settings),
     )
     with pytest.raises(Crash):
-        run(job, CrashAfter(5), engine="local", workers=1, progress=Silent())
+        run(job, CrashAfter(5), engine="local", workers=1, progress=Silent(), spool=True)
     assert not (out / "_SUCCESS").exists()
     assert len((out / "_parts.jsonl").read_text().splitlines()) == 5
     (out / ".tmp-deadbeef-part-00000-000005.parquet").write_bytes(b"half a part")  # a worker died mid-write
+    (out / ".tmp-spool-0123").mkdir()  # and the driver with chunks still spooled
+    (out / ".tmp-spool-0123" / "part-00000-000006.arrow").write_bytes(b"chunk")
 
     result = predict("lr", src, out, settings, id_columns=["id"], batch_rows=400, max_reject_ratio=1)
     assert result.resumed_parts == 5 and result.parts == reference.parts == 13

@@ -108,7 +108,10 @@ def batch_predict(
             batch_rows=batch_rows, input_format=input_format, settings=s,
         )
         with plan.executor(engine, n_workers, job.flavor) as executor:
-            result = local.run(job, executor, engine=engine, workers=n_workers, progress=reporter(progress))
+            result = local.run(
+                job, executor, engine=engine, workers=n_workers, progress=reporter(progress),
+                spool=engine == "local" and n_workers > 1,
+            )
     if result.reject_ratio > max_reject_ratio:
         raise RejectLimitExceeded(result, max_reject_ratio)
     return result

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +45,7 @@ from shipyard.jobs.batch.progress import Reporter
 from shipyard.jobs.batch.readers import InputFile, Reader
 from shipyard.jobs.batch.result import BatchResult
 from shipyard.jobs.batch.scoring import ScoringSpec
+from shipyard.jobs.batch.spool import Spool
 from shipyard.jobs.batch.worker import PartOutcome, PartTask, run_part, watch_driver
 from shipyard.jobs.batch.writers import concatenate
 
@@ -99,8 +100,13 @@ class Job:
     identity: dict[str, Any] = field(default_factory=dict)
 
 
-def run(job: Job, executor: Executor, *, engine: str, workers: int, progress: Reporter) -> BatchResult:
-    """Run (or resume) ``job`` on ``executor`` and finish its output folder."""
+def run(
+    job: Job, executor: Executor, *, engine: str, workers: int, progress: Reporter, spool: bool = False
+) -> BatchResult:
+    """Run (or resume) ``job`` on ``executor`` and finish its output folder.
+
+    ``spool``: hand chunks to the workers as files (local worker processes; see ``spool.py``).
+    """
     t0 = time.monotonic()
     out = job.output
     resuming = prepare_output(out, job.identity)
@@ -119,10 +125,15 @@ def run(job: Job, executor: Executor, *, engine: str, workers: int, progress: Re
     if resuming:
         logger.info("resuming %s: %d parts already finished", out, resumed_parts)
     progress.start(job.reader.total_rows(), resumed_rows)
+    spooler = Spool(out) if spool else None
     try:
-        records = _drive(job, executor, journal, state.parts, state.files, progress, max_in_flight=2 * workers)
+        records = _drive(
+            job, executor, journal, state.parts, state.files, progress, spooler, max_in_flight=2 * workers
+        )
     finally:
         progress.close()
+        if spooler is not None:
+            spooler.close()
     return _finish(
         job, records, manifest, engine=engine, resumed=(resumed_parts, resumed_rows), seconds=time.monotonic() - t0
     )
@@ -135,6 +146,7 @@ def _drive(
     records: dict[str, PartRecord],
     files_done: dict[int, FileRecord],
     progress: Reporter,
+    spool: Spool | None,
     *,
     max_in_flight: int,
 ) -> dict[str, PartRecord]:
@@ -187,7 +199,8 @@ def _drive(
             task = PartTask(
                 name, file.index, k, file.path, k * job.batch_rows, out, job.output_format, job.spec, job.settings
             )
-            pending[executor.submit(run_part, task, chunk)] = task
+            payload = spool.put(chunk, name) if spool is not None else chunk
+            pending[executor.submit(run_part, task, payload)] = task
             collect(block=False)
         chunks_of[file.index] = count
         file_finished(file.index)
@@ -252,4 +265,4 @@ def totals(result: BatchResult) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -246,13 +247,16 @@ def prepare_output(folder: Path, identity: Mapping[str, Any]) -> bool:
 
 
 def remove_temporaries(folder: Path) -> None:
-    """Delete files a killed run left under temporary names."""
+    """Delete files (and the chunk spool) a killed run left under temporary names."""
     for sub in (folder, folder / REJECTS_DIR):
         if sub.is_dir():
             for p in sub.iterdir():
                 if p.name.startswith(TMP_PREFIX):
-                    with contextlib.suppress(FileNotFoundError):
-                        p.unlink()
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            p.unlink()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

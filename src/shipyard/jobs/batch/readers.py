@@ -34,7 +34,7 @@ from shipyard.signature import Signature, column_array
 INPUT_FORMATS = ("parquet", "csv", "jsonl")
 _SUFFIX_FORMAT = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Read-ahead of the dataset scanner, in batches: enough to keep workers fed, bounded in memory.
-_READAHEAD = 4
+_READAHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,11 @@ class DatasetReader:
             convert = pacsv.ConvertOptions(column_types=text_inputs)
             file_format: ds.FileFormat = ds.CsvFileFormat(convert_options=convert)
         else:
-            file_format = ds.ParquetFileFormat()
+            # pre_buffer (pyarrow's default) fetches the column chunks of every row group the
+            # scan will read, up front: memory then grows with the file (442 MiB for 10M rows of
+            # five columns, against 133 MiB without), where a batch job needs it flat.
+            options = ds.ParquetFragmentScanOptions(pre_buffer=False)
+            file_format = ds.ParquetFileFormat(default_fragment_scan_options=options)
         self.dataset = ds.dataset([f.path for f in files], format=file_format)
         names = self.dataset.schema.names
         wanted = list(names) if columns is None else list(columns)
@@ -177,8 +181,10 @@ class DatasetReader:
         missing = [c for c in self.needed if c not in have]
         if missing:
             raise InvalidInput(f"input column '{missing[0]}' is not in {file.path}", field=missing[0])
+        # one thread and a short read-ahead: memory bounded by a row group or two, not the file
         batches = frag.to_batches(
-            schema=self.dataset.schema, columns=self._columns, batch_size=rows, batch_readahead=_READAHEAD
+            schema=self.dataset.schema, columns=self._columns, batch_size=rows, batch_readahead=_READAHEAD,
+            fragment_readahead=1, use_threads=False,
         )
         for table in rechunk(batches, rows):
             yield Chunk(table)

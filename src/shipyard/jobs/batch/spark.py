@@ -36,8 +36,6 @@ from shipyard.jobs.batch.plan import absolute, pin_model
 from shipyard.jobs.batch.readers import discover
 from shipyard.jobs.batch.result import BatchResult
 from shipyard.jobs.batch.scoring import (
-    MODEL_NAME,
-    MODEL_VERSION,
     REJECT_REASON,
     Chunk,
     ScoringSpec,
@@ -48,6 +46,8 @@ from shipyard.jobs.batch.scoring import (
 from shipyard.jobs.batch.worker import model_for
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["predict_spark", "run_spark", "spark_session"]
 
 LAYOUT = "spark"
 
@@ -268,5 +268,3 @@ def _write(df: Any, output: Path, fmt: str, functions: Any) -> None:
         writer.json(str(output))
     logger.info("spark wrote %s as %s", output, fmt)
 
-
-__all__ = ["MODEL_NAME", "MODEL_VERSION", "REJECT_REASON", "predict_spark", "run_spark", "spark_session"]

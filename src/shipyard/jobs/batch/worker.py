@@ -26,6 +26,7 @@ from shipyard.errors import (
 )
 from shipyard.jobs.batch.parts import REJECTS_DIR, SUFFIXES
 from shipyard.jobs.batch.scoring import Chunk, ModelPin, ScoringSpec, output_table, reject_records, score
+from shipyard.jobs.batch.spool import SpooledChunk
 from shipyard.jobs.batch.writers import write_part, write_records
 from shipyard.registry import LoadedModel, Registry
 
@@ -105,7 +106,7 @@ class PartOutcome:
     rejected: int
 
 
-def run_part(task: PartTask, chunk: Chunk) -> PartOutcome:
+def run_part(task: PartTask, chunk: Chunk | SpooledChunk) -> PartOutcome:
     """Score ``chunk``, write its rejects (if any) then its output part; both atomically.
 
     Errors are re-raised as plain shipyard errors carrying the message, because
@@ -113,6 +114,8 @@ def run_part(task: PartTask, chunk: Chunk) -> PartOutcome:
     a pickle.
     """
     try:
+        if isinstance(chunk, SpooledChunk):
+            chunk = chunk.load()
         model = model_for(task.spec.pin, task.settings)
         keep = any(task.spec.signature.input(c) is not None for c in task.spec.passthrough)
         scored = score(model, chunk, task.spec, keep_inputs=keep)
