@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,8 +63,13 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run_measured(args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run ``python bench/batch.py <args>``; return its JSON result plus the tree's peak RSS."""
+def run_measured(args: list[str], env: dict[str, str], out: Path | None = None) -> dict[str, Any]:
+    """Run ``python bench/batch.py <args>``; return its JSON result plus the tree's peak RSS.
+
+    ``out``, the run's output folder, is removed first: each measured run starts from nothing.
+    """
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)
     proc = subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=subprocess.PIPE, text=True)
     peak = 0
     done = threading.Event()
@@ -186,7 +192,8 @@ def main() -> None:
         if not (home / "registry.db").exists():
             register_models(home)
         tiny = root / "tiny.parquet"
-        write_rows(tiny, 1000)
+        if not tiny.exists():
+            write_rows(tiny, 1000)
         rows_out: list[tuple[str, int, str, list[dict[str, Any]]]] = []
         for n in args.rows:
             data = root / f"rows-{n}.parquet"
@@ -198,17 +205,18 @@ def main() -> None:
                 for r in range(args.rounds):
                     print(f"{model} {n:,} rows, round {r + 1}/{args.rounds}", file=sys.stderr)
                     results["raw"].append(run_measured(["_raw", model, str(data)], env))
-                    out = root / f"out-{model}-{n}-{r}"
+                    out = root / f"out-{model}-{n}"
                     results["local"].append(run_measured(
-                        ["_local", model, str(data), str(out), str(args.workers), str(args.batch_rows)], env))
+                        ["_local", model, str(data), str(out), str(args.workers), str(args.batch_rows)], env, out))
                     if n == args.rows[0]:
+                        tiny_out = root / f"tiny-{model}"
                         results["start-up"].append(run_measured(
-                            ["_local", model, str(tiny), str(root / f"tiny-{model}-{r}"), str(args.workers),
-                             str(args.batch_rows)], env))
+                            ["_local", model, str(tiny), str(tiny_out), str(args.workers), str(args.batch_rows)],
+                            env, tiny_out))
                     if not args.no_spark:
+                        spark_out = root / f"spark-{model}-{n}"
                         results["spark"].append(run_measured(
-                            ["_spark", model, str(data), str(root / f"spark-{model}-{n}-{r}"), str(args.workers),
-                             "10000"], env))
+                            ["_spark", model, str(data), str(spark_out), str(args.workers), "10000"], env, spark_out))
                 for path, rounds in results.items():
                     if rounds:
                         rows_out.append((model, n, path, rounds))

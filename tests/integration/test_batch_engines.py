@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from tests.fixtures.batch import iris_rows, write_parquet
 
 from shipyard.config import Settings
 from shipyard.jobs.batch import BatchResult, batch_predict
-from tests.fixtures.batch import iris_rows, write_parquet
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from tests.fixtures.batch import iris_rows, write_parquet
 
 pytestmark = pytest.mark.integration
@@ -84,7 +83,8 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_output(
     try:
         deadline = time.monotonic() + 120
         while not (journal.exists() and len(journal.read_text().splitlines()) >= 3):
-            assert proc.poll() is None, "the run ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()
+            log = tmp_path / "killed.log"
+            assert proc.poll() is None, "the run ended before it could be killed:\n" + log.read_text()
             assert time.monotonic() < deadline, "no part finished in time"
             time.sleep(0.005)
         workers = descendants(proc.pid)

@@ -55,6 +55,9 @@ def pid_home(tmp_path: Path) -> Path:
 
         class Pid(shipyard.Model):
             def predict(self, inputs):
+                marks = os.environ.get("PID_MODEL_MARKS")
+                if marks:  # tells the test this process is now inside a call
+                    open(os.path.join(marks, str(os.getpid())), "w").close()
                 time.sleep(0.2)
                 return np.full(len(inputs["x"]), os.getpid(), dtype=np.int64)
     '''))
@@ -88,13 +91,18 @@ def test_two_workers_share_the_calls(pid_home: Path) -> None:
     assert served_by == set(workers)  # both processes answered, and none of it ran in the server
 
 
-def test_a_killed_worker_fails_its_request_with_503_and_is_replaced(pid_home: Path) -> None:
-    with run_server(pid_home, ["pid"], args=["--workers", "2"]) as server:
+def test_a_killed_worker_fails_its_request_with_503_and_is_replaced(pid_home: Path, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with run_server(pid_home, ["pid"], args=["--workers", "2"], env={"PID_MODEL_MARKS": str(marks)}) as server:
         before = worker_pids(server.process.pid)
 
         async def scenario() -> tuple[list[httpx.Response], list[httpx.Response]]:
             load = asyncio.create_task(_many(server.url, 6))
-            await asyncio.sleep(0.1)  # both workers are now inside a 0.2 s call
+            deadline = time.monotonic() + 30
+            while not (marks / str(before[0])).exists():  # the victim is inside a call now
+                assert time.monotonic() < deadline, "the worker never got a call"
+                await asyncio.sleep(0.005)
             os.kill(before[0], signal.SIGKILL)
             first = await load
             return first, await _many(server.url, 4)

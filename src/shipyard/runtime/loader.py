@@ -86,3 +86,22 @@ def runtime_for_path(path: Path) -> type[Runtime]:
     if cls is None:
         raise UnsupportedModel(f"cannot tell the model format of '{path}'; pass --flavor ({', '.join(flavors())})")
     return cls
+
+
+# What a worker process of each flavor imports before it forks (see serving/workers.py and
+# jobs/batch/worker.py), so each fork starts with the model's libraries already in memory.
+# scikit-learn goes through the runtime's own skops import, which keeps torch and dask out.
+_PRELOAD = {
+    "sklearn": ["shipyard.runtime._sklearn_preload", "pandas", "sklearn.ensemble", "sklearn.linear_model"],
+    "xgboost": ["xgboost", "pandas"],
+    "lightgbm": ["lightgbm", "pandas"],
+    "onnx": ["onnxruntime"],
+    "torch": ["torch"],
+    "mlflow": ["pandas"],
+}
+
+
+def preload_modules(flavor: str) -> list[str]:
+    """Modules to import once in a forkserver before forking workers for this flavor."""
+    runtime = f"shipyard.runtime.{'custom' if flavor == 'python' else flavor}"
+    return [runtime, *_PRELOAD.get(flavor, [])]

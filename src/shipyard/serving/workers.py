@@ -31,26 +31,16 @@ from shipyard.config import Settings
 from shipyard.errors import InferenceError, ModelNotReady, ShipyardError, WorkerDied
 from shipyard.registry import LoadedModel, ModelVersion
 from shipyard.runtime.base import Arrays
+from shipyard.runtime.loader import preload_modules as runtime_preload
 
 logger = logging.getLogger(__name__)
-
-#: What a worker of each flavor imports before it forks, so forks start warm.
-PRELOAD = {
-    "sklearn": ["skops.io", "pandas", "sklearn.ensemble", "sklearn.linear_model"],
-    "xgboost": ["xgboost", "pandas"],
-    "lightgbm": ["lightgbm", "pandas"],
-    "onnx": ["onnxruntime"],
-    "torch": ["torch"],
-    "mlflow": ["pandas"],
-}
-
 
 def preload_modules(flavors: set[str], runtime_mode: str) -> list[str]:
     mods = ["shipyard.serving.workers", "shipyard.registry", "numpy"]
     for flavor in sorted(flavors):
-        mods += [f"shipyard.runtime.{flavor if flavor != 'python' else 'custom'}", *PRELOAD.get(flavor, [])]
+        mods += runtime_preload(flavor)
     if runtime_mode != "native":
-        mods += PRELOAD["onnx"]
+        mods += runtime_preload("onnx")
     return list(dict.fromkeys(mods))
 
 

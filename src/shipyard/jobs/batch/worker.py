@@ -29,30 +29,16 @@ from shipyard.jobs.batch.scoring import Chunk, ModelPin, ScoringSpec, output_tab
 from shipyard.jobs.batch.spool import SpooledChunk
 from shipyard.jobs.batch.writers import write_part, write_records
 from shipyard.registry import LoadedModel, Registry
+from shipyard.runtime.loader import preload_modules as runtime_preload
 
 logger = logging.getLogger(__name__)
 
 _models: dict[tuple[str, str, str, int, str], LoadedModel] = {}
 _lock = threading.Lock()
 
-# What the forkserver imports once, so that each worker forked from it starts with the
-# model's libraries already in memory instead of importing them itself (seconds each).
-# The same table lives in serving/workers.py; both belong with the runtime plug-ins. Not
-# skops.io: imported plainly it drags in torch and dask; the runtime's own loader avoids that.
-_PRELOAD = {
-    "sklearn": ["pandas", "sklearn.ensemble", "sklearn.linear_model"],
-    "xgboost": ["xgboost", "pandas"],
-    "lightgbm": ["lightgbm", "pandas"],
-    "onnx": ["onnxruntime"],
-    "torch": ["torch"],
-    "mlflow": ["pandas"],
-}
-
-
 def preload_modules(flavor: str) -> list[str]:
     """Modules a worker of this flavor needs, for the forkserver to import before forking."""
-    runtime = f"shipyard.runtime.{'custom' if flavor == 'python' else flavor}"
-    return ["shipyard.jobs.batch.worker", "shipyard.registry", "numpy", "pyarrow", runtime, *_PRELOAD.get(flavor, [])]
+    return ["shipyard.jobs.batch.worker", "shipyard.registry", "numpy", "pyarrow", *runtime_preload(flavor)]
 
 
 def model_for(pin: ModelPin, settings: Settings) -> LoadedModel:
