@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-import textwrap
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from tests.fixtures.custom import register_source_model
 
-from shipyard.config import Settings
 from shipyard.demo import FEATURES, train_demo_model
-from shipyard.registry import Registry
 from shipyard.testing import RunningServer, run_server
 
 pytestmark = pytest.mark.integration
@@ -50,8 +47,9 @@ def test_hundreds_of_concurrent_requests_get_their_own_answers(demo_home: Path, 
 @pytest.fixture
 def slow_home(tmp_path: Path) -> Path:
     """A model that takes 20 ms per call whatever the batch size: capacity ~50 calls/s."""
-    src = tmp_path / "slow_model.py"
-    src.write_text(textwrap.dedent('''
+    home = tmp_path / "home"
+    register_source_model(tmp_path, home, module="slow_model", cls="Slow", name="demo",
+                          sample={f: [1.0] for f in FEATURES}, source='''
         import time
         import shipyard
 
@@ -59,20 +57,7 @@ def slow_home(tmp_path: Path) -> Path:
             def predict(self, inputs):
                 time.sleep(0.02)
                 return inputs["sepal_length"] * 2
-    '''))
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("slow_model", src)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["slow_model"] = mod  # registration finds the class's source through its module
-    spec.loader.exec_module(mod)
-    home = tmp_path / "home"
-    reg = Registry.from_settings(Settings(home=home))
-    try:
-        reg.register(mod.Slow(), "demo", sample={f: [1.0] for f in FEATURES})
-    finally:
-        reg.close()
+    ''')
     return home
 
 

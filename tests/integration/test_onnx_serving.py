@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.fixtures.custom import register_source_model
 
 from shipyard.demo import FEATURES, train_demo_model
 from shipyard.testing import run_server
@@ -47,24 +48,10 @@ def test_the_onnx_path_is_checked_cached_and_answers_like_the_native_model(
 
 
 def test_a_model_that_cannot_compile_is_served_natively_with_the_reason_logged(tmp_path: Path) -> None:
-    src = tmp_path / "plain_model.py"
-    src.write_text("import shipyard\n\nclass Plain(shipyard.Model):\n"
-                   "    def predict(self, inputs):\n        return inputs['x'] + 1\n")
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("plain_model", src)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["plain_model"] = mod
-    spec.loader.exec_module(mod)
-    from shipyard.config import Settings
-    from shipyard.registry import Registry
-
     home = tmp_path / "home"
-    reg = Registry.from_settings(Settings(home=home))
-    reg.register(mod.Plain(), "plain", sample={"x": [1.0]})
-    reg.close()
+    register_source_model(tmp_path, home, module="plain_model", cls="Plain", name="plain", sample={"x": [1.0]},
+                          source="import shipyard\n\nclass Plain(shipyard.Model):\n"
+                                 "    def predict(self, inputs):\n        return inputs['x'] + 1\n")
     with run_server(home, ["plain"], args=["--runtime", "onnx", "--workers", "1"]) as server:
         r = httpx.post(f"{server.url}/v1/models/plain:predict", json={"instances": [{"x": 41.0}]}, timeout=30)
         log = server.log()

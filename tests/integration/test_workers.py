@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.fixtures.custom import register_source_model
 
-from shipyard.config import Settings
-from shipyard.registry import Registry
 from shipyard.testing import run_server
 
 pytestmark = pytest.mark.integration
@@ -45,8 +41,9 @@ def worker_pids(server_pid: int) -> list[int]:
 @pytest.fixture
 def pid_home(tmp_path: Path) -> Path:
     """A model that answers with the pid of the process that ran it, after 0.2 s."""
-    src = tmp_path / "pid_model.py"
-    src.write_text(textwrap.dedent('''
+    home = tmp_path / "home"
+    register_source_model(tmp_path, home, module="pid_model", cls="Pid", name="pid", sample={"x": [1.0]},
+                          source='''
         import os
         import time
 
@@ -60,18 +57,7 @@ def pid_home(tmp_path: Path) -> Path:
                     open(os.path.join(marks, str(os.getpid())), "w").close()
                 time.sleep(0.2)
                 return np.full(len(inputs["x"]), os.getpid(), dtype=np.int64)
-    '''))
-    spec = importlib.util.spec_from_file_location("pid_model", src)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["pid_model"] = mod
-    spec.loader.exec_module(mod)
-    home = tmp_path / "home"
-    reg = Registry.from_settings(Settings(home=home))
-    try:
-        reg.register(mod.Pid(), "pid", sample={"x": [1.0]})
-    finally:
-        reg.close()
+    ''')
     return home
 
 
