@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from shipyard import __version__
-from shipyard.cli import alias, batch, export, models, predict, quickstart, register, serve
+from shipyard.cli import alias, batch, export, models, predict, quickstart, register, serve, stream
 from shipyard.cli._output import handle_errors
 from shipyard.config import Settings
 
@@ -32,6 +32,7 @@ def cli(ctx: click.Context, home: Path | None, registry_url: str | None, artifac
     Start here:   shipyard quickstart
     Register:     shipyard register fraud model.skops --sample rows.csv
     Serve:        shipyard serve fraud@champion --port 8000
+    Stream:       shipyard stream fraud@champion --source kafka://HOST:9092/in --sink kafka://HOST:9092/out
     """
     ctx.ensure_object(dict)
     ctx.obj["settings"] = Settings.from_env(home=home, registry_url=registry_url, artifacts=artifacts)
@@ -45,6 +46,7 @@ cli.add_command(alias.rollback)
 cli.add_command(serve.serve)
 cli.add_command(predict.predict)
 cli.add_command(batch.batch)
+cli.add_command(stream.stream)
 cli.add_command(export.export)
 cli.add_command(export.bundle)
 

@@ -26,6 +26,20 @@ from shipyard.types import InferenceRequest, InferenceResponse, Tensor
 
 def decode_request(body: bytes, signature: Signature) -> InferenceRequest:
     doc = parse_json(body)
+    arrays = decode_document(doc, signature)
+    request_id = doc.get("id")
+    return InferenceRequest(inputs=as_tensors(arrays, signature), id=None if request_id is None else str(request_id))
+
+
+def as_tensors(arrays: dict[str, Any], signature: Signature) -> list[Tensor]:
+    """Decoded columns as tensors (the float fast path's block keeps its datatype)."""
+    if signature.float_columns and all(type(v) is np.ndarray and v.dtype == np.float64 for v in arrays.values()):
+        return [Tensor(name, v, "FP64") for name, v in arrays.items()]
+    return [Tensor(name, _as_array(name, v)) for name, v in arrays.items()]
+
+
+def decode_document(doc: Any, signature: Signature) -> dict[str, Any]:
+    """The columns of a parsed ``{"instances": ...}`` or ``{"inputs": ...}`` document (not yet validated)."""
     if not isinstance(doc, dict):
         raise InvalidInput(
             'body must be a JSON object like {"instances": [...]} or {"inputs": {...}}',
@@ -39,13 +53,7 @@ def decode_request(body: bytes, signature: Signature) -> InferenceRequest:
             field="body",
             got=", ".join(sorted(doc)) or "an empty object",
         )
-    arrays = _instances(doc["instances"], signature) if has_instances else _columns(doc["inputs"], signature)
-    request_id = doc.get("id")
-    if signature.float_columns and all(type(v) is np.ndarray and v.dtype == np.float64 for v in arrays.values()):
-        tensors = [Tensor(name, v, "FP64") for name, v in arrays.items()]  # the fast path's float block
-    else:
-        tensors = [Tensor(name, _as_array(name, v)) for name, v in arrays.items()]
-    return InferenceRequest(inputs=tensors, id=None if request_id is None else str(request_id))
+    return _instances(doc["instances"], signature) if has_instances else _columns(doc["inputs"], signature)
 
 
 def _as_array(name: str, value: Any) -> np.ndarray[Any, Any]:
@@ -138,19 +146,22 @@ def _columns(inputs: Any, signature: Signature) -> dict[str, Any]:
 
 
 def encode_response(response: InferenceResponse) -> dict[str, Any]:
-    outputs = {t.name: _to_py(t.data) for t in response.outputs}
-    if len(outputs) == 1:
-        predictions: list[Any] = next(iter(outputs.values()))
-    else:
-        n = len(next(iter(outputs.values())))
-        predictions = [{k: v[i] for k, v in outputs.items()} for i in range(n)]
     doc: dict[str, Any] = {
         "model_name": response.model_name,
         "model_version": response.model_version,
         "id": response.id,
-        "predictions": predictions,
+        "predictions": predictions({t.name: t.data for t in response.outputs}),
     }
     return doc
+
+
+def predictions(outputs: Mapping[str, np.ndarray[Any, Any]]) -> list[Any]:
+    """One JSON value per row: the value itself for a one-output model, else an object of outputs."""
+    columns = {name: _to_py(a) for name, a in outputs.items()}
+    if len(columns) == 1:
+        return next(iter(columns.values()))
+    n = len(next(iter(columns.values())))
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
 
 
 def _to_py(arr: np.ndarray[Any, Any]) -> list[Any]:

@@ -1,0 +1,150 @@
+"""Wiring of one stream job: registry, the model (aliases re-resolved), broker ends, the consumer.
+
+Nothing else builds a stream consumer from settings; the CLI and the server's
+asynchronous-request path call ``StreamJob``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shipyard.config import Settings
+from shipyard.jobs.stream import local
+from shipyard.jobs.stream.broker import StreamUrl, open_sink, open_source
+from shipyard.jobs.stream.consumer import ModelProvider, StreamConsumer, StreamMetrics, StreamOptions, StreamStats
+from shipyard.jobs.stream.scoring import RunModel
+from shipyard.registry import LoadedModel, Registry
+from shipyard.serving.compiled import CompiledCache
+from shipyard.serving.executor import InProcessExecutor
+from shipyard.serving.repository import ModelRepository
+from shipyard.types import ModelRef
+
+DEAD_LETTER_SUFFIX = ".dlq"
+
+
+def default_group(model: str) -> str:
+    return f"shipyard-{ModelRef.parse(model).name}"
+
+
+def default_consumer() -> str:
+    """Unique per process, readable in broker tools: HOST-PID."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def resolve_url(url: str | StreamUrl, settings: Settings) -> StreamUrl:
+    """Parse ``url``; an embedded ``local://`` stream without a path lives in ``SHIPYARD_HOME``."""
+    parsed = url if isinstance(url, StreamUrl) else StreamUrl.parse(url)
+    if parsed.scheme == "local" and not parsed.options.get("path"):
+        options = {**parsed.options, "path": str(local.default_path(settings.home).resolve())}
+        parsed = StreamUrl(parsed.scheme, parsed.hosts, parsed.topic, options, None, None, parsed.raw)
+    return parsed
+
+
+def dead_letter_url(source: StreamUrl) -> StreamUrl:
+    """The default dead-letter topic: the source's name + ``.dlq``, on the source's broker."""
+    return source.with_topic(source.topic + DEAD_LETTER_SUFFIX)
+
+
+@dataclass
+class StreamJob:
+    """One model consuming one source. ``run`` blocks until ``stop`` is set, then drains."""
+
+    settings: Settings
+    model: str
+    source: StreamUrl
+    sink: StreamUrl
+    dead_letters: StreamUrl
+    group: str
+    consumer: str
+    options: StreamOptions
+    metrics: StreamMetrics
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        model: str,
+        source: str | StreamUrl,
+        sink: str | StreamUrl,
+        *,
+        dead_letters: str | StreamUrl | None = None,
+        group: str | None = None,
+        consumer: str | None = None,
+        options: StreamOptions | None = None,
+        metrics: StreamMetrics | None = None,
+    ) -> StreamJob:
+        src = resolve_url(source, settings)
+        return cls(
+            settings,
+            model,
+            src,
+            resolve_url(sink, settings),
+            resolve_url(dead_letters, settings) if dead_letters is not None else dead_letter_url(src),
+            group or default_group(model),
+            consumer or default_consumer(),
+            options or StreamOptions(),
+            metrics or StreamMetrics(),
+        )
+
+    async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> StreamStats:
+        settings = self.settings
+        registry = Registry.from_settings(settings)
+        repo = ModelRepository(
+            registry,
+            [self.model],
+            alias_refresh_seconds=settings.alias_refresh_seconds,
+            runtime_mode=settings.runtime,
+            compiled=CompiledCache(settings.cache_dir / "compiled") if settings.runtime != "native" else None,
+        )
+        executor = InProcessExecutor()
+        try:
+            await repo.start()
+            ref = repo.ref_for(ModelRef.parse(self.model).name)
+
+            async def model() -> LoadedModel:
+                return await repo.get_async(ref)
+
+            return await self.consume(model, executor.run, stop, started)
+        finally:
+            await executor.close()
+            repo.close()
+            registry.close()
+
+    async def consume(
+        self,
+        model: ModelProvider,
+        run_model: RunModel,
+        stop: asyncio.Event,
+        started: Callable[[], None] | None = None,
+    ) -> StreamStats:
+        """Consume with a model provider and executor the caller owns (the server shares its own)."""
+        consumer = StreamConsumer(
+            open_source(self.source, group=self.group, consumer=self.consumer),
+            open_sink(self.sink),
+            open_sink(self.dead_letters),
+            model,
+            run_model,
+            self.options,
+            self.metrics,
+        )
+        return await consumer.run(stop, started)
+
+
+async def run_stream(
+    settings: Settings,
+    model: str,
+    source: str,
+    sink: str,
+    *,
+    stop: asyncio.Event,
+    dead_letters: str | None = None,
+    group: str | None = None,
+    options: StreamOptions | None = None,
+) -> StreamStats:
+    """Consume ``source`` with ``model`` until ``stop`` is set; see ``shipyard stream --help``."""
+    job = StreamJob.create(settings, model, source, sink, dead_letters=dead_letters, group=group, options=options)
+    return await job.run(stop)
