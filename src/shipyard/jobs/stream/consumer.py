@@ -121,9 +121,11 @@ class StreamConsumer:
         run_model: RunModel,
         options: StreamOptions | None = None,
         metrics: StreamMetrics | None = None,
+        consumer_name: str | None = None,
     ) -> None:
         """
         Args:
+            consumer_name: written into each result, to trace which group member produced it.
             model: returns the model to use for the next batch (re-resolved, so alias moves apply).
             run_model: calls the model on validated inputs (an executor's ``run``).
         """
@@ -136,6 +138,7 @@ class StreamConsumer:
         self.metrics = metrics or StreamMetrics()
         self.stats = StreamStats()
         self.name = str(source.url)
+        self.consumer_name = consumer_name
         self._give_up_at: float | None = None
         self.in_flight = 0
         """Messages fetched and not yet acknowledged."""
@@ -252,7 +255,8 @@ class StreamConsumer:
 
     async def _score(self, batch: list[Message], received_at: float) -> Scored:
         model = await self.model()
-        return await score(batch, model, self.run_model, source=self.name, received_at=received_at)
+        return await score(batch, model, self.run_model, source=self.name, received_at=received_at,
+                           consumer=self.consumer_name)
 
     async def _send(self, scored: Scored) -> None:
         sends: list[Awaitable[None]] = []

@@ -130,6 +130,7 @@ class StreamJob:
             run_model,
             self.options,
             self.metrics,
+            self.consumer,
         )
         return await consumer.run(stop, started)
 

@@ -82,7 +82,13 @@ def decode_message(message: Message, model: LoadedModel) -> _Decoded:
 
 
 async def score(
-    messages: Sequence[Message], model: LoadedModel, run: RunModel, *, source: str, received_at: float
+    messages: Sequence[Message],
+    model: LoadedModel,
+    run: RunModel,
+    *,
+    source: str,
+    received_at: float,
+    consumer: str | None = None,
 ) -> Scored:
     """Results and dead letters for ``messages``, in message order within each list.
 
@@ -107,7 +113,7 @@ async def score(
                     dead_letter(d.message, error, source=source, received_at=received_at, model=model)
                 )
             else:
-                done[id(d)] = result(d, outputs, model, received_at=received_at)
+                done[id(d)] = result(d, outputs, model, received_at=received_at, consumer=consumer)
     out.results = [done[id(d)] for d in decoded if id(d) in done]
     return out
 
@@ -132,7 +138,9 @@ async def _predict(
     return answers
 
 
-def result(decoded: _Decoded, outputs: Arrays, model: LoadedModel, *, received_at: float) -> Record:
+def result(
+    decoded: _Decoded, outputs: Arrays, model: LoadedModel, *, received_at: float, consumer: str | None = None
+) -> Record:
     m = decoded.message
     values = predictions(outputs)
     doc: dict[str, Any] = {
@@ -147,6 +155,8 @@ def result(decoded: _Decoded, outputs: Arrays, model: LoadedModel, *, received_a
         doc["prediction"] = values[0]
     doc.update(_times(m, received_at))
     doc["predicted_at"] = iso(time.time())
+    if consumer is not None:
+        doc["consumer"] = consumer  # which group member did it: for tracing, and to see the load spread
     return Record(orjson.dumps(doc), key=m.key if m.key is not None else m.id, headers=_headers(m, model))
 
 
