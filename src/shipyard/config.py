@@ -77,6 +77,13 @@ class Settings:
     cache_ttl_seconds: float = 300.0
     """How long a cached response stays valid."""
 
+    async_broker: str = "local://shipyard"
+    """Broker of asynchronous HTTP requests: requests go to TOPIC.requests.MODEL, results come back on
+    TOPIC.results (``local://shipyard``: the embedded broker in ``home``; 'off' or '': no asynchronous requests)."""
+
+    async_consumers: bool = True
+    """Whether the server itself predicts asynchronous requests (off: `shipyard stream` processes do)."""
+
     log_level: str = "info"
     """Logging level of the CLI and server."""
 
@@ -96,6 +103,8 @@ class Settings:
             raise ConfigError(f"workers must be 0 (one per core) or more, got {self.workers}")
         if self.runtime not in ("auto", "native", "onnx"):
             raise ConfigError(f"runtime must be auto, native or onnx, got {self.runtime!r}")
+        if self.async_broker.strip().lower() in ("off", "none"):
+            object.__setattr__(self, "async_broker", "")
         if self.max_queue < 1:
             raise ConfigError(f"max_queue must be at least 1, got {self.max_queue}")
         if self.request_timeout_seconds < 0 or self.cache_size < 0 or self.batch_latency_target_ms < 0:

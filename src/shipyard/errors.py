@@ -25,7 +25,9 @@ status codes in one table each, at the edge. Nothing here knows HTTP.
     │   ├── Overloaded               the model's queue is full; retry after a pause
     │   └── WorkerDied               the worker process running the request died
     ├── RequestTimeout               the request outlived its deadline
-    └── InferenceError               the model itself raised
+    ├── InferenceError               the model itself raised
+    ├── BrokerError                  a stream broker refused or failed an operation
+    └── JobNotFound                  no asynchronous request has this id
 """
 
 from __future__ import annotations
@@ -241,3 +243,15 @@ class RequestTimeout(ShipyardError):
 
 class InferenceError(ShipyardError):
     """The model raised while predicting."""
+
+
+class BrokerError(ShipyardError):
+    """A stream broker refused or failed an operation (unreachable, produce not confirmed, ...)."""
+
+
+class JobNotFound(ShipyardError):
+    """No asynchronous request has this id (never submitted, or already expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no asynchronous request with id '{job_id}'")

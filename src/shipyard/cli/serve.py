@@ -38,6 +38,13 @@ from shipyard.serving.server import serve as run_server
               help="Requests per model waiting or running before 503 + Retry-After. Default: 256")
 @click.option("--request-timeout", "request_timeout_seconds", type=float, default=None,
               help="Seconds before an unanswered request gets 504 (0: none). Default: 30")
+@click.option("--async-broker", default=None, metavar="URL",
+              help="Broker of asynchronous requests (POST /v1/models/NAME/jobs): requests go to "
+                   "TOPIC.requests.NAME, results to TOPIC.results; 'off' turns them off. "
+                   "Env: SHIPYARD_ASYNC_BROKER. Default: local://shipyard (embedded, in SHIPYARD_HOME)")
+@click.option("--async-consumers/--no-async-consumers", default=None,
+              help="Predict asynchronous requests in this server, or leave them to `shipyard stream` "
+                   "processes. Env: SHIPYARD_ASYNC_CONSUMERS. Default: in this server")
 @click.option("--cache-size", type=int, default=None, help="Response cache entries (0: off). Default: 0")
 @click.option("--cache-ttl", "cache_ttl_seconds", type=float, default=None, help="Cache entry lifetime. Default: 300")
 @click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),

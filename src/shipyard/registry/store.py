@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,6 +129,10 @@ class SQLStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction on this database, for other tables that live beside the registry's."""
+        return self._tx()
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

@@ -21,6 +21,7 @@ from shipyard._extras import require
 from shipyard.batching.policy import BatchPolicy
 from shipyard.config import Settings
 from shipyard.registry import Registry
+from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import CachePolicy, ResponseCache
 from shipyard.serving.compiled import CompiledCache
 from shipyard.serving.dataplane import DataPlane
@@ -142,9 +143,13 @@ def build_server(
     )
     if dp.cache is not None:
         repo.on_alias_move = dp.cache.invalidate
-    rest = RestApp(dp, max_body_bytes=settings.max_body_bytes).build()
+    async_requests = AsyncRequests(dp, reg, settings) if settings.async_broker else None
+    rest = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests).build()
     lifespan = _Lifespan(rest, repo, on_ready)
     lifespan.on_shutdown.append(dp.close)
+    if async_requests is not None:
+        lifespan.on_startup.append(async_requests.start)
+        lifespan.on_shutdown.insert(0, async_requests.stop)  # finish read requests while models are loaded
     if pool is not None:
 
         async def start_workers() -> None:
@@ -177,7 +182,8 @@ async def started(server: Server) -> AsyncIterator[Server]:
     try:
         yield server
     finally:
-        await server.dataplane.close()
+        for stop in getattr(server.app, "on_shutdown", [server.dataplane.close]):
+            await stop()
         server.repository.close()
 
 

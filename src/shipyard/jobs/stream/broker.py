@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from shipyard.errors import ConfigError, ShipyardError
+from shipyard.errors import BrokerError, ConfigError
 
-
-class BrokerError(ShipyardError):
-    """The broker refused or failed an operation (connection lost, produce not confirmed, ...)."""
+__all__ = ["SCHEMES", "BrokerError", "Message", "Record", "Sink", "Source", "StreamUrl", "open_sink", "open_source"]
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shipyard.errors import InvalidInput, PayloadTooLarge, ShipyardError, UnsupportedMediaType
+from shipyard.errors import ConfigError, InvalidInput, PayloadTooLarge, ShipyardError, UnsupportedMediaType
 from shipyard.protocol import oip, simple
+from shipyard.serving.async_requests import AsyncRequests, job_view
 from shipyard.serving.context import new_request_id, request_id_var
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.graphql import graphql_routes
@@ -91,9 +92,12 @@ def _guard(handler: Handler) -> Handler:
 class RestApp:
     """Builds the Starlette app around one DataPlane."""
 
-    def __init__(self, dataplane: DataPlane, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, dataplane: DataPlane, *, max_body_bytes: int, async_requests: AsyncRequests | None = None
+    ) -> None:
         self.dp = dataplane
         self.max_body_bytes = max_body_bytes
+        self.async_requests = async_requests
 
     # -- helpers -----------------------------------------------------------------
 
@@ -216,6 +220,25 @@ class RestApp:
         resp = await self.dp.infer(name, None, req)
         return json_response(simple.encode_response(resp))
 
+    # -- asynchronous requests -----------------------------------------------------------
+
+    def _jobs(self) -> AsyncRequests:
+        if self.async_requests is None:
+            raise ConfigError("asynchronous requests are off on this server")
+        return self.async_requests
+
+    async def submit_job(self, request: Request) -> Response:
+        body = await self._body(request)
+        self._check_json_type(request, False)
+        callback = request.query_params.get("callback") or request.headers.get("x-callback-url")
+        job = await self._jobs().submit(request.path_params["name"], body, callback)
+        url = f"/v1/jobs/{job.id}"
+        return json_response({**job_view(job), "url": url}, 202, {"Location": url})
+
+    async def get_job(self, request: Request) -> Response:
+        job = await self._jobs().get(request.path_params["job_id"])
+        return json_response(job_view(job))
+
     # -- docs ----------------------------------------------------------------------------
 
     async def openapi(self, request: Request) -> Response:
@@ -244,6 +267,8 @@ class RestApp:
             Route("/v2/models/{name}/versions/{version}/infer", g(self.infer), methods=["POST"]),
             Route("/v1/models", g(self.list_models)),
             Route("/v1/models/{name}:predict", g(self.predict), methods=["POST"]),
+            Route("/v1/models/{name}/jobs", g(self.submit_job), methods=["POST"]),
+            Route("/v1/jobs/{job_id}", g(self.get_job)),
             Route("/openapi.json", self.openapi),
             Route("/docs", self.docs),
             *graphql_routes(self.dp),  # /graphql when strawberry (extra 'graphql') is installed

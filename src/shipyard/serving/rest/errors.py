@@ -10,10 +10,12 @@ STATUS_TABLE: tuple[tuple[type[errors.ShipyardError], int], ...] = (
     (errors.UnsupportedMediaType, 415),
     (errors.InvalidInput, 400),
     (errors.ModelNotFound, 404),
+    (errors.JobNotFound, 404),
     (errors.ModelNotReady, 503),
     (errors.RequestTimeout, 504),
     (errors.ArtifactIntegrityError, 500),
     (errors.InferenceError, 500),
+    (errors.BrokerError, 503),
     (errors.MissingDependency, 500),
     (errors.ShipyardError, 500),
 )
