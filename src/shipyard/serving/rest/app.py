@@ -239,6 +239,14 @@ class RestApp:
         job = await self._jobs().get(request.path_params["job_id"])
         return json_response(job_view(job))
 
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text: the asynchronous-request consumers (messages, batch sizes, latency, lag)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if self.async_requests is None:
+            return Response(b"", 200, media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.async_requests.metrics.registry), 200, media_type=CONTENT_TYPE_LATEST)
+
     # -- docs ----------------------------------------------------------------------------
 
     async def openapi(self, request: Request) -> Response:
@@ -269,6 +277,7 @@ class RestApp:
             Route("/v1/models/{name}:predict", g(self.predict), methods=["POST"]),
             Route("/v1/models/{name}/jobs", g(self.submit_job), methods=["POST"]),
             Route("/v1/jobs/{job_id}", g(self.get_job)),
+            Route("/metrics", g(self.metrics)),
             Route("/openapi.json", self.openapi),
             Route("/docs", self.docs),
             *graphql_routes(self.dp),  # /graphql when strawberry (extra 'graphql') is installed

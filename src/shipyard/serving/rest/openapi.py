@@ -65,6 +65,13 @@ def openapi_spec() -> dict[str, Any]:
             "/v2/models/{name}/versions/{version}/infer": {"post": _op("Infer on a version", "InferenceRequest", nv)},
             "/v1/models": {"get": _op("Models this server serves")},
             "/v1/models/{name}:predict": {"post": _op("Predict from records or columns", "PredictRequest", ("name",))},
+            "/v1/models/{name}/jobs": {
+                "post": _op("Queue an asynchronous request (202 with a job id; ?callback=URL to get the result "
+                            "POSTed there)", "PredictRequest", ("name",))
+            },
+            "/v1/jobs/{job_id}": {"get": _op("An asynchronous request: queued, done (result) or failed (error)",
+                                             params=("job_id",))},
+            "/metrics": {"get": _op("Prometheus metrics of the asynchronous-request consumers")},
         },
         "components": {
             "schemas": {
