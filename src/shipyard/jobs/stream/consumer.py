@@ -8,8 +8,12 @@ Two tasks share a bounded queue:
   reading instead of filling memory (backpressure);
 * the processor takes batches in order: scores them (one model call), sends
   results and dead letters, and only when the broker confirmed both, acknowledges
-  the batch. Batches are finished in fetch order, which keeps Kafka's offset
-  commits contiguous.
+  the batch. The next batch is scored while the previous one is being sent and
+  acknowledged, but a batch is sent only after its predecessor was acknowledged,
+  so batches finish in fetch order (which keeps Kafka's offset commits contiguous).
+
+At most ``max_in_flight + 3`` batches are read and not yet acknowledged: the
+queued ones, the one being collected, the one being scored, the one being sent.
 
 Nothing is acknowledged that is not on the sink, so a crash at any point leaves
 the broker to deliver the unfinished messages again (at-least-once; outputs
@@ -220,23 +224,37 @@ class StreamConsumer:
                     self.in_flight)
 
     async def _process_loop(self, queue: asyncio.Queue[list[Message] | None], stop: asyncio.Event) -> None:
+        """Score batch k+1 while batch k is being sent and acknowledged; acknowledgements stay in order."""
+        delivering: asyncio.Task[bool] | None = None
+        delivering_size = 0
         while True:
             batch = await queue.get()
             if batch is None:
-                return
-            finished = await self._finish(batch)
-            self._count_in_flight(-len(batch))
-            if not finished:
+                break
+            fetched = time.monotonic()
+            received_at = time.time()
+            scored = await self._retry("model", lambda: self._score(batch, received_at))  # noqa: B023 (awaited here)
+            if delivering is not None:
+                ok = await delivering
+                self._count_in_flight(-delivering_size)
+                delivering = None
+                if not ok:
+                    self.stats.unfinished += delivering_size
+                    scored = _GaveUp()  # nothing after a batch that was not acknowledged may be
+            if isinstance(scored, _GaveUp):
+                self._count_in_flight(-len(batch))
                 self.stats.unfinished += len(batch) + sum(len(b) for b in _drain(queue))
                 return
+            delivering = asyncio.create_task(self._deliver(batch, scored, fetched))
+            delivering_size = len(batch)
+        if delivering is not None:
+            ok = await delivering
+            self._count_in_flight(-delivering_size)
+            if not ok:
+                self.stats.unfinished += delivering_size
 
-    async def _finish(self, batch: list[Message]) -> bool:
-        """Score, send, acknowledge one batch; False when a stop's drain time ran out first."""
-        fetched = time.monotonic()
-        received_at = time.time()
-        scored = await self._retry("model", lambda: self._score(batch, received_at))
-        if isinstance(scored, _GaveUp):
-            return False
+    async def _deliver(self, batch: list[Message], scored: Scored, fetched: float) -> bool:
+        """Send the batch's results and dead letters, then acknowledge it; False when a stop's drain ran out."""
         if isinstance(await self._retry("sink", lambda: self._send(scored)), _GaveUp):
             return False
         if isinstance(await self._retry("ack", lambda: self.source.ack(batch)), _GaveUp):
