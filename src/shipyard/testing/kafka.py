@@ -35,6 +35,7 @@ from pathlib import Path
 
 from shipyard.errors import ShipyardError
 from shipyard.testing._ports import free_port
+from shipyard.testing._process import log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def kafka_broker(folder: Path, *, timeout: float = 30.0) -> Iterator[str]:
         logger.info("Tansu Kafka broker up on 127.0.0.1:%d (log %s)", port, log)
         yield f"kafka://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process(proc, "Tansu", sig=signal.SIGINT, grace=_STOP_GRACE)
 
 
 def _start(binary: str, folder: Path, log: Path, timeout: float) -> tuple[subprocess.Popen[bytes], int]:
@@ -121,8 +122,8 @@ def _start(binary: str, folder: Path, log: Path, timeout: float) -> tuple[subpro
             if _accepts(port):
                 return proc, port
             time.sleep(0.02)
-        _stop(proc)
-        tail = _tail(log, since)
+        stop_process(proc, "Tansu", sig=signal.SIGINT, grace=_STOP_GRACE)
+        tail = log_tail(log, since)
         if "AddrInUse" in tail and attempt < _START_ATTEMPTS:
             logger.info("port %d was taken before Tansu bound it; retrying", port)
             continue
@@ -137,27 +138,3 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    # SIGINT: Tansu exits at once; on SIGTERM it waits ~5 s for open client connections to go
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=_STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        logger.warning("Tansu (pid %d) ignored SIGINT for %.0fs; killing it", proc.pid, _STOP_GRACE)
-        proc.kill()
-        proc.wait()
-
-
-def _tail(path: Path, since: int = 0, lines: int = 20) -> str:
-    """The last ``lines`` lines written to ``path`` after byte offset ``since``."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(since)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from shipyard.errors import ShipyardError
 from shipyard.testing._ports import free_port
+from shipyard.testing._process import log_size, log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def nats_server(
         logger.info("nats-server up on 127.0.0.1:%d (store %s)", port, folder)
         yield f"nats://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process(proc, "nats-server", grace=_STOP_GRACE)
 
 
 def _start(
@@ -112,7 +112,7 @@ def _start(
     """Start on a free port (retrying if another process takes it first); return the process and port."""
     for attempt in range(1, _START_ATTEMPTS + 1):
         port = free_port()
-        since = _log_size(log)
+        since = log_size(log)
         cmd = [str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(folder),
                "-l", str(log), *auth]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -122,11 +122,11 @@ def _start(
                 return proc, port
             time.sleep(0.02)
         if proc.poll() is None:  # still running but never answered
-            _stop(proc)
+            stop_process(proc, "nats-server", grace=_STOP_GRACE)
             raise RuntimeError(f"nats-server on 127.0.0.1:{port} did not answer within {timeout:.0f}s:\n"
-                               f"{_tail(log, since)}")
+                               f"{log_tail(log, since)}")
         stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        tail = f"{stderr}\n{_tail(log, since)}".strip()
+        tail = f"{stderr}\n{log_tail(log, since)}".strip()
         if "address already in use" in tail and attempt < _START_ATTEMPTS:
             logger.info("port %d was taken before nats-server bound it; retrying", port)
             continue
@@ -147,35 +147,3 @@ def _answers(port: int) -> bool:
         return bool(json.loads(line[5:]).get("jetstream"))
     except ValueError:
         return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it has not exited after a few seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(_STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            logger.warning("nats-server (pid %d) ignored SIGTERM for %.0fs; killing it", proc.pid, _STOP_GRACE)
-            proc.kill()
-            proc.wait()
-    if proc.stderr:
-        proc.stderr.close()
-
-
-def _log_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _tail(path: Path, since: int = 0, lines: int = 20) -> str:
-    """The last ``lines`` lines written to ``path`` after byte offset ``since``."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(since)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])

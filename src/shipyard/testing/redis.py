@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -34,6 +33,7 @@ from urllib.parse import quote
 
 from shipyard.errors import ShipyardError
 from shipyard.testing._ports import free_port
+from shipyard.testing._process import log_size, log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def redis_server(folder: Path, *, password: str | None = None, timeout: float = 
         auth = f":{quote(password, safe='')}@" if password else ""
         yield f"redis://{auth}127.0.0.1:{port}"
     finally:
-        _stop(process)
+        stop_process(process, "Redis", grace=_STOP_GRACE)
 
 
 def _start(binary: Path, work: Path, password: str | None, timeout: float) -> tuple[subprocess.Popen[bytes], int]:
@@ -105,7 +105,7 @@ def _start(binary: Path, work: Path, password: str | None, timeout: float) -> tu
     log = work / "redis.log"
     for attempt in range(1, _START_ATTEMPTS + 1):
         port = free_port()
-        log_start = _log_size(log)
+        log_start = log_size(log)
         cmd = [
             str(binary), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
             "--dir", str(work), "--daemonize", "no", "--protected-mode", "yes", "--logfile", str(log),
@@ -119,8 +119,8 @@ def _start(binary: Path, work: Path, password: str | None, timeout: float) -> tu
             if _answers(port):
                 return process, port
             time.sleep(0.02)
-        _stop(process)
-        tail = _tail(log, since=log_start)
+        stop_process(process, "Redis", grace=_STOP_GRACE)
+        tail = log_tail(log, since=log_start)
         if "Address already in use" in tail and attempt < _START_ATTEMPTS:
             logger.info("port %d was taken before Redis bound it; retrying", port)
             continue
@@ -138,33 +138,3 @@ def _answers(port: int) -> bool:
     except OSError:
         return False
     return reply.startswith((b"+PONG", b"-NOAUTH"))
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=_STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        logger.warning("Redis (pid %d) ignored SIGTERM for %.0fs; killing it", process.pid, _STOP_GRACE)
-        process.kill()
-        process.wait()
-
-
-def _log_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _tail(path: Path, since: int = 0, lines: int = 20) -> str:
-    """The last ``lines`` lines written to ``path`` after byte offset ``since``."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(since)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
