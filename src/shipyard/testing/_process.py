@@ -7,7 +7,26 @@ import signal
 import subprocess
 from pathlib import Path
 
+from shipyard.errors import ShipyardError
+
 logger = logging.getLogger(__name__)
+
+
+class ServiceUnavailable(ShipyardError):
+    """A throwaway server cannot be started here because something is missing.
+
+    Args:
+        missing: what is missing, e.g. "PostgreSQL server binaries (initdb, pg_ctl)".
+        hint: how to get it (each service has its own default).
+    """
+
+    service = "the service"
+    default_hint = ""
+
+    def __init__(self, missing: str, hint: str | None = None) -> None:
+        self.missing = missing
+        self.hint = self.default_hint if hint is None else hint
+        super().__init__(f"{self.service} unavailable: {missing}" + (f"; {self.hint}" if self.hint else ""))
 
 
 def stop_process(proc: subprocess.Popen[bytes], name: str, *, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:

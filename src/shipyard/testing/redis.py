@@ -31,9 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from shipyard.errors import ShipyardError
 from shipyard.testing._ports import free_port
-from shipyard.testing._process import log_size, log_tail, stop_process
+from shipyard.testing._process import ServiceUnavailable, log_size, log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +41,11 @@ _START_ATTEMPTS = 3
 _STOP_GRACE = 5.0
 
 
-class RedisUnavailable(ShipyardError):
-    """Redis cannot be started here because ``redis-server`` is missing.
+class RedisUnavailable(ServiceUnavailable):
+    """Redis cannot be started here because something is missing."""
 
-    Args:
-        looked: where the binary was looked for.
-    """
-
-    def __init__(self, looked: str) -> None:
-        self.looked = looked
-        super().__init__(
-            f"Redis unavailable: no redis-server binary ({looked}); "
-            "install it with: apt-get install -y --no-install-recommends redis-server"
-        )
+    service = "Redis"
+    default_hint = "install it with: apt-get install -y --no-install-recommends redis-server"
 
 
 def find_redis_server() -> Path:
@@ -68,7 +59,7 @@ def find_redis_server() -> Path:
         return Path(found)
     if os.access(_DEBIAN_BINARY, os.X_OK):
         return Path(_DEBIAN_BINARY)
-    raise RedisUnavailable(f"looked on PATH and at {_DEBIAN_BINARY}")
+    raise RedisUnavailable(f"no redis-server binary (looked on PATH and at {_DEBIAN_BINARY})")
 
 
 @contextmanager
