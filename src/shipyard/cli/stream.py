@@ -59,6 +59,8 @@ def stream(ctx: click.Context, /, model: str, source: str, sink: str, dead_lette
     are delivered again, and the input id in each result lets readers drop the
     duplicates. Start more processes with the same --group to share the load.
     SIGTERM or Ctrl-C finishes what was read, acknowledges it and exits 0.
+    Broker options go in the URL's query, e.g. kafka://h:9092/t?session.timeout.ms=6000
+    or redis://h:6379/s?ack_wait=30 (README, "Streaming", lists them all).
 
     \b
     Example:
