@@ -7,17 +7,21 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import orjson
 
 from shipyard.client._data import answer as shape_answer
 from shipyard.client._data import prepare
 from shipyard.client._transport import Transport, Unavailable
-from shipyard.errors import ConfigError, ShipyardError
+from shipyard.errors import ConfigError, InferenceError, ShipyardError
 from shipyard.types import InferenceRequest, InferenceResponse, Tensor
+
+if TYPE_CHECKING:
+    from shipyard.client._rest import RestTransport
 
 T = TypeVar("T")
 
@@ -161,6 +165,51 @@ class AsyncClient:
             self._inputs[key] = [i["name"] for i in meta["inputs"]]
         return self._inputs[key]
 
+    # -- asynchronous requests (REST) -----------------------------------------------------------
+
+    async def submit(
+        self, model: str, data: Any, *, version: str | int | None = None, callback: str | None = None
+    ) -> str:
+        """Queue an asynchronous request and return its job id at once (``POST /v1/models/NAME/jobs``).
+
+        ``data`` is any kind ``predict`` takes; the server checks it against the signature
+        now (InvalidInput), predicts it through its stream path, and POSTs the finished job
+        to ``callback`` when given. Fetch it with ``job`` or ``wait_job``. REST only.
+        """
+        from shipyard.client._data import json_body
+
+        wire = self._rest("submit")
+        ref = model if version is None or version == "" else f"{model}:{version}"
+        body = orjson.dumps(json_body(data), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        doc = await self._retrying(lambda _, timeout: wire.submit_job(ref, body, callback, timeout))
+        return str(doc["job_id"])
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """The job as the server has it: ``status`` queued, done (with ``result``) or failed (with ``error``)."""
+        wire = self._rest("job")
+        return await self._retrying(lambda _, timeout: wire.job(job_id, timeout))
+
+    async def wait_job(self, job_id: str, *, timeout: float = 60.0, interval: float = 0.1) -> dict[str, Any]:
+        """Poll until the job is finished and return it; InferenceError if it failed, ShipyardError on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await self.job(job_id)
+            if job["status"] == "failed":
+                raise InferenceError(f"job {job_id} failed: {job.get('error')}")
+            if job["status"] != "queued":
+                return job
+            if time.monotonic() >= deadline:
+                raise ShipyardError(f"job {job_id} was still queued after {timeout:g}s")
+            await self._sleep(interval)
+
+    def _rest(self, what: str) -> RestTransport:
+        from shipyard.client._rest import RestTransport
+
+        wire = self._wire()
+        if not isinstance(wire, RestTransport):
+            raise ConfigError(f"{what}: asynchronous requests go over REST; use an http:// or https:// URL")
+        return wire
+
     # -- metadata and health ---------------------------------------------------------------------
 
     async def metadata(self, model: str | None = None, *, version: str | int | None = None) -> dict[str, Any]:
@@ -293,6 +342,20 @@ class Client:
                 model, inputs, version=version, outputs=outputs, request_id=request_id, parameters=parameters
             )
         )
+
+    def submit(
+        self, model: str, data: Any, *, version: str | int | None = None, callback: str | None = None
+    ) -> str:
+        """See ``AsyncClient.submit``."""
+        return self._thread.run(self._async.submit(model, data, version=version, callback=callback))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """See ``AsyncClient.job``."""
+        return self._thread.run(self._async.job(job_id))
+
+    def wait_job(self, job_id: str, *, timeout: float = 60.0, interval: float = 0.1) -> dict[str, Any]:
+        """See ``AsyncClient.wait_job``."""
+        return self._thread.run(self._async.wait_job(job_id, timeout=timeout, interval=interval))
 
     def metadata(self, model: str | None = None, *, version: str | int | None = None) -> dict[str, Any]:
         """See ``AsyncClient.metadata``."""

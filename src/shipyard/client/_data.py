@@ -81,3 +81,15 @@ def answer(response: InferenceResponse, prepared: Prepared) -> Any:
 
 def _plain(value: Any) -> Any:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def json_body(data: Any) -> dict[str, Any]:
+    """The simple API's body for ``data``: rows as ``instances``, a dict of columns as ``inputs``."""
+    kind = kind_of(data)
+    if kind == FRAME:
+        return {"instances": data.to_dict(orient="records")}
+    if kind == RECORDS:
+        return {"instances": data}
+    if kind == COLUMNS:
+        return {"inputs": {k: np.asarray(v).tolist() for k, v in data.items()}}
+    return {"instances": np.asarray(data).tolist()}

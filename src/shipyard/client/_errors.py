@@ -57,6 +57,8 @@ def rest_kind(status: int, message: str) -> str | None:
     """The error class for a REST status (None: no better class than ShipyardError)."""
     if status == 404 and "not served here" in message:
         return "ModelNotServed"
+    if status == 404 and message.startswith("no asynchronous request"):
+        return "JobNotFound"
     if status == 404 and message.startswith("no route for"):
         return None
     return KIND_BY_STATUS.get(status)

@@ -139,6 +139,18 @@ class RestTransport:
         length = response.headers.get(oip.HEADER_LENGTH)
         return decode_response(response.content, int(length) if length else None)
 
+    async def submit_job(self, model: str, body: bytes, callback: str | None, timeout: float) -> dict[str, Any]:
+        response = await self._send(
+            "POST", f"/v1/models/{quote(model, safe='@:')}/jobs", timeout, model=model, content=body,
+            params={"callback": callback} if callback else None, headers={"Content-Type": "application/json"},
+        )
+        doc: dict[str, Any] = response.json()
+        return doc
+
+    async def job(self, job_id: str, timeout: float) -> dict[str, Any]:
+        doc: dict[str, Any] = (await self._send("GET", f"/v1/jobs/{quote(job_id, safe='')}", timeout)).json()
+        return doc
+
     async def server_metadata(self, timeout: float) -> dict[str, Any]:
         doc: dict[str, Any] = (await self._send("GET", "/v2", timeout)).json()
         return doc

@@ -164,3 +164,27 @@ def test_requests_go_through_the_broker_to_separate_stream_consumers(broker: Har
         assert [a["result"]["predictions"][0] for a in answers] == sync
         assert failed["status"] == "failed" and "sepal_length" in failed["error"]
         assert failed["result"]["payload"] == '{"sepal_length": []}'
+
+
+def test_python_client_submits_and_waits_for_jobs(home: Path) -> None:
+    import pandas as pd
+
+    from shipyard import Client
+    from shipyard.errors import ConfigError, InvalidInput, JobNotFound
+
+    with run_server(home, ["demo@champion"], args=["--workers", "1"]) as server, Client(server.url) as client:
+        expected = client.predict("demo", ROWS)
+        job_id = client.submit("demo", ROWS)
+        job = client.wait_job(job_id, timeout=60)
+        assert job["status"] == "done" and job["job_id"] == job_id
+        assert job["result"]["predictions"] == [next(iter(row.values())) for row in expected]  # one output
+        frame_job = client.wait_job(client.submit("demo", pd.DataFrame(ROWS), version=1), timeout=60)
+        assert frame_job["result"]["version"] == "1"
+        assert frame_job["result"]["predictions"] == job["result"]["predictions"]
+        with pytest.raises(InvalidInput) as bad:
+            client.submit("demo", [{**ROWS[0], "petal_width": "wide"}])
+        assert bad.value.field == "petal_width"
+        with pytest.raises(JobNotFound):
+            client.job("0123456789abcdef")
+    with Client(f"grpc://127.0.0.1:{server.port}") as grpc_client, pytest.raises(ConfigError, match="over REST"):
+        grpc_client.submit("demo", ROWS)
