@@ -167,12 +167,24 @@ class LocalSource(Source):
         deadline = time.monotonic() + timeout
         pause = _POLL_SECONDS[0]
         while True:
-            got: list[Message] = await anyio.to_thread.run_sync(self.db.write, self._take, max_messages)
+            got: list[Message] = await anyio.to_thread.run_sync(self._poll, max_messages)
             left = deadline - time.monotonic()
             if got or left <= 0:
                 return got
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, _POLL_SECONDS[1])
+
+    def _poll(self, limit: int) -> list[Message]:
+        # an idle consumer only reads: the write lock is taken when there is something to reserve
+        stream, grp = self.url.topic, self.group
+        (work,) = self.db.read(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE stream = ? AND seq > "
+            "(SELECT last_seq FROM cursors WHERE stream = ? AND grp = ?)) OR EXISTS (SELECT 1 FROM pending "
+            "WHERE stream = ? AND grp = ? AND deadline < ?)",
+            stream, stream, grp, stream, grp, time.time(),
+        )[0]
+        taken: list[Message] = self.db.write(self._take, limit) if work else []
+        return taken
 
     def _take(self, conn: sqlite3.Connection, limit: int) -> list[Message]:
         now = time.time()
