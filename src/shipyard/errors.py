@@ -6,6 +6,8 @@ status codes in one table each, at the edge. Nothing here knows HTTP.
 
     ShipyardError
     ├── ConfigError
+    │   └── InvalidOption            an option or setting of the wrong type, or that does not apply here
+    │       └── UnknownOption        no option or setting has this name (says the nearest valid one)
     ├── MissingDependency            an optional extra is not installed
     ├── RegistryError
     │   ├── ModelNotFound            no such model, version or alias
@@ -32,6 +34,7 @@ status codes in one table each, at the edge. Nothing here knows HTTP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -48,6 +51,58 @@ class ShipyardError(Exception):
 
 class ConfigError(ShipyardError):
     """A setting is missing or has a value that cannot work."""
+
+
+class InvalidOption(ConfigError):
+    """An option (runtime option, ``--option KEY=VALUE``, URL option) or setting has a bad value.
+
+    Args:
+        message: the full reason, naming the option.
+        option: the option's name as the user wrote it.
+        expected: what would be accepted there (a type name).
+        got: what arrived.
+    """
+
+    def __init__(self, message: str, *, option: str, expected: Any = None, got: Any = None) -> None:
+        self.option = option
+        self.field = option  # error bodies name the field at fault; here it is the option
+        self.expected = expected
+        self.got = got
+        super().__init__(message)
+
+
+class UnknownOption(InvalidOption):
+    """No option or setting of this name exists where it was given.
+
+    Args:
+        option: the name as given.
+        owner: what was asked, e.g. ``runtime sklearn`` or ``local:// URLs``.
+        valid: the names that would have been accepted.
+        suggestion: the nearest valid name (as the user would write it), if any is near.
+        what: the kind of name, e.g. ``option``, ``setting``, ``environment variable``.
+    """
+
+    def __init__(
+        self,
+        option: str,
+        *,
+        owner: str,
+        valid: Sequence[str],
+        suggestion: str | None = None,
+        what: str = "option",
+    ) -> None:
+        self.owner = owner
+        self.valid = tuple(valid)
+        self.suggestion = suggestion
+        if suggestion is not None:
+            shown = suggestion if suggestion.startswith("-") else f"'{suggestion}'"
+            hint = f"did you mean {shown}?"
+        elif self.valid:
+            hint = f"valid {what}s: " + ", ".join(self.valid)
+        else:
+            hint = f"it takes no {what}s"
+        super().__init__(f"unknown {what} '{option}' for {owner}; {hint}", option=option, expected=self.valid,
+                         got=option)
 
 
 class MissingDependency(ShipyardError):

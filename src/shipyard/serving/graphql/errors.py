@@ -19,6 +19,7 @@ from shipyard.serving.rest.errors import status_for
 # Most specific first: the first matching class wins.
 CODE_TABLE: tuple[tuple[type[errors.ShipyardError], str], ...] = (
     (errors.InvalidInput, "BAD_USER_INPUT"),
+    (errors.InvalidOption, "BAD_USER_INPUT"),
     (errors.ModelNotFound, "NOT_FOUND"),
     (errors.ModelNotReady, "UNAVAILABLE"),
     (errors.RequestTimeout, "TIMEOUT"),

@@ -23,6 +23,7 @@ STATUS_TABLE: tuple[tuple[type[errors.ShipyardError], grpc.StatusCode], ...] = (
     (errors.PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.UnsupportedMediaType, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InvalidOption, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.ModelNotReady, grpc.StatusCode.UNAVAILABLE),
     (errors.RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),

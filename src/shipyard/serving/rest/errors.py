@@ -9,6 +9,7 @@ STATUS_TABLE: tuple[tuple[type[errors.ShipyardError], int], ...] = (
     (errors.PayloadTooLarge, 413),
     (errors.UnsupportedMediaType, 415),
     (errors.InvalidInput, 400),
+    (errors.InvalidOption, 400),
     (errors.ModelNotFound, 404),
     (errors.JobNotFound, 404),
     (errors.ModelNotReady, 503),
