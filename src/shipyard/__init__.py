@@ -10,10 +10,12 @@ The public API mirrors the CLI::
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from shipyard.config import Settings
 from shipyard.errors import ShipyardError
+from shipyard.options import check_names
 from shipyard.registry import LoadedModel, ModelVersion, Registry
 from shipyard.runtime.base import Model
 from shipyard.signature import Signature, TensorSpec
@@ -76,6 +78,9 @@ def batch_predict(model: str, input: Any, output: Any, **options: Any) -> BatchR
     """
     from shipyard.jobs.batch import batch_predict as run  # pyarrow and the engines load only when used
 
+    # refused with the nearest name (a TypeError would only say "unexpected keyword argument")
+    keywords = [p.name for p in inspect.signature(run).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    check_names(options, keywords, owner="batch_predict()")
     return run(model, input, output, **options)
 
 

@@ -8,10 +8,12 @@ in one transaction. That row is the commit point.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import tempfile
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from shipyard.registry.loaded import LoadedModel
 from shipyard.registry.model import AliasMove, ModelVersion, manifest_digest
 from shipyard.registry.store import SQLStore
 from shipyard.runtime.base import Runtime
-from shipyard.runtime.loader import get_runtime, runtime_for_object, runtime_for_path
+from shipyard.runtime.loader import get_runtime, runtime_for
 from shipyard.signature import Signature, TensorSpec, head, infer_signature, sample_to_arrays
 from shipyard.types import ModelRef, check_name
 
@@ -83,16 +85,25 @@ class Registry:
             parent: the version this one derives from, e.g. ``"fraud:3"``.
             trust_pickle: allow pickle/joblib input, which can run arbitrary code.
             alias: also point this alias at the new version.
-            **options: runtime options, e.g. ``methods=["predict_proba"]`` for scikit-learn.
+            **options: the runtime's own options, e.g. ``methods=["predict_proba"]`` for
+                scikit-learn (each runtime's ``option_specs`` lists them). An unknown name or
+                a value of the wrong type is refused before anything is written.
 
         Returns:
             The stored, immutable version.
+
+        Raises:
+            UnknownOption: an option the runtime does not take (it names the nearest one).
+            InvalidOption: an option's value has the wrong type.
         """
         check_name("model name", name)
         if alias is not None:
             # before anything is written: a bad alias must not leave a version behind
             _check_alias(alias)
         checked_metrics = _check_metrics(metrics or {})
+        path = _model_path(model)
+        runtime_cls = runtime_for(path if path is not None else model, flavor)
+        options = runtime_cls.check_options(options, for_file=path is not None, also=register_keywords())
         parent_ref = None
         if parent is not None:
             p = self.get(parent)
@@ -100,7 +111,7 @@ class Registry:
         with tempfile.TemporaryDirectory(prefix="shipyard-register-") as tmp:
             work = Path(tmp) / "model"
             work.mkdir()
-            runtime_cls, meta, source = self._write_artifact(model, work, flavor, trust_pickle, options)
+            meta = self._write_artifact(runtime_cls, model, path, work, trust_pickle, options)
             signature = self._signature(runtime_cls, work, meta, sample)
             if sample is not None:
                 arrays, _ = sample_to_arrays(sample)
@@ -118,7 +129,7 @@ class Registry:
             "description": description,
             "tags": {str(k): str(v) for k, v in (tags or {}).items()},
             "metrics": checked_metrics,
-            "lineage": _lineage(training_data, parent_ref, source),
+            "lineage": _lineage(training_data, parent_ref, None if path is None else str(path.resolve())),
             "packages": lineage.package_versions(runtime_cls.packages),
             "artifact_uri": uri,
         }
@@ -129,18 +140,12 @@ class Registry:
         return mv
 
     def _write_artifact(
-        self, model: Any, work: Path, flavor: str | None, trust_pickle: bool, options: dict[str, Any]
-    ) -> tuple[type[Runtime], dict[str, Any], str | None]:
-        if isinstance(model, (str, Path)):
-            path = Path(model).expanduser()
-            if not path.exists():
-                raise ModelFormatError(f"model path '{path}' does not exist")
-            cls = get_runtime(flavor) if flavor else runtime_for_path(path)
-            meta = cls.import_path(path, work, trust_pickle=trust_pickle, **options)
-            return cls, meta, str(path.resolve())
-        cls = get_runtime(flavor) if flavor else runtime_for_object(model)
-        meta = cls.save(model, work, trust_pickle=trust_pickle, **options)
-        return cls, meta, None
+        self, cls: type[Runtime], model: Any, path: Path | None, work: Path, trust_pickle: bool,
+        options: dict[str, Any],
+    ) -> dict[str, Any]:
+        if path is not None:
+            return cls.import_path(path, work, trust_pickle=trust_pickle, **options)
+        return cls.save(model, work, trust_pickle=trust_pickle, **options)
 
     def _signature(self, cls: type[Runtime], work: Path, meta: dict[str, Any], sample: Any) -> Signature:
         declared = cls.default_signature(work, meta)
@@ -247,6 +252,24 @@ class Registry:
         folder = self.fetch(mv)
         data: dict[str, list[Any]] = json.loads((folder / INPUT_EXAMPLE).read_text())
         return data
+
+
+@cache
+def register_keywords() -> tuple[str, ...]:
+    """``register()``'s own keyword names, read from its signature: a mistyped one (``trust``)
+    lands in ``**options``, and the nearest-name hint must be able to point back at it."""
+    params = inspect.signature(Registry.register).parameters.values()
+    return tuple(p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def _model_path(model: Any) -> Path | None:
+    """The model's file or folder when ``model`` is a path (which must exist), else None."""
+    if not isinstance(model, (str, Path)):
+        return None
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelFormatError(f"model path '{path}' does not exist")
+    return path
 
 
 def _check_alias(alias: str) -> None:

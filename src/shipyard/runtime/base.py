@@ -7,16 +7,27 @@ in the group ``shipyard.runtimes``; third parties add their own the same way.
 
 Predict takes and returns ``dict[str, numpy.ndarray]``: inputs already checked
 against the version's signature, outputs named. Nothing here knows transports.
+
+Options: a runtime lists the options ``save``/``import_path`` take in
+``option_specs`` (name, type, one-line doc, default). The registry checks every
+option against that list before anything is written, so ``save`` and
+``import_path`` only ever see declared names with values of the declared type.
+A runtime that declares nothing takes nothing: a third-party runtime that read
+undeclared ``**options`` must now declare them, or its users get
+``unknown option 'x' for runtime NAME; it takes no options`` (loud, rather
+than an option silently going nowhere).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from shipyard.options import Option, check_options, parse_pairs
 from shipyard.signature import Signature
 
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -33,6 +44,30 @@ class Runtime(ABC):
 
     packages: ClassVar[tuple[str, ...]] = ()
     """Distribution names whose versions are recorded at registration."""
+
+    option_specs: ClassVar[tuple[Option, ...]] = ()
+    """The options ``save``/``import_path`` take besides ``trust_pickle``; none unless declared.
+    Names must differ from ``register()``'s own keywords (those never reach the runtime)."""
+
+    # -- options -----------------------------------------------------------
+
+    @classmethod
+    def check_options(
+        cls, options: Mapping[str, Any], *, for_file: bool, also: Iterable[str] | Mapping[str, str] = ()
+    ) -> dict[str, Any]:
+        """``options`` checked against ``option_specs`` (``for_file``: a model file, not an object).
+
+        ``also`` are names valid elsewhere (the caller's own keywords), offered as the nearest
+        name when a user mistyped one of them. Raises UnknownOption or InvalidOption.
+        """
+        return check_options(options, cls.option_specs, owner=f"runtime {cls.flavor}", for_file=for_file, also=also)
+
+    @classmethod
+    def parse_options(
+        cls, pairs: Iterable[str], *, for_file: bool, also: Iterable[str] | Mapping[str, str] = ()
+    ) -> dict[str, Any]:
+        """``KEY=VALUE`` texts (``--option``) as typed options, converted by their declared types."""
+        return parse_pairs(pairs, cls.option_specs, owner=f"runtime {cls.flavor}", for_file=for_file, also=also)
 
     # -- registration ------------------------------------------------------
 

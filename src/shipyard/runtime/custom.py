@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.errors import ModelFormatError
+from shipyard.options import Option
 from shipyard.runtime.base import Arrays, Model, Runtime, as_outputs
 
 _import_lock = threading.Lock()
@@ -25,6 +26,10 @@ _import_lock = threading.Lock()
 class CustomRuntime(Runtime):
     flavor = "python"
     packages = ("numpy",)
+    option_specs = (
+        Option("code_paths", list[Path], "more .py files or folders stored beside the class's source "
+               "(modules it imports)", default=[], applies_to="object"),
+    )
 
     def __init__(self, model: Model) -> None:
         self.model = model

@@ -20,6 +20,7 @@ import numpy as np
 
 from shipyard._extras import require
 from shipyard.errors import ModelFormatError
+from shipyard.options import Option
 from shipyard.runtime.base import Arrays, Runtime
 
 MODEL_FILE = "model.txt"
@@ -33,6 +34,12 @@ class LightGBMRuntime(Runtime):
     flavor = "lightgbm"
     extra = "lightgbm"
     packages = ("lightgbm", "numpy", "pandas")
+    option_specs = (
+        Option("methods", list[str], "outputs: predict, and predict_proba for classifiers", default=["predict"]),
+        Option("classes", list[int | float | str],
+               "class labels of a classifier's booster file, so predict gives labels, not probabilities",
+               applies_to="file"),
+    )
 
     def __init__(self, booster: Any, classes: np.ndarray[Any, Any] | None, methods: list[str]) -> None:
         self.booster = booster

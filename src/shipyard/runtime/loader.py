@@ -9,7 +9,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from shipyard.errors import MissingDependency, UnsupportedModel
+from shipyard.errors import MissingDependency, ShipyardError, UnsupportedModel
+from shipyard.options import Option, nearest
 from shipyard.runtime.base import Runtime
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ def get_runtime(flavor: str) -> type[Runtime]:
     """The runtime class registered for ``flavor``."""
     target = _targets().get(flavor)
     if target is None:
-        raise UnsupportedModel(f"unknown model flavor '{flavor}'; known: {', '.join(flavors())}")
+        near = nearest(flavor, flavors())
+        hint = f"did you mean '{near}'?" if near else f"known: {', '.join(flavors())}"
+        raise UnsupportedModel(f"unknown model flavor '{flavor}'; {hint}")
     module_name, _, attr = target.partition(":")
     import importlib
 
@@ -86,6 +89,27 @@ def runtime_for_path(path: Path) -> type[Runtime]:
     if cls is None:
         raise UnsupportedModel(f"cannot tell the model format of '{path}'; pass --flavor ({', '.join(flavors())})")
     return cls
+
+
+def declared_options() -> dict[str, tuple[Option, ...]]:
+    """Each flavor's options, for help texts; a plug-in that fails to import is left out."""
+    out: dict[str, tuple[Option, ...]] = {}
+    for flavor in flavors():
+        try:
+            out[flavor] = tuple(get_runtime(flavor).option_specs)
+        except (ShipyardError, ImportError, AttributeError) as exc:
+            logger.debug("runtime %s left out of the option list: %s", flavor, exc)
+    return out
+
+
+def runtime_for(model: Any, flavor: str | None = None) -> type[Runtime]:
+    """The runtime that stores ``model`` (an object, or a path to a file or folder): the one
+    registered for ``flavor`` when given, else the one that recognises the model."""
+    if flavor:
+        return get_runtime(flavor)
+    if isinstance(model, (str, Path)):
+        return runtime_for_path(Path(model).expanduser())
+    return runtime_for_object(model)
 
 
 # What a worker process of each flavor imports before it forks (see serving/workers.py and

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from shipyard._extras import require
-from shipyard.errors import InvalidInput, ModelFormatError
+from shipyard.errors import InvalidInput, InvalidOption, ModelFormatError
+from shipyard.options import Option
 from shipyard.runtime.base import Arrays, Runtime
 from shipyard.signature import Signature, TensorSpec
 from shipyard.types import DATATYPE_TO_NUMPY
@@ -56,6 +57,11 @@ class OnnxRuntime(Runtime):
     flavor = "onnx"
     extra = "onnx"
     packages = ("onnxruntime", "onnx", "numpy")
+    option_specs = (
+        # the default depends on the machine that loads the model, so it is said in words
+        Option("threads", int, "ONNX Runtime intra-op threads per loaded copy of the model (default: one per "
+               "core, at most 4)"),
+    )
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -70,11 +76,12 @@ class OnnxRuntime(Runtime):
 
     @classmethod
     def save(cls, obj: Any, dest: Path, *, trust_pickle: bool = False, **options: Any) -> dict[str, Any]:
+        meta = _meta(options)
         onnx = require("onnx", cls.extra)
         # protobuf cannot serialise 2 GB or more in one message: put the weights beside it
         large = obj.ByteSize() >= 2**31 - 1
         onnx.save_model(obj, str(dest / MODEL_FILE), save_as_external_data=large, location=f"{MODEL_FILE}.data")
-        return _meta(options)
+        return meta
 
     @classmethod
     def accepts_path(cls, path: Path) -> bool:
@@ -82,6 +89,7 @@ class OnnxRuntime(Runtime):
 
     @classmethod
     def import_path(cls, src: Path, dest: Path, *, trust_pickle: bool = False, **options: Any) -> dict[str, Any]:
+        meta = _meta(options)
         onnx = require("onnx", cls.extra)
         try:
             proto = onnx.load_model(str(src), load_external_data=False)
@@ -97,7 +105,7 @@ class OnnxRuntime(Runtime):
                 raise ModelFormatError(f"'{src}' keeps weights in '{location}', which is not next to it")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src.parent / location, target)
-        return _meta(options)
+        return meta
 
     @classmethod
     def default_signature(cls, path: Path, meta: dict[str, Any]) -> Signature | None:
@@ -136,8 +144,12 @@ class OnnxRuntime(Runtime):
 
 def _meta(options: dict[str, Any]) -> dict[str, Any]:
     meta: dict[str, Any] = {"file": MODEL_FILE}
-    if options.get("threads"):
-        meta["threads"] = int(options["threads"])
+    threads = options.get("threads")
+    if threads is not None:
+        if threads < 1:
+            raise InvalidOption(f"option 'threads' for runtime onnx must be at least 1, got {threads}",
+                                option="threads", expected=">= 1", got=threads)
+        meta["threads"] = threads
     return meta
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from shipyard._extras import require
 from shipyard.errors import ModelFormatError, UnsafeFormat
+from shipyard.options import Option
 from shipyard.runtime.base import Arrays, Runtime
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class SklearnRuntime(Runtime):
     flavor = "sklearn"
     extra = "sklearn"
     packages = ("scikit-learn", "skops", "numpy", "scipy", "pandas")
+    option_specs = (
+        Option("methods", list[str], "estimator methods whose results are the outputs, e.g. predict_proba",
+               default=["predict"]),
+    )
 
     def __init__(self, model: Any, methods: list[str]) -> None:
         self.model = model

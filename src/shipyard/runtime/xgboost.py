@@ -22,6 +22,7 @@ import numpy as np
 
 from shipyard._extras import require
 from shipyard.errors import ModelFormatError
+from shipyard.options import Option
 from shipyard.runtime.base import Arrays, Runtime
 
 MODEL_FILE = "model.ubj"
@@ -41,6 +42,9 @@ class XGBoostRuntime(Runtime):
     flavor = "xgboost"
     extra = "xgboost"
     packages = ("xgboost", "xgboost-cpu", "numpy", "pandas")
+    option_specs = (
+        Option("methods", list[str], "outputs: predict, and predict_proba for classifiers", default=["predict"]),
+    )
 
     def __init__(self, model: Any, wrapper: str | None, methods: list[str]) -> None:
         self.model = model
