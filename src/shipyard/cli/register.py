@@ -9,7 +9,9 @@ import click
 from shipyard.cli._output import console, handle_errors, settings_from
 from shipyard.datafiles import read_data
 from shipyard.errors import InvalidInput
+from shipyard.options import type_name
 from shipyard.registry import Registry
+from shipyard.runtime.loader import declared_options, runtime_for
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -22,7 +24,40 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
-@click.command()
+class _RegisterCommand(click.Command):
+    """``--help`` ends with every runtime's options, read from their declarations."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        rows = []
+        for flavor, specs in declared_options().items():
+            if not specs:
+                rows.append((flavor, "takes no options"))
+            for o in specs:
+                default = "" if o.default in (None, [], ()) else f", default {_text(o.default)}"
+                only = {"file": ", model files only", "object": ", in-memory models only"}.get(o.applies_to, "")
+                rows.append((f"{flavor}: {o.name}", f"{o.doc} ({type_name(o.type)}{default}{only})"))
+        with formatter.section("Runtime options (--option KEY=VALUE; lists comma-separated)"):
+            formatter.write_dl(rows)
+
+
+def _text(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _flags(command: click.Command) -> dict[str, str]:
+    """This command's own options by the names a user may mistype as --option keys."""
+    out: dict[str, str] = {}
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name and param.name != "option_pairs":
+            flag = max(param.opts, key=len)
+            out[param.name] = flag
+            for opt in param.opts:
+                out[opt.lstrip("-").replace("-", "_")] = flag
+    return out
+
+
+@click.command(cls=_RegisterCommand)
 @click.argument("name")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -39,16 +74,21 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
               help="Training set file; its sha256 fingerprint is stored as lineage.")
 @click.option("--parent", help="The version this one derives from, e.g. fraud:3.")
 @click.option("--alias", "alias_name", help="Also point this alias at the new version (e.g. champion).")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="An option of the model's runtime (repeatable), e.g. methods=predict,predict_proba; "
+                   "the list is below. An unknown key or a value of the wrong type is refused.")
 @click.pass_context
 @handle_errors
 def register(ctx: click.Context, name: str, path: Path, sample: Path | None, flavor: str | None,
              trust_pickle: bool, description: str, tags: tuple[str, ...], metrics: tuple[str, ...],
-             training_data: Path | None, parent: str | None, alias_name: str | None) -> None:
+             training_data: Path | None, parent: str | None, alias_name: str | None,
+             option_pairs: tuple[str, ...]) -> None:
     """Register the model at PATH as the next version of NAME.
 
     PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, or
     .pkl/.joblib with --trust-pickle) or an MLflow model folder.
     """
+    options = runtime_for(path, flavor).parse_options(option_pairs, for_file=True, also=_flags(ctx.command))
     metric_values = {}
     for k, v in _pairs(metrics, "metric").items():
         try:
@@ -68,6 +108,7 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
             training_data=read_data(training_data) if training_data else None,
             parent=parent,
             alias=alias_name,
+            **options,
         )
     finally:
         reg.close()
