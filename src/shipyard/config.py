@@ -2,19 +2,35 @@
 
 Every field has an environment variable named ``SHIPYARD_`` + the field name in
 upper case. Settings are validated at construction and frozen afterwards.
+
+An unknown name passed to ``from_env``/``replace`` is refused (``UnknownOption``,
+naming the nearest setting). An unknown ``SHIPYARD_*`` variable is only logged
+as a warning, once per process, with the nearest valid variable: the environment
+is shared with other programs and platforms (Kubernetes gives every pod of a
+namespace with a Service named ``shipyard`` ``SHIPYARD_SERVICE_HOST``,
+``SHIPYARD_PORT_8000_TCP`` and the like, which are skipped), and a stray
+variable must not stop a server from starting.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from shipyard.errors import ConfigError
+from shipyard.errors import ConfigError, InvalidOption, UnknownOption
+from shipyard.options import check_names, nearest
+
+logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "SHIPYARD_"
+# Kubernetes service links for a Service named "shipyard": not ours, never warned about
+_SERVICE_LINK = re.compile(r"^SHIPYARD_(SERVICE_[A-Z0-9_]+|PORT_\d+_[A-Z]+(_[A-Z]+)?)$")
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then ``SHIPYARD_*`` variables, then explicit non-None overrides."""
         env = os.environ if environ is None else environ
+        check_names((k for k, v in overrides.items() if v is not None), _names(), owner="Settings", what="setting")
+        _warn_unknown_variables(env)
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
@@ -142,7 +160,28 @@ class Settings:
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        given = {k: v for k, v in changes.items() if v is not None}
+        check_names(given, _names(), owner="Settings", what="setting")
+        return replace(self, **given)
+
+
+def _names() -> list[str]:
+    return [f.name for f in fields(Settings)]
+
+
+def _warn_unknown_variables(env: Mapping[str, str]) -> None:
+    """Log each ``SHIPYARD_*`` variable that is no setting (typos such as SHIPYARD_MAX_QEUE), once."""
+    variables = {n: ENV_PREFIX + n.upper() for n in _names()}
+    valid = set(variables.values())
+    for key in env:
+        if not key.startswith(ENV_PREFIX) or key in valid or key in _warned or _SERVICE_LINK.match(key):
+            continue
+        _warned.add(key)
+        # matched without the prefix, which every name shares
+        near = nearest(key[len(ENV_PREFIX):], variables)
+        error = UnknownOption(key, owner="shipyard settings", valid=sorted(valid), suggestion=near,
+                              what="environment variable")
+        logger.warning("%s (it is ignored)", error)
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:
@@ -160,4 +199,5 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
             return raw.lower() in ("1", "true", "yes", "on")
         return raw
     except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {t}") from None
+        variable = f"{ENV_PREFIX}{name.upper()}"
+        raise InvalidOption(f"{variable}={raw!r} is not a valid {t}", option=variable, expected=t, got=raw) from None

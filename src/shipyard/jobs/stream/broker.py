@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from shipyard.errors import BrokerError, ConfigError
+from shipyard.options import check_names
 
 __all__ = ["SCHEMES", "BrokerError", "Message", "Record", "Sink", "Source", "StreamUrl", "open_sink", "open_source"]
 
@@ -101,12 +102,8 @@ class StreamUrl:
         return int(value)
 
     def refuse_unknown(self, known: set[str]) -> None:
-        unknown = sorted(set(self.options) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) {', '.join(unknown)} in {self.scheme}:// URL; known: "
-                + (", ".join(sorted(known)) or "none")
-            )
+        """UnknownOption (a ConfigError) naming the nearest known option, for any other query key."""
+        check_names(sorted(self.options), known, owner=f"{self.scheme}:// URLs")
 
     def __str__(self) -> str:
         """The address without credentials (safe for logs and outputs)."""

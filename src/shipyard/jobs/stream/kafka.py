@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 from shipyard._extras import require
 from shipyard.errors import ConfigError
 from shipyard.jobs.stream.broker import BrokerError, Message, Record, Sink, Source, StreamUrl
+from shipyard.options import unknown as unknown_option
 
 logger = logging.getLogger(__name__)
 _client_logger = logging.getLogger(f"{__name__}.librdkafka")
@@ -129,6 +130,9 @@ def _options(url: StreamUrl) -> tuple[dict[str, Any], int]:
         )
     unknown = sorted(k for k in url.options if "." not in k and k not in ("partitions", "debug"))
     if unknown:
+        near = unknown_option(unknown[0], ("partitions", "debug"), owner="kafka:// URLs")
+        if near.suggestion is not None:
+            raise near
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} in kafka:// URL; known: partitions, debug, and librdkafka "
             "settings (names with a dot, e.g. session.timeout.ms=3000)"
