@@ -12,6 +12,7 @@ from shipyard.errors import InvalidInput
 from shipyard.options import type_name
 from shipyard.registry import Registry
 from shipyard.runtime.loader import declared_options, runtime_for
+from shipyard.types import check_name
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -88,7 +89,10 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
     PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, or
     .pkl/.joblib with --trust-pickle) or an MLflow model folder.
     """
-    options = runtime_for(path, flavor).parse_options(option_pairs, for_file=True, also=_flags(ctx.command))
+    options = {}
+    if option_pairs:
+        check_name("model name", name)  # the same first complaint as without --option
+        options = runtime_for(path, flavor).parse_options(option_pairs, for_file=True, also=_flags(ctx.command))
     metric_values = {}
     for k, v in _pairs(metrics, "metric").items():
         try:

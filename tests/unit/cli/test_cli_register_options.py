@@ -93,3 +93,9 @@ def test_without_options_registration_is_unchanged(tmp_path: Path, files: dict[s
     result = run(tmp_path, "register", "iris", files["skops"], "--sample", files["sample"])
     assert result.exit_code == 0, result.output
     assert [m["name"] for m in versions(tmp_path)] == ["iris"]
+
+
+def test_a_bad_name_is_still_the_first_complaint(tmp_path: Path, files: dict[str, Path]) -> None:
+    result = run(tmp_path, "register", "bad name!", files["sample"], "--option", "methods=predict")
+    assert result.exit_code == 1
+    assert "invalid model name" in result.output
