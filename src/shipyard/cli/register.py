@@ -10,6 +10,7 @@ from shipyard.cli._output import console, handle_errors, settings_from
 from shipyard.datafiles import read_data
 from shipyard.errors import InvalidInput
 from shipyard.registry import Registry
+from shipyard.types import EXTRA_FIELDS
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -39,11 +40,15 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
               help="Training set file; its sha256 fingerprint is stored as lineage.")
 @click.option("--parent", help="The version this one derives from, e.g. fraud:3.")
 @click.option("--alias", "alias_name", help="Also point this alias at the new version (e.g. champion).")
+@click.option("--extra-fields", type=click.Choice(EXTRA_FIELDS), default="refuse", show_default=True,
+              help="What requests and stream messages do with record fields beside the inputs (ids, metadata): "
+                   "refuse them (400 / dead letter, so typos are caught), ignore them, or passthrough (return "
+                   "them beside each prediction). `serve`/`stream --extra-fields` can override it.")
 @click.pass_context
 @handle_errors
 def register(ctx: click.Context, name: str, path: Path, sample: Path | None, flavor: str | None,
              trust_pickle: bool, description: str, tags: tuple[str, ...], metrics: tuple[str, ...],
-             training_data: Path | None, parent: str | None, alias_name: str | None) -> None:
+             training_data: Path | None, parent: str | None, alias_name: str | None, extra_fields: str) -> None:
     """Register the model at PATH as the next version of NAME.
 
     PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, or
@@ -68,6 +73,7 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
             training_data=read_data(training_data) if training_data else None,
             parent=parent,
             alias=alias_name,
+            extra_fields=extra_fields,
         )
     finally:
         reg.close()

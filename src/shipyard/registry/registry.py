@@ -27,7 +27,7 @@ from shipyard.registry.store import SQLStore
 from shipyard.runtime.base import Runtime
 from shipyard.runtime.loader import get_runtime, runtime_for_object, runtime_for_path
 from shipyard.signature import Signature, TensorSpec, head, infer_signature, sample_to_arrays
-from shipyard.types import ModelRef, check_name
+from shipyard.types import ModelRef, check_extra_fields, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Registry:
         parent: str | None = None,
         trust_pickle: bool = False,
         alias: str | None = None,
+        extra_fields: str = "refuse",
         **options: Any,
     ) -> ModelVersion:
         """Store a model object, or a file/folder path, as the next version of ``name``.
@@ -83,6 +84,10 @@ class Registry:
             parent: the version this one derives from, e.g. ``"fraud:3"``.
             trust_pickle: allow pickle/joblib input, which can run arbitrary code.
             alias: also point this alias at the new version.
+            extra_fields: what record requests (``/v1`` predict, GraphQL, streams) do with
+                fields beside the inputs, such as ids: ``refuse`` them (400 or dead letter),
+                ``ignore`` them, or ``passthrough`` (return them beside each prediction).
+                Stored with the signature; a server or stream may override it.
             **options: runtime options, e.g. ``methods=["predict_proba"]`` for scikit-learn.
 
         Returns:
@@ -92,6 +97,7 @@ class Registry:
         if alias is not None:
             # before anything is written: a bad alias must not leave a version behind
             _check_alias(alias)
+        check_extra_fields(extra_fields)
         checked_metrics = _check_metrics(metrics or {})
         parent_ref = None
         if parent is not None:
@@ -101,7 +107,7 @@ class Registry:
             work = Path(tmp) / "model"
             work.mkdir()
             runtime_cls, meta, source = self._write_artifact(model, work, flavor, trust_pickle, options)
-            signature = self._signature(runtime_cls, work, meta, sample)
+            signature = self._signature(runtime_cls, work, meta, sample).with_extra_fields(extra_fields)
             if sample is not None:
                 arrays, _ = sample_to_arrays(sample)
                 (work / INPUT_EXAMPLE).write_bytes(json.dumps(head(arrays), default=_json_default).encode())
