@@ -22,8 +22,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from shipyard.errors import ConfigError, InvalidOption, UnknownOption
+from shipyard.errors import ConfigError, InvalidInput, InvalidOption, UnknownOption
 from shipyard.options import check_names, nearest
+from shipyard.types import check_extra_fields, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,10 @@ class Settings:
     async_consumers: bool = True
     """Whether the server itself predicts asynchronous requests (off: `shipyard stream` processes do)."""
 
+    extra_fields: str = ""
+    """Override of the served or streamed models' ``extra_fields`` (refuse, ignore or passthrough): one policy
+    for every model, ``NAME=POLICY`` pairs, or both, comma-separated; empty: each version's own policy."""
+
     log_level: str = "info"
     """Logging level of the CLI and server."""
 
@@ -125,6 +130,26 @@ class Settings:
             raise ConfigError(f"max_queue must be at least 1, got {self.max_queue}")
         if self.request_timeout_seconds < 0 or self.cache_size < 0 or self.batch_latency_target_ms < 0:
             raise ConfigError("request_timeout_seconds, cache_size and batch_latency_target_ms must not be negative")
+        _ = self.extra_fields_overrides  # refuse a bad value now, not at the first model load
+
+    @property
+    def extra_fields_overrides(self) -> dict[str, str]:
+        """``extra_fields`` parsed: model name -> policy, with ``"*"`` for every other model."""
+        out: dict[str, str] = {}
+        for part in self.extra_fields.split(","):
+            name, sep, policy = part.strip().rpartition("=")
+            if not policy and not sep:
+                continue
+            name = name.strip()
+            try:
+                key = check_name("model name", name) if sep else "*"
+            except InvalidInput as exc:
+                raise ConfigError(f"extra_fields: {exc}") from None
+            try:
+                out[key] = check_extra_fields(policy.strip(), f"extra_fields for {name}" if sep else "extra_fields")
+            except InvalidInput as exc:
+                raise ConfigError(str(exc)) from None
+        return out
 
     @property
     def resolved_registry_url(self) -> str:

@@ -9,19 +9,30 @@ A signature is a list of named tensor specs for inputs and outputs. Its
 
 ``validate`` turns decoded request arrays into exactly what the signature
 promises, or raises ``InvalidInput`` naming the field, what was expected and
-what arrived. It is pure: no I/O, no model.
+what arrived. It is pure: no I/O, no model. It refuses any name the signature
+does not have: that is the Open Inference Protocol's tensor contract.
+
+``extra_fields`` is the policy of the record surfaces (``/v1`` predict, GraphQL,
+streams, the Python ``predict``) for fields beside the features, such as ids:
+``refuse`` (the default, so that a typo is caught), ``ignore`` (drop them) or
+``passthrough`` (drop them before the model, return them beside each
+prediction). ``split_extra`` applies it to named columns; a version stored
+before the policy existed reads as ``refuse``.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from shipyard.errors import InvalidInput
-from shipyard.types import DATATYPE_TO_NUMPY, datatype_of
+from shipyard.types import DATATYPE_TO_NUMPY, EXTRA_FIELDS, datatype_of
+
+V = TypeVar("V")
 
 _FLOAT_TYPES = {"FP16", "FP32", "FP64"}
 _INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -62,11 +73,15 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...] = ()
     format: str = "tensors"
+    extra_fields: str = "refuse"
+    """What record surfaces do with fields the model does not take: refuse, ignore or passthrough."""
     _by_name: dict[str, TensorSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.format not in ("columns", "tensors"):
             raise ValueError(f"signature format must be 'columns' or 'tensors', not {self.format!r}")
+        if self.extra_fields not in EXTRA_FIELDS:
+            raise ValueError(f"extra_fields must be one of {', '.join(EXTRA_FIELDS)}, not {self.extra_fields!r}")
         self._by_name.update({s.name: s for s in self.inputs})
         float_columns = self.format == "columns" and all(
             s.datatype in ("FP32", "FP64") and s.shape == (-1,) for s in self.inputs
@@ -84,11 +99,14 @@ class Signature:
         return self._by_name.get(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "format": self.format,
             "inputs": [s.to_dict() for s in self.inputs],
             "outputs": [s.to_dict() for s in self.outputs],
         }
+        if self.extra_fields != "refuse":  # stored only when set, so older records and new ones read alike
+            d["extra_fields"] = self.extra_fields
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Signature:
@@ -96,12 +114,61 @@ class Signature:
             inputs=tuple(TensorSpec.from_dict(x) for x in d["inputs"]),
             outputs=tuple(TensorSpec.from_dict(x) for x in d.get("outputs", ())),
             format=str(d.get("format", "tensors")),
+            extra_fields=str(d.get("extra_fields", "refuse")),
         )
 
     def with_outputs(self, outputs: Mapping[str, np.ndarray[Any, Any]]) -> Signature:
         """A copy whose outputs are described from one model run on the sample."""
         specs = tuple(_spec_for(name, np.asarray(arr)) for name, arr in outputs.items())
-        return Signature(inputs=self.inputs, outputs=specs, format=self.format)
+        return Signature(inputs=self.inputs, outputs=specs, format=self.format, extra_fields=self.extra_fields)
+
+    def with_extra_fields(self, extra_fields: str) -> Signature:
+        """A copy with another extra-fields policy (set at registration, or by a server for what it serves)."""
+        if extra_fields == self.extra_fields:
+            return self
+        return Signature(inputs=self.inputs, outputs=self.outputs, format=self.format, extra_fields=extra_fields)
+
+    # -- fields the model does not take -------------------------------------
+
+    def unexpected_input(
+        self, name: str, given: Any = (), *, record: bool = False, lead: str | None = None
+    ) -> InvalidInput:
+        """The error for an input this model does not take.
+
+        Args:
+            name: the unknown name.
+            given: every name of the request; an input missing from it that is close to
+                ``name`` is offered as what was meant.
+            record: the request came through a record surface, where ``extra_fields``
+                can accept other fields; the message says how.
+            lead: what the message starts with instead of ``unexpected input 'NAME'``.
+        """
+        missing = [n for n in self.input_names if n not in given]
+        near = difflib.get_close_matches(name, missing, n=1)
+        head = lead if lead is not None else f"unexpected input '{name}'"
+        message = f"{head}: this model takes {_names(self.input_names)}"
+        if near:
+            message += f"; did you mean '{near[0]}'?"
+        if record:
+            message += " (set extra_fields to 'ignore' or 'passthrough' to accept other fields)"
+        return InvalidInput(message, field=name, expected=self.input_names, got=name)
+
+    def split_extra(self, columns: Mapping[str, V]) -> tuple[dict[str, V], dict[str, V]]:
+        """Named columns of a record surface as (the model's inputs, the extra fields), by ``extra_fields``.
+
+        ``refuse`` raises on the first extra name (the message names the option),
+        ``ignore`` returns no extra fields, ``passthrough`` returns them all. One look
+        per name: the values are not touched.
+        """
+        by_name = self._by_name
+        if all(k in by_name for k in columns):
+            return dict(columns), {}
+        if self.extra_fields == "refuse":
+            unknown = next(k for k in columns if k not in by_name)
+            raise self.unexpected_input(unknown, columns, record=True)
+        inputs = {k: v for k, v in columns.items() if k in by_name}
+        extra = {k: v for k, v in columns.items() if k not in by_name} if self.extra_fields == "passthrough" else {}
+        return inputs, extra
 
     # -- validation ---------------------------------------------------------
 
@@ -116,12 +183,7 @@ class Signature:
                 return fast
         unknown = [k for k in arrays if k not in self._by_name]
         if unknown:
-            raise InvalidInput(
-                f"unexpected input '{unknown[0]}': this model takes {_names(self.input_names)}",
-                field=unknown[0],
-                expected=self.input_names,
-                got=unknown[0],
-            )
+            raise self.unexpected_input(unknown[0], arrays)
         out: dict[str, np.ndarray[Any, Any]] = {}
         rows: tuple[str, int] | None = None
         for spec in self.inputs:

@@ -6,6 +6,7 @@ everywhere, in signatures as on the wire, so there is one vocabulary.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,25 @@ def check_name(kind: str, value: str) -> str:
             got=value,
         )
     return value
+
+
+EXTRA_FIELDS = ("refuse", "ignore", "passthrough")
+"""What a record-taking surface (``/v1`` predict, GraphQL, streams) does with fields a model does not
+take: refuse the record, drop the fields, or drop them and return them beside the record's prediction."""
+
+
+def check_extra_fields(value: object, option: str = "extra_fields") -> str:
+    """``value`` if it is one of ``EXTRA_FIELDS``; else InvalidInput naming ``option`` and the nearest value."""
+    if isinstance(value, str) and value in EXTRA_FIELDS:
+        return value
+    near = difflib.get_close_matches(str(value), EXTRA_FIELDS, n=1)
+    raise InvalidInput(
+        f"{option} must be 'refuse', 'ignore' or 'passthrough', got {value!r}"
+        + (f"; did you mean '{near[0]}'?" if near else ""),
+        field=option,
+        expected=list(EXTRA_FIELDS),
+        got=value,
+    )
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
     if mv.description:
         console.print(mv.description)
     sig = mv.signature
-    table(f"inputs ({sig.format})", ["name", "datatype", "shape", "nan allowed"],
+    table(f"inputs ({sig.format}; extra fields: {sig.extra_fields})", ["name", "datatype", "shape", "nan allowed"],
           [[s.name, s.datatype, list(s.shape), "yes" if s.allow_nan else "no"] for s in sig.inputs])
     table("outputs", ["name", "datatype", "shape"], [[s.name, s.datatype, list(s.shape)] for s in sig.outputs])
     meta: list[tuple[str, dict[str, Any]]] = [

@@ -12,7 +12,7 @@ from shipyard.errors import InvalidInput
 from shipyard.options import type_name
 from shipyard.registry import Registry
 from shipyard.runtime.loader import declared_options, runtime_for
-from shipyard.types import check_name
+from shipyard.types import EXTRA_FIELDS, check_name
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -78,12 +78,16 @@ def _flags(command: click.Command) -> dict[str, str]:
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="An option of the model's runtime (repeatable), e.g. methods=predict,predict_proba; "
                    "the list is below. An unknown key or a value of the wrong type is refused.")
+@click.option("--extra-fields", type=click.Choice(EXTRA_FIELDS), default="refuse", show_default=True,
+              help="What requests and stream messages do with record fields beside the inputs (ids, metadata): "
+                   "refuse them (400 / dead letter, so typos are caught), ignore them, or passthrough (return "
+                   "them beside each prediction). `serve`/`stream --extra-fields` can override it.")
 @click.pass_context
 @handle_errors
 def register(ctx: click.Context, name: str, path: Path, sample: Path | None, flavor: str | None,
              trust_pickle: bool, description: str, tags: tuple[str, ...], metrics: tuple[str, ...],
              training_data: Path | None, parent: str | None, alias_name: str | None,
-             option_pairs: tuple[str, ...]) -> None:
+             option_pairs: tuple[str, ...], extra_fields: str) -> None:
     """Register the model at PATH as the next version of NAME.
 
     PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, or
@@ -112,6 +116,7 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
             training_data=read_data(training_data) if training_data else None,
             parent=parent,
             alias=alias_name,
+            extra_fields=extra_fields,
             **options,
         )
     finally:

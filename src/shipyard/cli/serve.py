@@ -45,6 +45,11 @@ from shipyard.serving.server import serve as run_server
 @click.option("--async-consumers/--no-async-consumers", default=None,
               help="Predict asynchronous requests in this server, or leave them to `shipyard stream` "
                    "processes. Env: SHIPYARD_ASYNC_CONSUMERS. Default: in this server")
+@click.option("--extra-fields", "extra_fields", multiple=True, metavar="[NAME=]POLICY",
+              help="What /v1 predict, GraphQL and asynchronous requests do with record fields beside the inputs: "
+                   "refuse (400), ignore, or passthrough (returned beside each prediction). POLICY applies to every "
+                   "model, NAME=POLICY to one (repeatable). Env: SHIPYARD_EXTRA_FIELDS (comma-separated). "
+                   "Default: each version's own (`register --extra-fields`, else refuse)")
 @click.option("--cache-size", type=int, default=None, help="Response cache entries (0: off). Default: 0")
 @click.option("--cache-ttl", "cache_ttl_seconds", type=float, default=None, help="Cache entry lifetime. Default: 300")
 @click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),
@@ -62,6 +67,8 @@ def serve(ctx: click.Context, /, models: tuple[str, ...], access_log: bool, grpc
     address others. Alias moves reach a running server within a few seconds.
     Every option also has a SHIPYARD_* environment variable (upper-case, '-' as '_').
     """
+    extra_fields = options.pop("extra_fields")
+    options["extra_fields"] = ",".join(extra_fields) if extra_fields else None
     settings = settings_from(ctx).replace(**options)
     setup_logging(settings.log_level, settings.log_format)
     run_server(settings, list(models), access_log=access_log, grpc_port=grpc_port)

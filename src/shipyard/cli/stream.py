@@ -13,6 +13,7 @@ import click
 from shipyard.cli._output import fail, handle_errors, settings_from, setup_logging
 from shipyard.jobs.stream.consumer import StreamOptions, StreamStats
 from shipyard.jobs.stream.job import StreamJob
+from shipyard.types import EXTRA_FIELDS
 
 logger = logging.getLogger("shipyard.stream")
 
@@ -40,6 +41,10 @@ logger = logging.getLogger("shipyard.stream")
               help="Serve Prometheus metrics (messages, batch sizes, latency, consumer lag) on this port.")
 @click.option("--runtime", type=click.Choice(["auto", "native", "onnx"]), default=None,
               help="As for `shipyard serve`. Env: SHIPYARD_RUNTIME. Default: native")
+@click.option("--extra-fields", type=click.Choice(EXTRA_FIELDS), default=None,
+              help="What a message does with record fields beside the inputs: refuse (dead letter), ignore, or "
+                   "passthrough (copied into the result beside the prediction). Env: SHIPYARD_EXTRA_FIELDS. "
+                   "Default: the version's own (`register --extra-fields`, else refuse)")
 @click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),
               help="Env: SHIPYARD_LOG_LEVEL. Default: info")
 @click.option("--log-format", default=None, type=click.Choice(["text", "json"]), help="Env: SHIPYARD_LOG_FORMAT.")
@@ -47,17 +52,20 @@ logger = logging.getLogger("shipyard.stream")
 @handle_errors
 def stream(ctx: click.Context, /, model: str, source: str, sink: str, dead_letter: str | None, group: str | None,
            consumer_name: str | None, batch_size: int, max_wait_ms: float, max_in_flight: int,
-           metrics_port: int | None, runtime: str | None, log_level: str | None, log_format: str | None) -> None:
+           metrics_port: int | None, runtime: str | None, extra_fields: str | None, log_level: str | None,
+           log_format: str | None) -> None:
     """Predict every message of --source with MODEL and write the results to --sink.
 
     \b
     A message is JSON: one record {"feature": value, ...}, a list of records, or
     {"instances": [...]}. Each result is JSON with the input's id and key, the
     prediction(s), the model name and version, and timestamps; its key is the
-    input's key (or id). A message is acknowledged only once its result (or its
-    dead letter) is on the broker, so a crash loses nothing: unfinished messages
-    are delivered again, and the input id in each result lets readers drop the
-    duplicates. Start more processes with the same --group to share the load.
+    input's key (or id). With --extra-fields passthrough it also has
+    "passthrough": the record's fields beside the inputs (ids, metadata). A
+    message is acknowledged only once its result (or its dead letter) is on the
+    broker, so a crash loses nothing: unfinished messages are delivered again,
+    and the input id in each result lets readers drop the duplicates. Start
+    more processes with the same --group to share the load.
     SIGTERM or Ctrl-C finishes what was read, acknowledges it and exits 0.
     Broker options go in the URL's query, e.g. kafka://h:9092/t?session.timeout.ms=6000
     or redis://h:6379/s?ack_wait=30 (README, "Streaming", lists them all).
@@ -67,7 +75,8 @@ def stream(ctx: click.Context, /, model: str, source: str, sink: str, dead_lette
       shipyard stream fraud@champion --source kafka://127.0.0.1:9092/payments \\
         --sink kafka://127.0.0.1:9092/payments-scored --batch-size 128
     """
-    changes = {k: v for k, v in {"runtime": runtime, "log_level": log_level, "log_format": log_format}.items() if v}
+    changes = {k: v for k, v in {"runtime": runtime, "extra_fields": extra_fields, "log_level": log_level,
+                                 "log_format": log_format}.items() if v}
     settings = settings_from(ctx).replace(**changes)
     setup_logging(settings.log_level, settings.log_format)
     job = StreamJob.create(

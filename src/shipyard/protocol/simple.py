@@ -9,12 +9,20 @@ Two request shapes:
 
 Response: ``{"model_name", "model_version", "id", "predictions": [...]}`` where each
 prediction is a value when the model has one output and an object otherwise.
+
+Fields beside the model's inputs (ids, metadata) follow the model's
+``extra_fields`` policy (see ``shipyard.signature``), in both request shapes:
+``refuse`` answers 400 naming the field and the option, ``ignore`` drops them,
+``passthrough`` drops them before the model and adds ``"passthrough": [...]``
+to the response, one object per row in row order holding that row's extra
+fields (``{}`` for a row without any; in the columns shape, an extra column
+must hold one value per row). ``predictions`` is the same under every policy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,11 +32,26 @@ from shipyard.signature import Signature, column_array, records_to_columns
 from shipyard.types import InferenceRequest, InferenceResponse, Tensor
 
 
+class Decoded(NamedTuple):
+    """A body's columns (not yet validated), and under ``passthrough`` the extra fields of each row."""
+
+    columns: dict[str, Any]
+    passthrough: list[dict[str, Any]] | None
+
+
 def decode_request(body: bytes, signature: Signature) -> InferenceRequest:
+    return decode_predict(body, signature)[0]
+
+
+def decode_predict(body: bytes, signature: Signature) -> tuple[InferenceRequest, list[dict[str, Any]] | None]:
+    """The request, and the extra fields of each row for ``encode_response`` (None unless passthrough)."""
     doc = parse_json(body)
-    arrays = decode_document(doc, signature)
+    decoded = decode_document(doc, signature)
     request_id = doc.get("id")
-    return InferenceRequest(inputs=as_tensors(arrays, signature), id=None if request_id is None else str(request_id))
+    request = InferenceRequest(
+        inputs=as_tensors(decoded.columns, signature), id=None if request_id is None else str(request_id)
+    )
+    return request, decoded.passthrough
 
 
 def as_tensors(arrays: dict[str, Any], signature: Signature) -> list[Tensor]:
@@ -38,7 +61,7 @@ def as_tensors(arrays: dict[str, Any], signature: Signature) -> list[Tensor]:
     return [Tensor(name, _as_array(name, v)) for name, v in arrays.items()]
 
 
-def decode_document(doc: Any, signature: Signature) -> dict[str, Any]:
+def decode_document(doc: Any, signature: Signature) -> Decoded:
     """The columns of a parsed ``{"instances": ...}`` or ``{"inputs": ...}`` document (not yet validated)."""
     if not isinstance(doc, dict):
         raise InvalidInput(
@@ -76,18 +99,28 @@ def _single_tensor(signature: Signature) -> str | None:
     return None
 
 
-def _instances(instances: Any, signature: Signature) -> dict[str, Any]:
+def _no_extra(signature: Signature, rows: int) -> list[dict[str, Any]] | None:
+    """What rows without fields of their own pass through: nothing, unless the policy is passthrough."""
+    return [{} for _ in range(rows)] if signature.extra_fields == "passthrough" else None
+
+
+def _instances(instances: Any, signature: Signature) -> Decoded:
     if not isinstance(instances, list) or not instances:
         raise InvalidInput('"instances" must be a non-empty list of rows', field="instances")
     only = _single_tensor(signature)
     if only is not None and not isinstance(instances[0], Mapping):
-        return {only: instances}
+        return Decoded({only: instances}, _no_extra(signature, len(instances)))
     if signature.float_columns:
-        fast = _float_records(instances, signature.input_names)
-        if fast is not None:
-            return fast
+        if signature.extra_fields == "refuse":
+            fast = _float_records(instances, signature.input_names)
+            if fast is not None:
+                return Decoded(fast, None)
+        else:
+            with_extra = _float_records_with_extra(instances, signature)
+            if with_extra is not None:
+                return with_extra
     if all(isinstance(r, Mapping) for r in instances):
-        return records_to_columns(instances)
+        return _records(instances, signature)
     if signature.format == "columns" and all(isinstance(r, list) for r in instances):
         names = signature.input_names
         for i, r in enumerate(instances):
@@ -99,7 +132,8 @@ def _instances(instances: Any, signature: Signature) -> dict[str, Any]:
                     expected=len(names),
                     got=len(r),
                 )
-        return {n: [r[j] for r in instances] for j, n in enumerate(names)}
+        columns = {n: [r[j] for r in instances] for j, n in enumerate(names)}
+        return Decoded(columns, _no_extra(signature, len(instances)))
     bad = next(i for i, r in enumerate(instances) if not isinstance(r, Mapping))
     raise InvalidInput(
         f"instance {bad} is a {type(instances[bad]).__name__}; expected an object with the fields "
@@ -129,15 +163,78 @@ def _float_records(instances: list[Any], names: list[str]) -> dict[str, Any] | N
     return {name: block[:, i] for i, name in enumerate(names)}
 
 
-def _columns(inputs: Any, signature: Signature) -> dict[str, Any]:
+def _float_records_with_extra(instances: list[Any], signature: Signature) -> Decoded | None:
+    """``_float_records`` for ignore/passthrough models: rows may carry fields beside the numbers."""
+    names = signature.input_names
+    keys = set(names)
+    width = len(names)
+    keep = signature.extra_fields == "passthrough"
+    extra: list[dict[str, Any]] = []
+    rows = []
+    for r in instances:
+        if type(r) is not dict or not r.keys() >= keys:
+            return None
+        row = [r[k] for k in names]
+        for v in row:
+            t = type(v)
+            if t is not float and t is not int:
+                return None
+        rows.append(row)
+        if keep:
+            extra.append({k: v for k, v in r.items() if k not in keys} if len(r) > width else {})
+    block = np.array(rows, dtype=np.float64)
+    return Decoded({name: block[:, i] for i, name in enumerate(names)}, extra if keep else None)
+
+
+def _records(instances: list[Mapping[str, Any]], signature: Signature) -> Decoded:
+    """Rows as columns, their fields beside the inputs refused, dropped or kept by ``extra_fields``."""
+    if signature.extra_fields == "refuse":
+        signature.split_extra(instances[0])  # an extra field in row 0 is named as such, before its values
+        try:
+            columns = records_to_columns(instances)
+        except InvalidInput as exc:
+            name = exc.field
+            if name is None or signature.input(name) is not None:
+                raise
+            # rows that differ by a field the model does not take: that field is the news
+            at = next((i for i, r in enumerate(instances) if name in r), 0)
+            raise signature.unexpected_input(
+                name, instances[at], record=True, lead=f"instance {at} has an extra field '{name}'"
+            ) from None
+        return Decoded(columns, None)  # every row has row 0's fields, which are all inputs
+    keep = signature.extra_fields == "passthrough"
+    inputs: list[Mapping[str, Any]] = []
+    extra: list[dict[str, Any]] = []
+    for r in instances:
+        split = signature.split_extra(r)
+        inputs.append(split[0])
+        if keep:
+            extra.append(split[1])
+    return Decoded(records_to_columns(inputs), extra if keep else None)
+
+
+def _columns(inputs: Any, signature: Signature) -> Decoded:
     if isinstance(inputs, Mapping):
-        for k, v in inputs.items():
+        columns, extra = signature.split_extra(inputs)
+        for k, v in columns.items():
             if not isinstance(v, list):
                 raise InvalidInput.for_field(str(k), "a list of values (one per row)", type(v).__name__)
-        return dict(inputs)
+        if signature.extra_fields != "passthrough":
+            return Decoded(columns, None)
+        n = len(next(iter(columns.values()))) if columns else 0
+        for k, v in extra.items():
+            if not isinstance(v, list) or len(v) != n:
+                got = f"{len(v)} values" if isinstance(v, list) else type(v).__name__
+                raise InvalidInput(
+                    f"extra field '{k}': expected a list of {n} values (one per row, as the inputs have), got {got}",
+                    field=str(k),
+                    expected=f"{n} values",
+                    got=got,
+                )
+        return Decoded(columns, [{k: v[i] for k, v in extra.items()} for i in range(n)])
     only = _single_tensor(signature)
     if only is not None and isinstance(inputs, list):
-        return {only: inputs}
+        return Decoded({only: inputs}, _no_extra(signature, len(inputs)))
     raise InvalidInput(
         '"inputs" must be an object mapping each input name to a list of values',
         field="inputs",
@@ -145,13 +242,16 @@ def _columns(inputs: Any, signature: Signature) -> dict[str, Any]:
     )
 
 
-def encode_response(response: InferenceResponse) -> dict[str, Any]:
+def encode_response(response: InferenceResponse, passthrough: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The ``/v1`` answer; ``passthrough`` (from ``decode_predict``) adds each row's extra fields."""
     doc: dict[str, Any] = {
         "model_name": response.model_name,
         "model_version": response.model_version,
         "id": response.id,
         "predictions": predictions({t.name: t.data for t in response.outputs}),
     }
+    if passthrough is not None:
+        doc["passthrough"] = passthrough
     return doc
 
 

@@ -63,11 +63,14 @@ class LoadedModel:
         """Predict from a DataFrame, records, a dict of columns or an array.
 
         Returns an array when the model has one output, otherwise a dict of arrays;
-        a DataFrame in gives a DataFrame out.
+        a DataFrame in gives a DataFrame out. Columns beside the inputs follow the
+        signature's ``extra_fields``; ``passthrough`` drops them as ``ignore`` does (the
+        caller holds its rows, and a DataFrame's index lines the results up with them).
         """
         arrays, _ = sample_to_arrays(data)
         if self.signature.format == "tensors" and list(arrays) == ["input"] and len(self.signature.inputs) == 1:
             arrays = {self.signature.inputs[0].name: arrays["input"]}
+        arrays = self.signature.split_extra(arrays)[0]
         result = self.predict_arrays(arrays)
         if type(data).__module__.startswith("pandas") and hasattr(data, "columns"):
             import pandas as pd

@@ -29,7 +29,7 @@ from shipyard.registry.store import SQLStore
 from shipyard.runtime.base import Runtime
 from shipyard.runtime.loader import get_runtime, runtime_for
 from shipyard.signature import Signature, TensorSpec, head, infer_signature, sample_to_arrays
-from shipyard.types import ModelRef, check_name
+from shipyard.types import ModelRef, check_extra_fields, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Registry:
         parent: str | None = None,
         trust_pickle: bool = False,
         alias: str | None = None,
+        extra_fields: str = "refuse",
         **options: Any,
     ) -> ModelVersion:
         """Store a model object, or a file/folder path, as the next version of ``name``.
@@ -85,6 +86,10 @@ class Registry:
             parent: the version this one derives from, e.g. ``"fraud:3"``.
             trust_pickle: allow pickle/joblib input, which can run arbitrary code.
             alias: also point this alias at the new version.
+            extra_fields: what record requests (``/v1`` predict, GraphQL, streams) do with
+                fields beside the inputs, such as ids: ``refuse`` them (400 or dead letter),
+                ``ignore`` them, or ``passthrough`` (return them beside each prediction).
+                Stored with the signature; a server or stream may override it.
             **options: the runtime's own options, e.g. ``methods=["predict_proba"]`` for
                 scikit-learn (each runtime's ``option_specs`` lists them). An unknown name or
                 a value of the wrong type is refused before anything is written.
@@ -100,6 +105,7 @@ class Registry:
         if alias is not None:
             # before anything is written: a bad alias must not leave a version behind
             _check_alias(alias)
+        check_extra_fields(extra_fields)
         checked_metrics = _check_metrics(metrics or {})
         path = _model_path(model)
         runtime_cls = runtime_for(path if path is not None else model, flavor)
@@ -112,7 +118,7 @@ class Registry:
             work = Path(tmp) / "model"
             work.mkdir()
             meta = self._write_artifact(runtime_cls, model, path, work, trust_pickle, options)
-            signature = self._signature(runtime_cls, work, meta, sample)
+            signature = self._signature(runtime_cls, work, meta, sample).with_extra_fields(extra_fields)
             if sample is not None:
                 arrays, _ = sample_to_arrays(sample)
                 (work / INPUT_EXAMPLE).write_bytes(json.dumps(head(arrays), default=_json_default).encode())

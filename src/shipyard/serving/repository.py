@@ -6,6 +6,11 @@ may also address another alias or a fixed version of a served name: those are
 loaded on first use and kept. Alias targets are re-read from the registry
 after ``alias_refresh_seconds``, so a ``shipyard alias`` move reaches running
 servers without a restart.
+
+A server may override a version's ``extra_fields`` policy (``--extra-fields``):
+a model is loaded with its signature carrying the policy it is served with, so
+every record surface (REST ``/v1``, GraphQL, streams, asynchronous requests)
+reads one value from ``model.signature``.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import anyio.to_thread
 
@@ -45,6 +50,7 @@ class ModelRepository:
         compiled: CompiledCache | None = None,
         loader: Callable[[ModelVersion], LoadedModel] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        extra_fields: Mapping[str, str] | None = None,
     ) -> None:
         self.registry = registry
         self.serve_all = not refs
@@ -57,6 +63,8 @@ class ModelRepository:
         self.compiled = compiled
         self.loader = loader
         self._clock = clock
+        self.extra_fields = dict(extra_fields or {})
+        """Model name (``"*"``: every model) -> the policy it is served with instead of the version's own."""
         self._resolved: dict[ModelRef, _Resolved] = {}
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
         self._locks: dict[tuple[str, int], threading.Lock] = {}
@@ -153,6 +161,10 @@ class ModelRepository:
         return model
 
     def _load(self, mv: ModelVersion) -> LoadedModel:
+        policy = self.extra_fields.get(mv.name, self.extra_fields.get("*"))
+        if policy is not None and policy != mv.signature.extra_fields:
+            logger.info("%s: extra fields %s (the version says %s)", mv.ref, policy, mv.signature.extra_fields)
+            mv = replace(mv, signature=mv.signature.with_extra_fields(policy))
         if self.loader is not None:
             return self.loader(mv)
         return load_for_serving(self.registry, mv, self.runtime_mode, self.compiled)

@@ -126,6 +126,7 @@ def build_server(
         alias_refresh_seconds=settings.alias_refresh_seconds,
         runtime_mode=settings.runtime,
         compiled=CompiledCache(settings.cache_dir / "compiled") if settings.runtime != "native" else None,
+        extra_fields=settings.extra_fields_overrides,
     )
     pool = WorkerPool(settings, settings.worker_count) if settings.worker_count > 1 else None
     if pool is not None:

@@ -99,6 +99,7 @@ class StreamJob:
             alias_refresh_seconds=settings.alias_refresh_seconds,
             runtime_mode=settings.runtime,
             compiled=CompiledCache(settings.cache_dir / "compiled") if settings.runtime != "native" else None,
+            extra_fields=settings.extra_fields_overrides,
         )
         # Inline up to 100 ms a batch: a consumer has no latency-sensitive requests to keep answering, and
         # a model on a thread fights the loop's broker I/O for the GIL (the quickstart forest took 11 ms a

@@ -6,6 +6,12 @@ A message's value is JSON, in one of three shapes:
 * the ``/v1`` predict body: ``{"instances": [...]}`` or ``{"inputs": {...}}``;
 * a list of records: ``[{...}, {...}]`` -> the output has ``"predictions"`` (one per row).
 
+Fields beside the model's inputs follow the model's ``extra_fields``: under
+``refuse`` the message is a dead letter whose reason names the field and the
+option, under ``ignore`` they are dropped, under ``passthrough`` the result also
+has ``"passthrough"``: the record's extra fields (an object) beside
+``"prediction"``, or one object per row beside ``"predictions"``.
+
 Every message is decoded and checked against the signature on its own, so a
 bad one becomes a dead letter (original payload + reason) and the rest of the
 batch goes on. The good ones are merged into one model call (per input shape);
@@ -53,6 +59,7 @@ class _Decoded:
     arrays: Arrays | None  # None for a row of a float block (see _float_block)
     many: bool  # the message held several rows (a list or a /v1 body), so the output is a list
     rows: int = 1
+    passthrough: list[dict[str, Any]] | None = None  # each row's extra fields, under extra_fields=passthrough
 
 
 def decode_message(message: Message, model: LoadedModel) -> _Decoded:
@@ -79,9 +86,9 @@ def decode_message(message: Message, model: LoadedModel) -> _Decoded:
             field="value",
             got=type(doc).__name__,
         )
-    columns = decode_document(body, signature)
+    columns, passthrough = decode_document(body, signature)
     arrays = signature.validate({t.name: t.data for t in as_tensors(columns, signature)})
-    return _Decoded(message, arrays, many, rows(arrays))
+    return _Decoded(message, arrays, many, rows(arrays), passthrough)
 
 
 @dataclass
@@ -108,6 +115,8 @@ def _float_block(messages: Sequence[Message], model: LoadedModel) -> tuple[_Grou
     signature = model.signature
     if not signature.float_columns:
         return None, list(messages)
+    if signature.extra_fields != "refuse":
+        return _float_block_with_extra(messages, model)
     names = signature.input_names
     keys = set(names)
     rows_: list[list[Any]] = []
@@ -126,14 +135,50 @@ def _float_block(messages: Sequence[Message], model: LoadedModel) -> tuple[_Grou
                 fast.append(m)
                 continue
         rest.append(m)
+    return _checked_block(model, rows_, [_Decoded(m, None, False) for m in fast], rest, messages)
+
+
+def _float_block_with_extra(messages: Sequence[Message], model: LoadedModel) -> tuple[_Group | None, list[Message]]:
+    """``_float_block`` for ignore/passthrough models: a record may carry fields beside the numbers."""
+    signature = model.signature
+    names = signature.input_names
+    keys = set(names)
+    width = len(names)
+    keep = signature.extra_fields == "passthrough"
+    rows_: list[list[Any]] = []
+    fast: list[_Decoded] = []
+    rest: list[Message] = []
+    for m in messages:
+        try:
+            doc = orjson.loads(m.value)
+        except orjson.JSONDecodeError:
+            rest.append(m)
+            continue
+        if type(doc) is dict and doc.keys() >= keys:
+            row = [doc[k] for k in names]
+            if all(type(v) is float or type(v) is int for v in row):
+                rows_.append(row)
+                extra = None
+                if keep:
+                    extra = [{k: v for k, v in doc.items() if k not in keys} if len(doc) > width else {}]
+                fast.append(_Decoded(m, None, False, passthrough=extra))
+                continue
+        rest.append(m)
+    return _checked_block(model, rows_, fast, rest, messages)
+
+
+def _checked_block(
+    model: LoadedModel, rows_: list[list[Any]], fast: list[_Decoded], rest: list[Message], messages: Sequence[Message]
+) -> tuple[_Group | None, list[Message]]:
     if not fast:
         return None, rest
+    names = model.signature.input_names
     block = np.array(rows_, dtype=np.float64)
     try:
-        arrays = signature.validate({name: block[:, i] for i, name in enumerate(names)})
+        arrays = model.signature.validate({name: block[:, i] for i, name in enumerate(names)})
     except InvalidInput:
         return None, list(messages)  # e.g. a NaN: let the per-message path say which message
-    return _Group([_Decoded(m, None, False) for m in fast], arrays), rest
+    return _Group(fast, arrays), rest
 
 
 async def score(
@@ -224,8 +269,12 @@ class _Stamp:
         doc: dict[str, Any] = {"id": m.id, "key": m.key, "model": self.model, "version": self.version}
         if decoded.many:
             doc["predictions"] = values
+            if decoded.passthrough is not None:
+                doc["passthrough"] = decoded.passthrough
         else:
             doc["prediction"] = values[0]
+            if decoded.passthrough is not None:
+                doc["passthrough"] = decoded.passthrough[0]
         doc["received_at"] = self.received_at
         if m.timestamp is not None:
             doc["source_time"] = iso(m.timestamp)

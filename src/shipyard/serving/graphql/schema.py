@@ -123,6 +123,11 @@ class PredictionType:
         description="One entry per record: the value when the model has one output, else an object of outputs."
     )
     outputs: list[OutputType]
+    passthrough: JSON | None = strawberry.field(
+        default=None,
+        description="For a model served with extra_fields=passthrough: one object per record, in order, "
+        "holding the record's fields beside the model's inputs. Null otherwise.",
+    )
 
 
 def _models(info: Info) -> list[ModelType]:
@@ -148,7 +153,7 @@ async def _predict(info: Info, model: str, records: JSON, version: str | None = 
         )
     loaded = await dp.resolve(model, version)
     try:
-        request = simple.decode_request(orjson.dumps({"instances": records}), loaded.signature)
+        request, passthrough = simple.decode_predict(orjson.dumps({"instances": records}), loaded.signature)
     except InvalidInput as exc:
         if exc.field == "instances":  # the argument is called records here
             exc.field = "records"
@@ -165,6 +170,7 @@ async def _predict(info: Info, model: str, records: JSON, version: str | None = 
             OutputType(name=t.name, datatype=t.datatype, shape=list(t.data.shape), data=JSON(_values(t.data)))
             for t in response.outputs
         ],
+        passthrough=None if passthrough is None else JSON(passthrough),
     )
 
 

@@ -214,11 +214,11 @@ class RestApp:
         body = await self._body(request)
         self._check_json_type(request, False)
         model = await self.dp.resolve(name)
-        req = simple.decode_request(body, model.signature)
+        req, passthrough = simple.decode_predict(body, model.signature)
         if req.id is None:
             req.id = request_id_var.get()
         resp = await self.dp.infer(name, None, req)
-        return json_response(simple.encode_response(resp))
+        return json_response(simple.encode_response(resp, passthrough))
 
     # -- asynchronous requests -----------------------------------------------------------
 

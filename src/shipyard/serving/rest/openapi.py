@@ -31,6 +31,12 @@ def _op(summary: str, body: str | None = None, params: tuple[str, ...] = ()) -> 
     return op
 
 
+def _predict_op() -> dict[str, Any]:
+    op = _op("Predict from records or columns", "PredictRequest", ("name",))
+    op["responses"]["200"]["content"]["application/json"] = {"schema": {"$ref": "#/components/schemas/PredictResponse"}}
+    return op
+
+
 @lru_cache(maxsize=1)
 def openapi_spec() -> dict[str, Any]:
     tensor = {
@@ -64,7 +70,7 @@ def openapi_spec() -> dict[str, Any]:
             "/v2/models/{name}/versions/{version}/ready": {"get": _op("Version readiness", params=nv)},
             "/v2/models/{name}/versions/{version}/infer": {"post": _op("Infer on a version", "InferenceRequest", nv)},
             "/v1/models": {"get": _op("Models this server serves")},
-            "/v1/models/{name}:predict": {"post": _op("Predict from records or columns", "PredictRequest", ("name",))},
+            "/v1/models/{name}:predict": {"post": _predict_op()},
             "/v1/models/{name}/jobs": {
                 "post": _op("Queue an asynchronous request (202 with a job id; ?callback=URL to get the result "
                             "POSTed there)", "PredictRequest", ("name",))
@@ -89,11 +95,34 @@ def openapi_spec() -> dict[str, Any]:
                 },
                 "PredictRequest": {
                     "type": "object",
-                    "description": 'Either {"instances": [{...}, ...]} (rows) or {"inputs": {"col": [...]}} (columns).',
+                    "description": 'Either {"instances": [{...}, ...]} (rows) or {"inputs": {"col": [...]}} (columns). '
+                    "Fields beside the model's inputs (ids, metadata) follow the model's extra_fields: "
+                    "refuse (400), ignore (dropped) or passthrough (returned in the response's passthrough).",
                     "properties": {
                         "instances": {"type": "array", "items": {}},
                         "inputs": {"type": "object"},
                         "id": {"type": "string"},
+                    },
+                },
+                "PredictResponse": {
+                    "type": "object",
+                    "required": ["model_name", "model_version", "predictions"],
+                    "properties": {
+                        "model_name": {"type": "string"},
+                        "model_version": {"type": "string"},
+                        "id": {"type": ["string", "null"]},
+                        "predictions": {
+                            "type": "array",
+                            "items": {},
+                            "description": "One entry per row: the value when the model has one output, "
+                            "else an object of outputs.",
+                        },
+                        "passthrough": {
+                            "type": "array",
+                            "items": {"type": "object"},
+                            "description": "Only for a model served with extra_fields=passthrough: one object per "
+                            "row, in row order, holding that row's fields beside the model's inputs ({} if none).",
+                        },
                     },
                 },
             }
