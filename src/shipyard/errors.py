@@ -13,6 +13,7 @@ status codes in one table each, at the edge. Nothing here knows HTTP.
     │   ├── ModelNotFound            no such model, version or alias
     │   │   └── ModelNotServed       registered, but this server does not serve it
     │   ├── VersionConflict          a concurrent write won; retry
+    │   ├── IdenticalVersion         these exact files already are a version of the model
     │   └── ArtifactIntegrityError   a file's sha256 differs from the record
     ├── ModelFormatError
     │   ├── UnsupportedModel         no runtime knows this object or file
@@ -152,6 +153,30 @@ class ModelNotServed(ModelNotFound):
 
 class VersionConflict(RegistryError):
     """Another writer took the same version number; the write was rolled back."""
+
+
+class IdenticalVersion(RegistryError):
+    """The files being registered are exactly those of an existing version of the same model.
+
+    Identical means the same manifest digest (every file: model, input example,
+    check set) and the same runtime settings (flavor and its options); tags,
+    metrics, description and lineage do not count. Raised by
+    ``register(..., if_identical="refuse")``, the default.
+
+    Args:
+        name: the model.
+        version: the existing version holding these files.
+        digest: their manifest digest.
+    """
+
+    def __init__(self, name: str, version: int, digest: str) -> None:
+        self.name = name
+        self.version = version
+        self.digest = digest
+        super().__init__(
+            f"identical to {name}:{version} (same files, sha256 {digest[:12]}); pass if_identical='reuse' "
+            "to get that version back (CLI --if-identical reuse) or 'new' to register a copy"
+        )
 
 
 class ArtifactIntegrityError(RegistryError):

@@ -82,7 +82,12 @@ def test_register_show_alias_rollback_predict(tmp_path: Path, iris_files) -> Non
     out = shipyard(home, "register", "iris", str(model_path), "--sample", str(sample), "--tag", "team=risk",
                    "--metric", "accuracy=0.97", "--alias", "champion").stdout
     assert "registered iris:1" in out
-    shipyard(home, "register", "iris", str(model_path), "--sample", str(sample), "--parent", "iris:1")
+    # the same file again: a different parent does not make it a different model
+    again = shipyard(home, "register", "iris", str(model_path), "--sample", str(sample), "--parent", "iris:1",
+                     check=False)
+    assert again.returncode == 1 and "identical to iris:1" in again.stderr and "--if-identical" in again.stderr
+    shipyard(home, "register", "iris", str(model_path), "--sample", str(sample), "--parent", "iris:1",
+             "--if-identical", "new")
     listing = shipyard(home, "models").stdout
     assert "iris" in listing and "champion→1" in listing
     shown = json.loads(shipyard(home, "models", "show", "iris:2", "--json").stdout)

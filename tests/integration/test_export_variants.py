@@ -67,7 +67,7 @@ def test_mlp_variants_are_quantized_pruned_compiled_checked_and_measured(reg: Re
     )
     report = export_version(reg, "mlp", out, options)
     rows = _by_name(report)
-    assert report.rows == 155  # the 5 stored sample rows + 150 from the data
+    assert report.rows == 155  # the 5-row check set (the sample) + 150 from the data
     assert not report.failed, [(v.name, v.error) for v in report.failed]
     base = rows["onnx"]
     for name in ("quantize:dynamic", "quantize:static", "quantize:fp16", "prune:magnitude:0.3",

@@ -12,10 +12,11 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
+import skops.io as sio
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from shipyard.errors import ArtifactIntegrityError, InvalidInput, ModelNotFound, RegistryError
+from shipyard.errors import ArtifactIntegrityError, IdenticalVersion, InvalidInput, ModelNotFound, RegistryError
 from shipyard.registry import Registry
 from shipyard.registry.artifacts import ArtifactStore
 from shipyard.registry.store import SQLStore
@@ -67,6 +68,23 @@ def bucket() -> Iterator[str]:
 
 def test_postgres_store_really_is_postgres(pg_registry: Registry) -> None:
     assert pg_registry.store.dialect == "postgresql"
+
+
+def test_identical_files_are_recognised_and_the_check_set_is_kept_on_postgres(
+    pg_registry: Registry, model: Any, X: pd.DataFrame, tmp_path: Path
+) -> None:
+    path = tmp_path / "iris.skops"
+    sio.dump(model, path)
+    first = pg_registry.register(path, "iris", sample=X, methods=["predict", "predict_proba"])
+
+    with pytest.raises(IdenticalVersion, match="identical to iris:1"):
+        pg_registry.register(path, "iris", sample=X, methods=["predict", "predict_proba"], tags={"other": "tag"})
+    assert pg_registry.register(path, "iris", sample=X, methods=("predict", "predict_proba"),
+                                if_identical="reuse", alias="champion") == first
+    assert pg_registry.register(path, "iris", sample=X).version == 2  # other runtime options
+    assert pg_registry.aliases("iris") == {"champion": 1}
+    stored = pg_registry.check_set(pg_registry.get("iris:1"))
+    assert stored is not None and stored.rows == 150 and first.check_set["rows"] == 150
 
 
 def test_versions_number_from_one_and_resolve_on_postgres(

@@ -63,7 +63,7 @@ def _row(v: Any) -> list[str]:
               help="Also write ONNX Runtime's optimised ORT format or an OpenVINO IR. Repeatable.")
 @click.option("--check-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="More rows to check every variant on (.csv/.json/.jsonl/.parquet/.npy), besides the "
-                   "sample stored with the version.")
+                   "version's check set (up to 1,000 rows kept at registration).")
 @click.option("--target", help="Column of --check-data with the true labels: accuracy deltas and the tree "
                                "curve are then measured against it.")
 @click.option("--tolerance", type=float,
@@ -86,10 +86,11 @@ def export(ctx: click.Context, ref: str, to: str, opset: int | None, quantize: t
            latency_seconds: float) -> None:
     """Export REF to ONNX, plus quantized, pruned and compiled variants, each checked against REF.
 
-    Every artifact is run on the version's stored sample (and --check-data) and
-    compared with REF; one outside the tolerance is not written. The table shows
-    size, latency at batch 1 and 1000, label agreement, max difference and
-    accuracy change for each.
+    Every artifact is run on the version's check set (up to 1,000 rows kept at
+    registration, plus --check-data) and compared with REF; one outside the
+    tolerance is not written. The table's title says how many rows (and why, when
+    fewer than 100). The table shows size, latency at batch 1 and 1000, label
+    agreement, max difference and accuracy change for each.
     """
     from shipyard.export import ExportOptions, export_version, parse_prune
 
@@ -103,7 +104,7 @@ def export(ctx: click.Context, ref: str, to: str, opset: int | None, quantize: t
         report = export_version(reg, ref, out, options)
     finally:
         reg.close()
-    table(f"{report.source} -> {out} (checked on {report.rows} rows)", _COLUMNS, [_row(v) for v in report.variants])
+    table(f"{report.source} -> {out} ({report.checked_on()})", _COLUMNS, [_row(v) for v in report.variants])
     for v in report.variants:
         if "curve" in v.notes:
             curve = ", ".join(f"{k}: {score:.4f}" for k, score in v.notes["curve"])
@@ -117,7 +118,7 @@ def export(ctx: click.Context, ref: str, to: str, opset: int | None, quantize: t
               help="The zip file to write, e.g. model.zip.")
 @click.option("--opset", type=int, help="ONNX opset when REF has to be exported first.")
 @click.option("--check-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="More rows to check the bundle on, besides the version's stored sample.")
+              help="More rows to check the bundle on, besides the version's check set.")
 @click.option("--tolerance", type=float, help="Max difference of float outputs (default 1e-4).")
 @click.option("--min-agreement", type=float, help="Min share of unchanged labels (default 1.0).")
 @click.pass_context
@@ -145,4 +146,4 @@ def bundle(ctx: click.Context, ref: str, out: Path, opset: int | None, check_dat
         _num(report.timing.batch1_ms if report.timing else None, ".3f"),
         _num(c.label_agreement, ".4f"), _num(c.max_abs_diff, ".2g"), report.model_sha256[:12],
     ]])
-    console.print(f"run it: python {report.path} input.json")
+    console.print(f"{report.checked_on()}; run it: python {report.path} input.json")

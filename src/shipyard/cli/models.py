@@ -70,7 +70,8 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
           [[s.name, s.datatype, list(s.shape), "yes" if s.allow_nan else "no"] for s in sig.inputs])
     table("outputs", ["name", "datatype", "shape"], [[s.name, s.datatype, list(s.shape)] for s in sig.outputs])
     meta: list[tuple[str, dict[str, Any]]] = [
-        ("tags", mv.tags), ("metrics", mv.metrics), ("lineage", mv.lineage), ("packages", mv.packages)
+        ("tags", mv.tags), ("metrics", mv.metrics), ("lineage", mv.lineage), ("packages", mv.packages),
+        ("check set", mv.check_set),
     ]
     table(None, ["", ""], [[k, ", ".join(f"{a}={b}" for a, b in v.items())] for k, v in meta if v])
     table("files", ["path", "sha256"], [[p, h[:16]] for p, h in sorted(mv.files.items())])

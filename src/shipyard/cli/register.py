@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from shipyard.cli._output import console, handle_errors, settings_from
 from shipyard.datafiles import read_data
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, ModelNotFound
 from shipyard.options import type_name
 from shipyard.registry import Registry
+from shipyard.registry.checkset import MIN_ROWS
+from shipyard.registry.registry import IF_IDENTICAL
 from shipyard.runtime.loader import declared_options, runtime_for
 from shipyard.types import EXTRA_FIELDS, check_name
 
@@ -62,8 +65,8 @@ def _flags(command: click.Command) -> dict[str, str]:
 @click.argument("name")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A few rows of real input (.csv/.json/.jsonl/.parquet/.npy); "
-                   "the signature is inferred from it.")
+              help="Rows of real input (.csv/.json/.jsonl/.parquet/.npy); the signature is inferred from "
+                   "them, and up to 1,000 are kept as the check set (100+ make equivalence checks meaningful).")
 @click.option("--flavor", help="Model format, when it cannot be guessed "
               "(sklearn, xgboost, lightgbm, onnx, torch, mlflow, python).")
 @click.option("--trust-pickle", is_flag=True,
@@ -82,16 +85,28 @@ def _flags(command: click.Command) -> dict[str, str]:
               help="What requests and stream messages do with record fields beside the inputs (ids, metadata): "
                    "refuse them (400 / dead letter, so typos are caught), ignore them, or passthrough (return "
                    "them beside each prediction). `serve`/`stream --extra-fields` can override it.")
+@click.option("--check-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Rows to keep as the version's check set instead of the sample's (up to 1,000 are kept); "
+                   "export, bundle and serve --runtime onnx check converted models on them.")
+@click.option("--if-identical", type=click.Choice(IF_IDENTICAL), default="refuse", show_default=True,
+              help="When these exact files already are a version of NAME: refuse, reuse that version "
+                   "(--alias still moves), or register a new copy.")
 @click.pass_context
 @handle_errors
 def register(ctx: click.Context, name: str, path: Path, sample: Path | None, flavor: str | None,
              trust_pickle: bool, description: str, tags: tuple[str, ...], metrics: tuple[str, ...],
              training_data: Path | None, parent: str | None, alias_name: str | None,
-             option_pairs: tuple[str, ...], extra_fields: str) -> None:
+             option_pairs: tuple[str, ...], extra_fields: str,
+             check_data: Path | None, if_identical: str) -> None:
     """Register the model at PATH as the next version of NAME.
 
     PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, or
     .pkl/.joblib with --trust-pickle) or an MLflow model folder.
+
+    Up to 1,000 rows of --sample (or of --check-data) are kept with the version
+    as its check set. Identical files (same sha256 digest and runtime options;
+    tags, metrics and description do not count) are refused unless
+    --if-identical says otherwise.
     """
     options = {}
     if option_pairs:
@@ -105,6 +120,7 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
             raise InvalidInput(f"--metric {k}={v}: the value must be a number", field="metric") from None
     reg = Registry.from_settings(settings_from(ctx))
     try:
+        before = _versions(reg, name)
         mv = reg.register(
             path, name,
             sample=read_data(sample) if sample else None,
@@ -116,10 +132,33 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
             training_data=read_data(training_data) if training_data else None,
             parent=parent,
             alias=alias_name,
+            check_data=read_data(check_data) if check_data else None,
+            if_identical=if_identical,
             extra_fields=extra_fields,
             **options,
         )
     finally:
         reg.close()
-    console.print(f"registered [bold]{mv.ref}[/] ({mv.flavor}, sha256 {mv.digest[:12]})"
-                  + (f", alias {alias_name} -> {mv.version}" if alias_name else ""))
+    what = "identical to" if mv.version in before else "registered"
+    console.print(f"{what} [bold]{mv.ref}[/] ({mv.flavor}, sha256 {mv.digest[:12]})"
+                  + (f", alias {alias_name} -> {mv.version}" if alias_name else ""), highlight=False)
+    console.print(_check_set_line(mv.check_set), highlight=False)
+
+
+def _versions(reg: Registry, name: str) -> set[int]:
+    """The versions NAME has now (none when it is new): tells a reused version from a new one."""
+    try:
+        return {v.version for v in reg.versions(name)}
+    except ModelNotFound:
+        return set()
+
+
+def _check_set_line(info: dict[str, Any]) -> str:
+    if not info:
+        return "check set: none (no --sample or --check-data); export and bundle will need --check-data FILE"
+    line = f"check set: {info['rows']} rows of the {'check data' if info['from'] == 'check_data' else 'sample'}"
+    if "seed" in info:
+        line += f" (chosen at random from {info['of']}, seed {info['seed']})"
+    if info.get("note"):
+        line += f" (fewer than {MIN_ROWS}: {info['note']}; pass --check-data FILE with more rows)"
+    return line

@@ -22,7 +22,8 @@ from shipyard.serving.server import serve as run_server
                    "Env: SHIPYARD_WORKERS. Default: one per CPU core")
 @click.option("--runtime", type=click.Choice(["auto", "native", "onnx"]), default=None,
               help="native: the model's own library; onnx: compiled to ONNX Runtime when the outputs match "
-                   "(else native, with the reason logged); auto: onnx where it helps. Env: SHIPYARD_RUNTIME.")
+                   "on the version's check set (else native, with the reason logged); auto: onnx where it "
+                   "helps. Env: SHIPYARD_RUNTIME.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @click.option("--grpc-port", type=int, default=None,
               help="Also serve the Open Inference Protocol over gRPC on this port, same process and models "

@@ -7,14 +7,16 @@ The zip holds:
   the portable level, whose operators every ONNX Runtime has;
 * ``signature.json``: the graph's inputs and outputs (names, datatypes, shapes);
 * ``bundle.json``: name, version, source digest, the model's sha256 (checked
-  before every load), the check results and the versions it was built with;
+  before every load), what it was checked on (rows, tolerance, and why when
+  fewer than 100 rows) and the versions it was built with;
 * ``edge_model.py``: the runtime (``shipyard/export/_bundle_runtime.py``,
   self-contained) and ``__main__.py``, so ``python model.zip input.json`` runs it
   and ``sys.path.insert(0, "model.zip"); import edge_model`` imports it.
 
 The bundle is checked *as a bundle*: the zip is written to a temporary name,
 loaded through its own runtime, compared with the source version on the check
-rows, and renamed into place only when it passed.
+rows (the version's check set, plus ``--check-data``), and renamed into place
+only when it passed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from shipyard.export.check import CheckResult, write_checked
 from shipyard.export.onnx import convert
 from shipyard.export.pipeline import Exporter, ExportOptions
 from shipyard.registry import Registry
+from shipyard.registry.checkset import checked_on
 from shipyard.runtime.onnx import OnnxRuntime
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,14 @@ class BundleReport:
     model_sha256: str
     check: CheckResult
     timing: measure.Timing | None
+    rows: int = 0
+    """How many check rows the bundle was compared on."""
+    note: str | None = None
+    """Why there were fewer than 100 check rows; None when there were enough."""
+
+    def checked_on(self) -> str:
+        """``checked on 500 rows``, or ``checked on 37 rows: the sample had only 37``."""
+        return checked_on(self.rows, self.note)
 
 
 def bundle_version(registry: Registry, ref: str, out: Path, options: ExportOptions | None = None) -> BundleReport:
@@ -105,6 +116,12 @@ def bundle_version(registry: Registry, ref: str, out: Path, options: ExportOptio
                 "requires": ["onnxruntime", "numpy"],
             }
             tol = exporter.tolerance("export")
+            # known before the check runs; the zip only lands at ``out`` when the check passed
+            meta["check"] = {"rows": exporter.data.rows,
+                             "tolerance": {"max_diff": tol.max_diff, "min_agreement": tol.min_agreement}}
+            if exporter.data.note:
+                meta["check"]["note"] = exporter.data.note
+                logger.warning("%s: the bundle is %s", mv.ref, exporter.data.checked_on())
             holder: dict[str, CheckResult] = {}
 
             def write(path: Path) -> None:
@@ -124,7 +141,8 @@ def bundle_version(registry: Registry, ref: str, out: Path, options: ExportOptio
     finally:
         loaded.close()
     logger.info("bundled %s into %s (%d bytes)", mv.ref, out, out.stat().st_size)
-    return BundleReport(out, mv.ref, out.stat().st_size, meta["sha256"], result, timing)
+    return BundleReport(out, mv.ref, out.stat().st_size, meta["sha256"], result, timing,
+                        rows=exporter.data.rows, note=exporter.data.note)
 
 
 def runtime_source() -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -331,6 +332,10 @@ def _finish(proto: Any, sig: Signature, *, outputs: dict[str, str], per_column: 
             dims[0].ClearField("dim_value")
             dims[0].dim_param = "N"
     del graph.value_info[:]  # stale shapes from the converter confuse quantization's shape inference
+    if re.fullmatch(r"[0-9a-f]{32}", graph.name):
+        # skl2onnx and onnxmltools name each graph with a fresh uuid; a stable name makes the same
+        # model convert to the same bytes, so an export registered twice is recognised as identical
+        graph.name = "shipyard_export"
     onnx.checker.check_model(proto)
     return proto
 

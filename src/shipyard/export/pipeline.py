@@ -3,8 +3,10 @@
 ``export_version`` is what ``shipyard export`` calls:
 
 1. load the source version and its framework object (``onnx.open_source``);
-2. build the check rows: the signature sample stored with the version, plus
-   the user's data file (and its target column, when named);
+2. build the check rows: the check set stored with the version (up to 1,000
+   rows; its input example for versions registered before check sets), plus
+   the user's data file (and its target column, when named). Fewer than 100
+   rows in all are reported with the reason (``checked on 37 rows: ...``);
 3. export the base ONNX graph; check it against the source (lossless
    tolerance) and write it, or stop: every other variant derives from it;
 4. make each requested variant (quantized from the base graph, pruned from the
@@ -38,7 +40,7 @@ from shipyard.export import measure
 from shipyard.export import prune as pruning
 from shipyard.export import quantize as quantizing
 from shipyard.export.onnx import Source, convert, open_source
-from shipyard.registry import Registry
+from shipyard.registry import Registry, checkset
 from shipyard.registry.loaded import LoadedModel
 from shipyard.registry.model import ModelVersion
 from shipyard.runtime.onnx import OnnxRuntime
@@ -64,7 +66,7 @@ class ExportOptions:
     compile: tuple[str, ...] = ()
     """Any of ``ort``, ``openvino``: one compiled variant each."""
     check_data: Any = None
-    """Extra check rows (DataFrame, records, columns) beside the stored sample."""
+    """Extra check rows (DataFrame, records, columns) beside the version's stored check set."""
     target: str | None = None
     """Column of ``check_data`` holding the true labels, for accuracy and the tree curve."""
     tolerance: float | None = None
@@ -138,6 +140,12 @@ class ExportReport:
     rows: int
     """How many check rows every variant was compared on."""
     variants: list[VariantReport]
+    note: str | None = None
+    """Why there were fewer than 100 check rows; None when there were enough."""
+
+    def checked_on(self) -> str:
+        """``checked on 500 rows``, or ``checked on 37 rows: the sample had only 37``."""
+        return checkset.checked_on(self.rows, self.note)
 
     @property
     def failed(self) -> list[VariantReport]:
@@ -162,10 +170,15 @@ class CheckRows:
     inputs: Arrays
     truth: np.ndarray[Any, Any] | None = None
     """True labels of the last ``len(truth)`` rows, from the user's target column."""
+    note: str | None = None
+    """Why there are fewer than 100 rows; None when there are enough."""
 
     @property
     def rows(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
+
+    def checked_on(self) -> str:
+        return checkset.checked_on(self.rows, self.note)
 
     def labelled(self) -> Arrays:
         n = 0 if self.truth is None else len(self.truth)
@@ -173,11 +186,11 @@ class CheckRows:
 
 
 def check_rows(registry: Registry, mv: ModelVersion, data: Any = None, target: str | None = None) -> CheckRows:
-    """The version's stored sample plus ``data``, validated by the version's signature."""
+    """The version's check set plus ``data``, validated by the version's signature."""
     parts: list[Arrays] = []
-    example = example_inputs(registry, mv)
-    if example is not None:
-        parts.append(example)
+    stored = registry.check_set(mv)
+    if stored is not None:
+        parts.append(stored.inputs)
     truth = None
     if data is not None:
         arrays, _ = sample_to_arrays(data)
@@ -194,23 +207,16 @@ def check_rows(registry: Registry, mv: ModelVersion, data: Any = None, target: s
             field="check_data",
         )
     inputs = {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
-    return CheckRows(inputs, truth)
-
-
-def example_inputs(registry: Registry, mv: ModelVersion) -> Arrays | None:
-    """The stored input example of a version, checked against its signature."""
-    raw = registry.input_example(mv)
-    if raw is None:
-        return None
-    return mv.signature.validate(_named(mv, {k: np.asarray(v) for k, v in raw.items()}))
+    rows = checkset.rows_of(inputs)
+    note = None
+    if rows < checkset.MIN_ROWS:
+        own = stored.note if stored is not None else f"{mv.ref} keeps no check set"
+        note = own if data is None else f"{own}, and --check-data added {checkset.rows_of(parts[-1])}"
+    return CheckRows(inputs, truth, note)
 
 
 def _named(mv: ModelVersion, arrays: Arrays) -> Arrays:
-    """An unnamed array sample ('input') takes the name of the model's one input."""
-    sig = mv.signature
-    if list(arrays) == ["input"] and len(sig.inputs) == 1:
-        return {sig.inputs[0].name: arrays["input"]}
-    return arrays
+    return checkset.named(mv.signature, arrays)
 
 
 # -- the pipeline ---------------------------------------------------------------------------
@@ -263,7 +269,9 @@ class Exporter:
 
     def run(self) -> ExportReport:
         self.out.mkdir(parents=True, exist_ok=True)
-        report = ExportReport(self.mv.ref, self.data.rows, [self._source_row()])
+        report = ExportReport(self.mv.ref, self.data.rows, [self._source_row()], self.data.note)
+        if self.data.note:
+            logger.warning("%s: every variant is %s", self.mv.ref, self.data.checked_on())
         base = self.out / BASE_FILE
         proto = convert(self.source, opset=self.opts.opset, example=_head(self.data.inputs, 5))
         onnx = require("onnx", "export")
@@ -420,12 +428,16 @@ class Exporter:
             "check_tolerance": f"max_diff={c.tolerance.max_diff}, min_agreement={c.tolerance.min_agreement}",
         }
         tags.update({f"note.{k}": str(val) for k, val in v.notes.items() if k != "curve"})
+        if self.data.note:
+            tags["check_rows_note"] = self.data.note
         raw = self.registry.input_example(self.mv)
+        # the variant keeps the rows it was checked on as its own check set; the same files
+        # registered again (an export run twice) give back the version they already are
         new = self.registry.register(
             path, self.opts.register or self.mv.name,
-            sample=raw, flavor="onnx", parent=self.mv.ref,
-            description=f"{v.name} of {self.mv.ref}, checked on {self.data.rows} rows ({c.summary()})",
-            tags=tags, metrics=metrics,
+            sample=raw, flavor="onnx", parent=self.mv.ref, check_data=self.data.inputs,
+            description=f"{v.name} of {self.mv.ref}, {self.data.checked_on()} ({c.summary()})",
+            tags=tags, metrics=metrics, if_identical="reuse",
         )
         v.registered = new.ref
 

@@ -41,6 +41,9 @@ class ModelVersion:
     """Versions of Python and the relevant packages at registration."""
     created_at: str = ""
     artifact_uri: str = ""
+    check_set: dict[str, Any] = field(default_factory=dict)
+    """The stored check set: file, rows, where they came from (``shipyard.registry.checkset``);
+    empty for versions registered before check sets were kept."""
 
     @property
     def ref(self) -> str:
@@ -65,6 +68,7 @@ class ModelVersion:
             "packages": dict(self.packages),
             "created_at": self.created_at,
             "artifact_uri": self.artifact_uri,
+            "check_set": dict(self.check_set),
         }
 
 

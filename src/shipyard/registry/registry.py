@@ -8,6 +8,7 @@ in one transaction. That row is the commit point.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import logging
@@ -20,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from shipyard.config import Settings
-from shipyard.errors import InvalidInput, ModelFormatError, ShipyardError
-from shipyard.registry import lineage
+from shipyard.errors import IdenticalVersion, InvalidInput, ModelFormatError, ShipyardError
+from shipyard.registry import checkset, lineage
 from shipyard.registry.artifacts import ArtifactStore, hash_tree
+from shipyard.registry.checkset import CheckSet
 from shipyard.registry.loaded import LoadedModel
 from shipyard.registry.model import AliasMove, ModelVersion, manifest_digest
 from shipyard.registry.store import SQLStore
@@ -34,6 +36,7 @@ from shipyard.types import ModelRef, check_extra_fields, check_name
 logger = logging.getLogger(__name__)
 
 INPUT_EXAMPLE = "input_example.json"
+IF_IDENTICAL = ("refuse", "reuse", "new")
 
 
 class Registry:
@@ -70,6 +73,8 @@ class Registry:
         trust_pickle: bool = False,
         alias: str | None = None,
         extra_fields: str = "refuse",
+        check_data: Any = None,
+        if_identical: str = "refuse",
         **options: Any,
     ) -> ModelVersion:
         """Store a model object, or a file/folder path, as the next version of ``name``.
@@ -77,8 +82,9 @@ class Registry:
         Args:
             model: an in-memory model or a path to a model file/folder.
             name: the model's name; versions are numbered from 1.
-            sample: a few rows of input (DataFrame, records, dict of arrays, array);
-                the signature is inferred from it. Optional when the format carries
+            sample: rows of real input (DataFrame, records, dict of arrays, array);
+                the signature is inferred from it, and up to 1,000 rows are kept as the
+                version's check set unless ``check_data`` is given. Optional when the format carries
                 its own signature (ONNX, MLflow with a signature).
             flavor: force a runtime instead of guessing from the object or file.
             description, tags, metrics: free metadata kept with the version.
@@ -90,6 +96,13 @@ class Registry:
                 fields beside the inputs, such as ids: ``refuse`` them (400 or dead letter),
                 ``ignore`` them, or ``passthrough`` (return them beside each prediction).
                 Stored with the signature; a server or stream may override it.
+            check_data: rows to keep as the version's check set instead of the sample's
+                (same forms as ``sample``; up to 1,000 are kept). Every equivalence check
+                (export, bundle, ONNX serving, static-quantization calibration) runs on them.
+            if_identical: what to do when these exact files (same digest, flavor and runtime
+                options) already are a version of ``name``: ``refuse`` (raise
+                ``IdenticalVersion``), ``reuse`` (return that version, still moving ``alias``)
+                or ``new`` (register a copy). Tags, metrics and description do not count.
             **options: the runtime's own options, e.g. ``methods=["predict_proba"]`` for
                 scikit-learn (each runtime's ``option_specs`` lists them). An unknown name or
                 a value of the wrong type is refused before anything is written.
@@ -106,6 +119,7 @@ class Registry:
             # before anything is written: a bad alias must not leave a version behind
             _check_alias(alias)
         check_extra_fields(extra_fields)
+        _check_choice("if_identical", if_identical, IF_IDENTICAL)
         checked_metrics = _check_metrics(metrics or {})
         path = _model_path(model)
         runtime_cls = runtime_for(path if path is not None else model, flavor)
@@ -122,6 +136,7 @@ class Registry:
             if sample is not None:
                 arrays, _ = sample_to_arrays(sample)
                 (work / INPUT_EXAMPLE).write_bytes(json.dumps(head(arrays), default=_json_default).encode())
+            check_info = _write_check_set(work, signature, sample, check_data)
             files = hash_tree(work)
             digest = manifest_digest(files)
             uri = self.artifacts.put(work, name, digest)
@@ -138,10 +153,18 @@ class Registry:
             "lineage": _lineage(training_data, parent_ref, None if path is None else str(path.resolve())),
             "packages": lineage.package_versions(runtime_cls.packages),
             "artifact_uri": uri,
+            "check_set": check_info,
         }
-        mv = self.store.add_version(record)
-        logger.info("registered %s (%s, digest %s)", mv.ref, mv.flavor, digest[:12])
-        if alias is not None:
+        try:
+            mv = self.store.add_version(record, allow_identical=if_identical == "new")
+        except IdenticalVersion as exc:
+            if if_identical != "reuse":
+                raise
+            mv = self.store.get_version(name, exc.version)
+            logger.info("%s holds these exact files already; reusing it", mv.ref)
+        else:
+            logger.info("registered %s (%s, digest %s)", mv.ref, mv.flavor, digest[:12])
+        if alias is not None and self.store.aliases(name).get(alias) != mv.version:
             self.set_alias(name, alias, mv.version)
         return mv
 
@@ -251,6 +274,25 @@ class Registry:
         runtime = get_runtime(mv.flavor).load(folder, mv.flavor_meta)
         return LoadedModel(mv, runtime)
 
+    def check_set(self, mv: ModelVersion) -> CheckSet | None:
+        """The rows equivalence checks of ``mv`` run on, validated by its signature.
+
+        Versions registered before check sets were kept fall back to their input
+        example, with a note saying so; None when the version has neither.
+        """
+        if mv.check_set.get("file") in mv.files:
+            return checkset.read(self.fetch(mv), mv.signature, mv.check_set, mv.ref)
+        raw = self.input_example(mv)
+        if raw is None:
+            return None
+        inputs = mv.signature.validate(checkset.named(mv.signature, {k: np.asarray(v) for k, v in raw.items()}))
+        rows = checkset.rows_of(inputs)
+        note = None
+        if rows < checkset.MIN_ROWS:
+            note = (f"{mv.ref} predates check sets and keeps only its {rows}-row input example; "
+                    "re-register it with a larger sample or check_data")
+        return CheckSet(inputs, note)
+
     def input_example(self, mv: ModelVersion) -> dict[str, list[Any]] | None:
         """The first rows of the registration sample, if one was given."""
         if INPUT_EXAMPLE not in mv.files:
@@ -276,6 +318,36 @@ def _model_path(model: Any) -> Path | None:
     if not path.exists():
         raise ModelFormatError(f"model path '{path}' does not exist")
     return path
+
+
+def _write_check_set(work: Path, signature: Signature, sample: Any, check_data: Any) -> dict[str, Any]:
+    """Keep the check set in the version folder (before hashing); its record, or {} without rows."""
+    data = check_data if check_data is not None else sample
+    if data is None:
+        return {}
+    source = "check_data" if check_data is not None else "sample"
+    arrays, _ = sample_to_arrays(data)
+    try:
+        valid = signature.validate(checkset.named(signature, arrays))
+    except InvalidInput as exc:
+        if check_data is None:
+            raise
+        raise InvalidInput(f"check_data does not fit the signature: {exc}", field="check_data",
+                           expected=exc.expected, got=exc.got) from None
+    kept, info = checkset.choose(valid, source)
+    checkset.write(work, signature, kept)
+    return info
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value in choices:
+        return
+    near = difflib.get_close_matches(str(value), choices, n=1)
+    raise InvalidInput(
+        f"{option} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+        + (f"; did you mean {near[0]!r}?" if near else ""),
+        field=option, expected=list(choices), got=value,
+    )
 
 
 def _check_alias(alias: str) -> None:

@@ -8,6 +8,7 @@ two processes registering the same name at once get two distinct versions.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -21,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from shipyard.errors import ModelNotFound, RegistryError, VersionConflict
+from shipyard.errors import IdenticalVersion, ModelNotFound, RegistryError, VersionConflict
 from shipyard.registry.model import AliasMove, ModelVersion
 from shipyard.signature import Signature
 
@@ -165,13 +166,22 @@ class SQLStore:
 
     # -- versions ------------------------------------------------------------
 
-    def add_version(self, record: dict[str, Any]) -> ModelVersion:
-        """Insert a version with the next free number; returns it as stored."""
+    def add_version(self, record: dict[str, Any], *, allow_identical: bool = True) -> ModelVersion:
+        """Insert a version with the next free number; returns it as stored.
+
+        With ``allow_identical=False``, raise ``IdenticalVersion`` instead when a version of the
+        same name already has the same digest and runtime settings. The look-up runs under the
+        model's lock, so two processes registering the same files at once make one version.
+        """
         name = record["name"]
         for attempt in range(20):
             try:
                 with self._tx() as conn:
                     self._lock_model(conn, name, create=True)
+                    if not allow_identical:
+                        same = self._identical(conn, record)
+                        if same is not None:
+                            raise IdenticalVersion(name, same, record["digest"])
                     latest = conn.execute(
                         sa.select(sa.func.max(versions_t.c.version)).where(versions_t.c.name == name)
                     ).scalar()
@@ -194,6 +204,19 @@ class SQLStore:
                     raise VersionConflict(f"could not allocate a version of '{name}': {exc}") from exc
                 time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raise VersionConflict(f"could not allocate a version of '{name}'")  # pragma: no cover
+
+    def _identical(self, conn: Connection, record: dict[str, Any]) -> int | None:
+        """The oldest version of the record's model with its digest, flavor and flavor options."""
+        rows = conn.execute(
+            sa.select(versions_t.c.version, versions_t.c.record)
+            .where(versions_t.c.name == record["name"], versions_t.c.digest == record["digest"])
+            .order_by(versions_t.c.version)
+        ).all()
+        want = _settings_key(record)
+        for version, stored in rows:
+            if _settings_key(stored) == want:
+                return int(version)
+        return None
 
     def get_version(self, name: str, version: int) -> ModelVersion:
         with self.engine.connect() as conn:
@@ -367,6 +390,13 @@ def _replay(history: list[AliasMove]) -> list[int]:
     return stack
 
 
+def _settings_key(rec: dict[str, Any]) -> str:
+    """What decides how the same files behave: the runtime, its options and the request policy
+    kept with the signature (``extra_fields``), JSON-normalised."""
+    policy = (rec.get("signature") or {}).get("extra_fields", "refuse")
+    return json.dumps([rec.get("flavor"), rec.get("flavor_meta") or {}, policy], sort_keys=True, default=str)
+
+
 def _to_version(rec: dict[str, Any]) -> ModelVersion:
     return ModelVersion(
         name=rec["name"],
@@ -383,4 +413,5 @@ def _to_version(rec: dict[str, Any]) -> ModelVersion:
         packages=dict(rec.get("packages") or {}),
         created_at=rec.get("created_at", ""),
         artifact_uri=rec.get("artifact_uri", ""),
+        check_set=dict(rec.get("check_set") or {}),
     )

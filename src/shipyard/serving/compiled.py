@@ -2,10 +2,13 @@
 
 ``--runtime onnx`` (or ``auto`` for scikit-learn, XGBoost and LightGBM) converts
 the version with ``shipyard.export.onnx`` the first time a server loads it,
-runs both models on the version's stored input example, and serves through
-onnxruntime only when every output agrees within the export tolerance (labels
-exactly). The graph and the verdict are cached under ``SHIPYARD_HOME/cache/compiled``
-keyed by the version's digest, so later starts load the graph straight away,
+runs both models on the version's check set (up to 1,000 rows kept at
+registration; the input example of versions registered before check sets), and
+serves through onnxruntime only when every output agrees within the export
+tolerance (labels exactly). A check on fewer than 100 rows is logged as a
+warning that says why, at every start that serves the graph. The graph and
+the verdict are cached under ``SHIPYARD_HOME/cache/compiled`` keyed by the
+version's digest, so later starts load the graph straight away,
 without importing the model's own framework at all. When conversion or the
 check fails, the native model is served and the reason is logged (and cached,
 so it is not retried at every start).
@@ -24,6 +27,7 @@ from typing import Any
 
 from shipyard.errors import MissingDependency, ShipyardError
 from shipyard.registry import LoadedModel, ModelVersion, Registry
+from shipyard.registry.checkset import checked_on
 from shipyard.runtime.base import Arrays, Runtime
 from shipyard.runtime.onnx import OnnxRuntime
 
@@ -81,6 +85,8 @@ class CompiledCache:
         if not model_file.is_file() or _sha256(model_file) != verdict.get("sha256"):
             logger.warning("compiled graph of %s is missing or changed; compiling again", mv.ref)
             return None
+        if verdict.get("note"):
+            logger.warning("serving %s through ONNX Runtime, %s", mv.ref, _checked_on(verdict))
         runtime = OnnxRuntime.load(folder, {"file": MODEL_FILE, "threads": 1})
         return LoadedModel(mv, _SignatureOutputs(runtime, [s.name for s in mv.signature.outputs]))
 
@@ -105,7 +111,8 @@ class CompiledCache:
         compiled = self.load(mv)
         if not isinstance(compiled, LoadedModel):
             return None
-        logger.info("serving %s through ONNX Runtime (checked on %d rows)", mv.ref, verdict["rows"])
+        if not verdict.get("note"):  # load() has already warned about a check on too few rows
+            logger.info("serving %s through ONNX Runtime (%s)", mv.ref, _checked_on(verdict))
         return compiled
 
     def _store(self, mv: ModelVersion, verdict: dict[str, Any], graph: bytes | None) -> None:
@@ -127,14 +134,15 @@ class CompiledCache:
 def _convert_and_check(registry: Registry, native: LoadedModel) -> tuple[dict[str, Any], bytes]:
     from shipyard.export.check import compare, default_tolerance
     from shipyard.export.onnx import convert, open_source
-    from shipyard.export.pipeline import example_inputs
 
     mv = native.version
-    example = example_inputs(registry, mv)
-    if example is None:
-        raise ShipyardError(f"{mv.ref} has no stored input example to check a compiled graph against")
+    check_set = registry.check_set(mv)
+    if check_set is None:
+        raise ShipyardError(f"{mv.ref} has no stored check set or input example to check a compiled graph against")
+    example = check_set.inputs
     source = open_source(native, registry.fetch(mv))
-    graph: bytes = convert(source, example=example).SerializeToString()
+    head = {k: v[:5] for k, v in example.items()}  # tracing (PyTorch) needs only a few rows
+    graph: bytes = convert(source, example=head).SerializeToString()
     work = Path(registry.artifacts.cache_dir) / "compiled" / f".check-{uuid.uuid4().hex}"
     work.mkdir(parents=True)
     try:
@@ -148,11 +156,13 @@ def _convert_and_check(registry: Registry, native: LoadedModel) -> tuple[dict[st
     if missing:
         return {"ok": False, "reason": f"the graph lacks output '{missing[0]}'"}, graph
     result = compare(expected, {k: got[k] for k in expected}, default_tolerance("export"))
-    rows = len(next(iter(example.values())))
+    verdict: dict[str, Any] = {"rows": check_set.rows}
+    if check_set.note:
+        verdict["note"] = check_set.note
     if result.failures:
         reason = "the compiled graph disagrees: " + "; ".join(result.failures)
-        return {"ok": False, "reason": reason, "rows": rows}, graph
-    return {"ok": True, "rows": rows}, graph
+        return {"ok": False, "reason": reason, **verdict}, graph
+    return {"ok": True, **verdict}, graph
 
 
 class _SignatureOutputs(Runtime):
@@ -174,6 +184,10 @@ class _SignatureOutputs(Runtime):
 
     def unload(self) -> None:
         self.inner.unload()
+
+
+def _checked_on(verdict: dict[str, Any]) -> str:
+    return checked_on(int(verdict.get("rows", 0)), verdict.get("note"))
 
 
 def _sha256(path: Path) -> str:

@@ -124,7 +124,7 @@ def test_every_file_is_recorded_with_its_sha256_and_the_digest_covers_them(
     mv = register(registry, model, X)
     folder = stored_folder(mv)
 
-    assert set(mv.files) == {"model.skops", "input_example.json"}
+    assert set(mv.files) == {"model.skops", "input_example.json", "check_set.npz"}
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert on_disk == set(mv.files)
     for rel, digest in mv.files.items():
@@ -151,7 +151,7 @@ def test_identical_content_is_stored_once(
     sio.dump(model, path)
 
     v1 = registry.register(path, "iris", sample=X.head(5))
-    v2 = registry.register(path, "iris", sample=X.head(5))
+    v2 = registry.register(path, "iris", sample=X.head(5), if_identical="new")
 
     assert (v1.version, v2.version) == (1, 2)
     assert v1.digest == v2.digest
@@ -162,7 +162,7 @@ def test_identical_content_is_stored_once(
 # -- integrity ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("file", ["model.skops", "input_example.json"])
+@pytest.mark.parametrize("file", ["model.skops", "input_example.json", "check_set.npz"])
 def test_a_tampered_artifact_file_refuses_to_load_and_names_the_file(
     registry: Registry, model: Any, X: pd.DataFrame, file: str
 ) -> None:
@@ -604,7 +604,7 @@ def test_trusted_pickle_files_are_converted_to_skops(
 
     mv = registry.register(path, "iris", sample=X.head(5), trust_pickle=True)
 
-    assert set(mv.files) == {"model.skops", "input_example.json"}
+    assert set(mv.files) == {"model.skops", "input_example.json", "check_set.npz"}
     assert not mv.flavor_meta.get("pickle")
     loaded = registry.load(mv)
     np.testing.assert_array_equal(np.asarray(loaded.predict(X)).ravel(), model.predict(X))

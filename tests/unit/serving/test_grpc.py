@@ -46,6 +46,7 @@ def test_every_shipyard_error_has_a_status_and_the_common_ones_are_right() -> No
         errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
         errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
         errors.ModelNotServed: grpc.StatusCode.NOT_FOUND,
+        errors.IdenticalVersion: grpc.StatusCode.ALREADY_EXISTS,
         errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
         errors.InferenceError: grpc.StatusCode.INTERNAL,
         errors.ShipyardError: grpc.StatusCode.INTERNAL,

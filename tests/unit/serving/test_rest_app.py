@@ -310,6 +310,7 @@ async def test_a_request_id_is_made_when_none_is_sent(server: Server) -> None:
         (errors.InferenceError("boom"), 500),
         (errors.MissingDependency("onnxruntime", "onnx"), 500),
         (errors.VersionConflict("race"), 500),
+        (errors.IdenticalVersion("fraud", 3, "0" * 64), 409),
         (errors.ConfigError("bad"), 500),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,

@@ -25,6 +25,7 @@ STATUS_TABLE: tuple[tuple[type[errors.ShipyardError], grpc.StatusCode], ...] = (
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidOption, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.IdenticalVersion, grpc.StatusCode.ALREADY_EXISTS),
     (errors.ModelNotReady, grpc.StatusCode.UNAVAILABLE),
     (errors.RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.ArtifactIntegrityError, grpc.StatusCode.INTERNAL),

@@ -12,6 +12,7 @@ STATUS_TABLE: tuple[tuple[type[errors.ShipyardError], int], ...] = (
     (errors.InvalidOption, 400),
     (errors.ModelNotFound, 404),
     (errors.JobNotFound, 404),
+    (errors.IdenticalVersion, 409),
     (errors.ModelNotReady, 503),
     (errors.RequestTimeout, 504),
     (errors.ArtifactIntegrityError, 500),
