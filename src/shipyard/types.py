@@ -138,6 +138,10 @@ class InferenceRequest:
     outputs: list[str] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declared_datatypes: bool = False
+    """The client declared each input's datatype (Open Inference Protocol), so the widening
+    rule applies (``signature.check_declared_datatypes``); False when the datatypes were read
+    off JSON values (simple API, GraphQL), whose numbers take the input's datatype when they fit."""
 
 
 @dataclass

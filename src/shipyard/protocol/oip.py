@@ -93,6 +93,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferenceRequest:
         outputs=outputs,
         parameters=params,
         output_parameters=output_params,
+        declared_datatypes=True,
     )
 
 
