@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard.errors import ShipyardError
 from shipyard.protocol import oip, simple
+from shipyard.protocol.json_body import parse_json
 from shipyard.serving.async_requests import AsyncRequests, job_view
 from shipyard.serving.context import new_request_id, request_id_var
 from shipyard.serving.dataplane import DataPlane
@@ -173,6 +174,7 @@ class RestApp:
     async def submit_job(self, request: Request) -> Response:
         body = await self._body(request)
         self._check_json_type(request, False)
+        parse_json(body)  # refused as a request body (field 'body'), not later as a stream message
         callback = request.query_params.get("callback") or request.headers.get("x-callback-url")
         job = await self._jobs().submit(request.path_params["name"], body, callback)
         url = f"/v1/jobs/{job.id}"
