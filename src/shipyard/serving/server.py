@@ -24,6 +24,7 @@ from shipyard.registry import Registry
 from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import CachePolicy, ResponseCache
 from shipyard.serving.compiled import CompiledCache
+from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.rest.app import RestApp
@@ -210,6 +211,7 @@ def serve(
         timeout_graceful_shutdown=30,
         timeout_keep_alive=int(settings.keep_alive_seconds),
         server_header=False,
+        http=http_protocol(settings.header_timeout_seconds, settings.max_connections),
     )
     # uvicorn drains in-flight requests on SIGINT/SIGTERM, then re-raises the signal to
     # whatever handler was there before; make that a clean exit 0 rather than death by signal.
