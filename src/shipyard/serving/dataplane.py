@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import platform
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -114,8 +113,9 @@ class DataPlane:
         return self.repository.ready
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS,
-                "python": platform.python_version()}
+        # shipyard's own version only: the interpreter's and libraries' versions tell an attacker
+        # which known holes to try, and this answers anyone
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     async def resolve(self, name: str, version: str | None = None) -> LoadedModel:
         ref = self.repository.ref_for(name, version)
