@@ -25,6 +25,7 @@ from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.graphql import graphql_endpoints
 from shipyard.serving.rest.body import check_json_type, read_body
 from shipyard.serving.rest.errors import error_body, retry_headers, status_for
+from shipyard.serving.rest.extensions import extension_endpoints
 from shipyard.serving.rest.openapi import docs_html, openapi_spec
 from shipyard.serving.rest.routes import Endpoint, Handler, rest_endpoints, starlette_routes
 
@@ -96,7 +97,11 @@ class RestApp:
         self.dp = dataplane
         self.max_body_bytes = max_body_bytes
         self.async_requests = async_requests
-        self.endpoints: list[Endpoint] = [*rest_endpoints(self), *graphql_endpoints(dataplane, max_body_bytes)]
+        self.endpoints: list[Endpoint] = [
+            *extension_endpoints(self),  # first: /v2/models/stats before /v2/models/{name}
+            *rest_endpoints(self),
+            *graphql_endpoints(dataplane, max_body_bytes),
+        ]
         """The route table: what ``build`` routes and ``/openapi.json`` documents."""
         self._spec: dict[str, Any] | None = None
 

@@ -189,6 +189,77 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
     },
     "OpenAPI": {"type": "object", "required": ["openapi", "paths"]},
+    # Triton's extensions (rest/extensions.py): model configuration, statistics, repository index
+    "ModelConfig": {
+        "type": "object",
+        "description": "Triton's model configuration layout, derived from the signature.",
+        "required": ["name", "platform", "backend", "version_policy", "max_batch_size", "input", "output"],
+        "properties": {
+            "name": {"type": "string"},
+            "platform": {"type": "string"},
+            "backend": {"type": "string"},
+            "version_policy": {"type": "object"},
+            "max_batch_size": {"type": "integer", "minimum": 0},
+            "input": {"type": "array", "items": {"$ref": "#/components/schemas/ModelConfigTensor"}},
+            "output": {"type": "array", "items": {"$ref": "#/components/schemas/ModelConfigTensor"}},
+            "dynamic_batching": {"type": "object"},
+            "parameters": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object", "required": ["string_value"], "properties": {"string_value": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "ModelConfigTensor": {
+        "type": "object",
+        "required": ["name", "data_type", "dims"],
+        "properties": {
+            "name": {"type": "string"},
+            "data_type": {"type": "string", "pattern": "^TYPE_[A-Z0-9]+$"},
+            "dims": _SHAPE,
+            "reshape": {"type": "object", "properties": {"shape": _SHAPE}},
+        },
+    },
+    "ModelStatistics": {
+        "type": "object",
+        "required": ["model_stats"],
+        "properties": {"model_stats": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name", "version", "last_inference", "inference_count", "execution_count",
+                         "inference_stats", "batch_stats"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "last_inference": {"type": "integer", "minimum": 0, "description": "milliseconds since the epoch"},
+                "inference_count": {"type": "integer", "minimum": 0, "description": "rows answered"},
+                "execution_count": {"type": "integer", "minimum": 0, "description": "model calls"},
+                "inference_stats": {"type": "object",
+                                    "additionalProperties": {"$ref": "#/components/schemas/Duration"}},
+                "batch_stats": {"type": "array", "items": {"type": "object", "required": ["batch_size"],
+                                                           "properties": {"batch_size": {"type": "integer"}}}},
+            },
+        }}},
+    },
+    "Duration": {
+        "type": "object",
+        "required": ["count", "ns"],
+        "properties": {"count": {"type": "integer", "minimum": 0}, "ns": {"type": "integer", "minimum": 0}},
+    },
+    "RepositoryIndexRequest": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
+    "RepositoryIndex": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "version", "state", "reason"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+                "reason": {"type": "string"},
+            },
+        },
+    },
 }
 
 
