@@ -70,6 +70,14 @@ class Settings:
     """Idle keep-alive connections are closed after this; longer than load balancers' usual 60 s,
     so the server never closes a connection a balancer is about to reuse."""
 
+    header_timeout_seconds: float = 10.0
+    """A connection whose request headers are not complete this long after it opened (or after the first
+    byte of a later request on it) is answered 408 and closed; 0: no deadline (slow-header clients then
+    hold connections forever)."""
+
+    max_connections: int = 1000
+    """Open HTTP connections at most; one more is answered 503 with Retry-After and closed at once."""
+
     batching: bool = False
     """Merge concurrent requests into one model call (models must treat rows independently)."""
 
@@ -128,6 +136,10 @@ class Settings:
             object.__setattr__(self, "async_broker", "")
         if self.max_queue < 1:
             raise ConfigError(f"max_queue must be at least 1, got {self.max_queue}")
+        if self.header_timeout_seconds < 0:
+            raise ConfigError(f"header_timeout_seconds must not be negative, got {self.header_timeout_seconds}")
+        if self.max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, got {self.max_connections}")
         if self.request_timeout_seconds < 0 or self.cache_size < 0 or self.batch_latency_target_ms < 0:
             raise ConfigError("request_timeout_seconds, cache_size and batch_latency_target_ms must not be negative")
         _ = self.extra_fields_overrides  # refuse a bad value now, not at the first model load

@@ -399,6 +399,45 @@ def _coerce_object(spec: TensorSpec, arr: np.ndarray[Any, Any]) -> np.ndarray[An
         ) from None
 
 
+#: Input datatype -> the other datatypes a declared tensor may have: those whose every value it
+#: holds exactly (wider floats; wider integers; integers within the float's significand).
+WIDENS_TO: dict[str, tuple[str, ...]] = {
+    "FP16": ("INT8", "UINT8"),
+    "FP32": ("FP16", "INT8", "INT16", "UINT8", "UINT16"),
+    "FP64": ("FP32", "FP16", "INT8", "INT16", "INT32", "UINT8", "UINT16", "UINT32"),
+    "INT16": ("INT8", "UINT8"),
+    "INT32": ("INT8", "INT16", "UINT8", "UINT16"),
+    "INT64": ("INT8", "INT16", "INT32", "UINT8", "UINT16", "UINT32"),
+    "UINT16": ("UINT8",),
+    "UINT32": ("UINT8", "UINT16"),
+    "UINT64": ("UINT8", "UINT16", "UINT32"),
+}
+_NUMERIC = _FLOAT_TYPES | _INT_TYPES
+
+
+def check_declared_datatypes(signature: Signature, declared: Mapping[str, str], hint: str = "") -> None:
+    """Refuse a tensor whose declared datatype would not widen to its input's without loss.
+
+    ``declared`` maps input names to the datatypes a client declared for them
+    (Open Inference Protocol tensors). The input's own datatype and those in
+    ``WIDENS_TO`` pass (``validate`` then converts them); a narrowing one (FP64
+    for FP32, INT64 for INT32, floats for integers, INT64 for FP64) is refused.
+    Mismatches involving BOOL or BYTES are left to ``validate``, which names the value.
+    ``hint`` ends the message (what else the caller may do).
+    """
+    for name, sent in declared.items():
+        spec = signature.input(name)
+        if spec is None or sent == spec.datatype or sent not in _NUMERIC or spec.datatype not in _NUMERIC:
+            continue
+        wider = WIDENS_TO.get(spec.datatype, ())
+        if sent not in wider:
+            also = f" (or {', '.join(wider)}, which widen to it without loss)" if wider else ""
+            exc = InvalidInput.for_field(name, f"{spec.datatype}{also}", sent)
+            if hint:
+                exc = InvalidInput(f"{exc.message}; {hint}", field=name, expected=exc.expected, got=sent)
+            raise exc
+
+
 # -- inference from a sample -----------------------------------------------
 
 

@@ -60,14 +60,25 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
         ) from None
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+#: Model and alias names (unanchored; the OpenAPI document's patterns are built from these).
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+NAME_MAX_LENGTH = 128
+#: Version numbers as written in references and URLs (ASCII digits only: int() takes others too).
+VERSION_PATTERN = r"[0-9]+"
+_NAME_RE = re.compile(NAME_PATTERN)
+_VERSION_RE = re.compile(VERSION_PATTERN)
+
+
+def is_version_number(text: str) -> bool:
+    """``text`` is a version as URLs write it: ASCII digits (``str.isdigit`` also takes '²')."""
+    return _VERSION_RE.fullmatch(text) is not None
 
 
 def check_name(kind: str, value: str) -> str:
     """Model and alias names: letters, digits, '_', '.', '-'; up to 128 characters."""
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):  # fullmatch: '$' would let a trailing newline through
         raise InvalidInput(
-            f"invalid {kind} '{value}': use letters, digits, '_', '.' or '-' "
+            f"invalid {kind} {value!r}: use letters, digits, '_', '.' or '-' "
             "(starting with a letter or digit, at most 128 characters)",
             field=kind,
             got=value,
@@ -114,7 +125,7 @@ class ModelRef:
         if ":" in text:
             name, ver = text.split(":", 1)
             check_name("model name", name)
-            if not ver.isdigit() or int(ver) < 1:
+            if not is_version_number(ver) or int(ver) < 1:
                 raise InvalidInput(
                     f"invalid version '{ver}' in '{text}': versions are whole numbers from 1",
                     field="version",
@@ -158,6 +169,10 @@ class InferenceRequest:
     outputs: list[str] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declared_datatypes: bool = False
+    """The client declared each input's datatype (Open Inference Protocol), so the widening
+    rule applies (``signature.check_declared_datatypes``); False when the datatypes were read
+    off JSON values (simple API, GraphQL), whose numbers take the input's datatype when they fit."""
 
 
 @dataclass

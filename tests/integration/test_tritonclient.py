@@ -148,3 +148,57 @@ def test_bad_input_raises_an_exception_naming_the_field(
 
     with pytest.raises(InferenceServerException, match="model 'demo' has no alias 'staging'"):
         triton.infer("demo@staging", infer_inputs(rows, binary=True))
+
+
+def test_model_config_describes_the_signature_as_triton_does(triton: httpclient.InferenceServerClient) -> None:
+    config = triton.get_model_config("demo")
+    assert config["name"] == "demo" and config["platform"] == "shipyard_sklearn"
+    assert config["max_batch_size"] > 0 and config["version_policy"] == {"specific": {"versions": [1]}}
+    assert [(i["name"], i["data_type"], i["dims"], i["reshape"]) for i in config["input"]] == [
+        (f, "TYPE_FP64", [1], {"shape": []}) for f in FEATURES
+    ]
+    assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [("predict", "TYPE_INT64", [1])]
+    meta = triton.get_model_metadata("demo")
+    assert {k: v["string_value"] for k, v in config["parameters"].items()} == {
+        k: str(v) for k, v in meta["parameters"].items()
+    }
+    by_alias = triton.get_model_config("demo@champion")
+    assert by_alias["name"] == "demo@champion"  # the name as asked, as model metadata answers
+    assert {**by_alias, "name": "demo"} == config
+    with pytest.raises(InferenceServerException, match="model 'demo' has no version 7"):
+        triton.get_model_config("demo", model_version="7")
+
+
+def test_a_config_shaped_request_is_answered(
+    triton: httpclient.InferenceServerClient, reference: tuple[Any, pd.DataFrame]
+) -> None:
+    """What perf_analyzer sends after reading the config: [batch] + dims, here [rows, 1] per column."""
+    estimator, rows = reference
+    inputs = []
+    for i in triton.get_model_config("demo")["input"]:
+        tensor = httpclient.InferInput(i["name"], [len(rows), *i["dims"]], i["data_type"].removeprefix("TYPE_"))
+        tensor.set_data_from_numpy(rows[i["name"]].to_numpy().reshape(len(rows), *i["dims"]))
+        inputs.append(tensor)
+    np.testing.assert_array_equal(triton.infer("demo", inputs).as_numpy("predict"), estimator.predict(rows))
+
+
+def test_repository_index_lists_the_served_version(triton: httpclient.InferenceServerClient) -> None:
+    assert triton.get_model_repository_index() == [{"name": "demo", "version": "1", "state": "READY", "reason": ""}]
+
+
+def test_statistics_count_this_clients_requests(
+    triton: httpclient.InferenceServerClient, reference: tuple[Any, pd.DataFrame]
+) -> None:
+    _, rows = reference
+    (before,) = triton.get_inference_statistics("demo", "1")["model_stats"]
+    triton.infer("demo", infer_inputs(rows, binary=True))
+    with pytest.raises(InferenceServerException):
+        triton.infer("demo", infer_inputs(rows, binary=True)[:3])
+    (after,) = triton.get_inference_statistics("demo", "1")["model_stats"]
+    assert after["inference_count"] - before["inference_count"] == len(rows)
+    for key, more in (("success", 1), ("fail", 1)):
+        assert after["inference_stats"][key]["count"] - before["inference_stats"][key]["count"] == more
+        assert after["inference_stats"][key]["ns"] > before["inference_stats"][key]["ns"]
+    assert after["execution_count"] == before["execution_count"] + 1 and after["last_inference"] > 0
+    assert triton.get_inference_statistics("demo")["model_stats"][0]["name"] == "demo"
+    assert [m["name"] for m in triton.get_inference_statistics()["model_stats"]] == ["demo"]

@@ -21,6 +21,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from shipyard.demo import FEATURES, train_demo_model
+from shipyard.serving.grpc import inference_pb2 as pb
+from shipyard.serving.grpc import inference_pb2_grpc as pb_grpc
 from shipyard.testing import RunningServer
 
 pytestmark = pytest.mark.integration
@@ -92,6 +94,11 @@ def test_grpc_metadata_equals_rest_metadata(
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
         (t["name"], t["datatype"], t["shape"]) for t in rest["inputs"]
     ]
+    # the protocol's properties (field 6, which Triton's copy of the message lacks) carry REST's parameters
+    with grpc.insecure_channel(grpc_demo_server.grpc_target) as channel:
+        ours = pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(pb.ModelMetadataRequest(name="demo"), timeout=10)
+    assert dict(ours.properties) == {k: str(v) for k, v in rest["parameters"].items()}
+    assert {"digest", "created_at"} <= set(ours.properties)
 
 
 def test_unknown_model_version_and_alias_are_not_found(triton: grpcclient.InferenceServerClient) -> None:
@@ -127,21 +134,77 @@ def test_raw_contents_predict_like_the_model(
     assert len(response.raw_output_contents) == 1
 
 
-def test_typed_contents_get_a_typed_answer(
-    stub: service_pb2_grpc.GRPCInferenceServiceStub, reference: tuple[Any, pd.DataFrame]
-) -> None:
-    estimator, rows = reference
+def typed_request(rows: pd.DataFrame, **params: bool) -> service_pb2.ModelInferRequest:
     request = service_pb2.ModelInferRequest(model_name="demo", id="typed-1")
     for name in FEATURES:
         tensor = request.inputs.add(name=name, datatype="FP64", shape=[len(rows)])
         tensor.contents.fp64_contents.extend(rows[name].tolist())
-    response, call = stub.ModelInfer.with_call(request, timeout=10)
+    for key, value in params.items():
+        request.parameters[key].bool_param = value
+    return request
+
+
+def test_typed_contents_get_a_raw_answer_that_as_numpy_reads(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, reference: tuple[Any, pd.DataFrame]
+) -> None:
+    estimator, rows = reference
+    response, call = stub.ModelInfer.with_call(typed_request(rows), timeout=10)
+    assert len(response.raw_output_contents) == 1  # as Triton answers: what every client reads
+    predicted = grpcclient.InferResult(response).as_numpy("predict")
+    assert predicted is not None and predicted.dtype == np.int64
+    np.testing.assert_array_equal(predicted, estimator.predict(rows))
+    assert response.id == "typed-1"
+    assert dict(call.trailing_metadata())["x-request-id"]
+
+
+def test_typed_output_contents_asks_for_a_typed_answer(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, reference: tuple[Any, pd.DataFrame]
+) -> None:
+    estimator, rows = reference
+    response = stub.ModelInfer(typed_request(rows, typed_output_contents=True), timeout=10)
     assert not response.raw_output_contents
     (out,) = response.outputs
     assert (out.name, out.datatype, list(out.shape)) == ("predict", "INT64", [len(rows)])
     np.testing.assert_array_equal(np.array(out.contents.int64_contents), estimator.predict(rows))
-    assert response.id == "typed-1"
-    assert dict(call.trailing_metadata())["x-request-id"]
+
+
+def test_model_config_describes_the_signature_as_triton_does(triton: grpcclient.InferenceServerClient) -> None:
+    config = triton.get_model_config("demo", as_json=True)["config"]
+    assert config["name"] == "demo" and config["platform"] == "shipyard_sklearn" and config["backend"] == "shipyard"
+    assert int(config["max_batch_size"]) > 0  # every tensor has a leading batch dimension
+    assert [(i["name"], i["data_type"], i["dims"], i["reshape"]) for i in config["input"]] == [
+        (f, "TYPE_FP64", ["1"], {}) for f in FEATURES  # [rows, 1] in, [rows] to the model
+    ]
+    assert [(o["name"], o["data_type"]) for o in config["output"]] == [("predict", "TYPE_INT64")]
+    assert len(config["parameters"]["digest"]["string_value"]) == 64  # what REST metadata's parameters carry
+    version = triton.get_model_config("demo", model_version="1").config
+    assert list(version.version_policy.specific.versions) == [1]
+    with pytest.raises(InferenceServerException, match="model 'demo' has no version 7") as info:
+        triton.get_model_config("demo", model_version="7")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_repository_index_lists_the_served_version(triton: grpcclient.InferenceServerClient) -> None:
+    index = triton.get_model_repository_index().models
+    assert [(m.name, m.version, m.state) for m in index] == [("demo", "1", "READY")]
+
+
+def test_statistics_count_this_clients_requests(
+    triton: grpcclient.InferenceServerClient, reference: tuple[Any, pd.DataFrame]
+) -> None:
+    _, rows = reference
+    before = triton.get_inference_statistics("demo", "1").model_stats[0]
+    triton.infer("demo", infer_inputs(rows))
+    with pytest.raises(InferenceServerException):
+        triton.infer("demo", infer_inputs(rows)[:3])
+    (after,) = triton.get_inference_statistics("demo", "1").model_stats
+    assert (after.name, after.version) == ("demo", "1")
+    assert after.inference_count - before.inference_count == len(rows)
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 1
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 1
+    assert after.execution_count > before.execution_count and after.last_inference > 0
+    everything = triton.get_inference_statistics(as_json=True)["model_stats"]
+    assert [(m["name"], m["version"]) for m in everything] == [("demo", "1")]
 
 
 def test_request_id_metadata_is_kept(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:

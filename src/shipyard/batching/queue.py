@@ -46,8 +46,13 @@ class Batcher:
         concurrency: int = 1,
         max_queue: int = 1024,
         clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[int, int, float, float], None] | None = None,
     ) -> None:
+        """``on_batch(requests, rows, queued, took)`` hears of every model call that succeeded:
+        how many requests it merged, their rows, their summed wait before it, and its duration
+        (seconds of ``clock``)."""
         self._call = call
+        self._on_batch = on_batch
         self.policy = policy
         self.name = name
         self.max_queue = max_queue
@@ -155,6 +160,9 @@ class Batcher:
             for i, out in zip(items, parts, strict=True):
                 if not i.future.done():
                     i.future.set_result(out)
+            if self._on_batch is not None:
+                self._on_batch(len(items), sum(i.rows for i in items),
+                               sum(started - i.queued_at for i in items), self._clock() - started)
         finally:
             self._slots.release()
             self.batches += 1

@@ -39,6 +39,12 @@ from shipyard.serving.server import serve as run_server
               help="Requests per model waiting or running before 503 + Retry-After. Default: 256")
 @click.option("--request-timeout", "request_timeout_seconds", type=float, default=None,
               help="Seconds before an unanswered request gets 504 (0: none). Default: 30")
+@click.option("--header-timeout", "header_timeout_seconds", type=float, default=None,
+              help="Seconds a connection may take to send a request's headers before it gets 408 and is "
+                   "closed (0: no limit). Env: SHIPYARD_HEADER_TIMEOUT_SECONDS. Default: 10")
+@click.option("--max-connections", type=int, default=None,
+              help="Open HTTP connections at most; more are answered 503 and closed. "
+                   "Env: SHIPYARD_MAX_CONNECTIONS. Default: 1000")
 @click.option("--async-broker", default=None, metavar="URL",
               help="Broker of asynchronous requests (POST /v1/models/NAME/jobs): requests go to "
                    "TOPIC.requests.NAME, results to TOPIC.results; 'off' turns them off. "

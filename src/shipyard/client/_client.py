@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _SCHEMES = ("http", "https", "grpc", "grpcs")
+#: The request parameter by which the server converts values to the model's datatypes when they fit
+#: (``serving.dataplane.CONVERT_DATATYPES``); without it a narrowing datatype is refused.
+_CONVERT = {"convert_datatypes": True}
 
 
 def backoff_delay(attempt: int, backoff: float, max_backoff: float, retry_after: float | None) -> float:
@@ -135,11 +138,15 @@ class AsyncClient:
             DataFrame (same index, one column per output), a dict of arrays for a
             dict, and for an array an array (a dict of arrays if the model has
             several outputs).
+
+        Numbers take the model's datatypes when they fit (integers for a float
+        input, Python floats for an FP32 one), as the simple API does; ``infer``
+        sends its arrays' datatypes as they are.
         """
         model, ver = _split(model, version)
         names = await self._input_names(model, ver) if _needs_names(data) else None
         prepared = prepare(data, names)
-        response = await self.infer(model, prepared.inputs, version=ver, outputs=outputs)
+        response = await self.infer(model, prepared.inputs, version=ver, outputs=outputs, parameters=_CONVERT)
         return shape_answer(response, prepared)
 
     async def infer(

@@ -18,16 +18,10 @@ import numpy as np
 import orjson
 
 from shipyard.errors import InvalidInput
+from shipyard.protocol.json_body import parse_json as parse_json  # the one JSON parser, re-exported
 from shipyard.types import InferenceRequest, InferenceResponse, Tensor, numpy_dtype
 
 HEADER_LENGTH = "inference-header-content-length"
-
-
-def parse_json(raw: bytes, what: str = "request body") -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"{what} is not valid JSON: {exc}", field="body", got="invalid JSON") from None
 
 
 def parse_header_length(value: str | None, body_len: int) -> int | None:
@@ -93,6 +87,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferenceRequest:
         outputs=outputs,
         parameters=params,
         output_parameters=output_params,
+        declared_datatypes=True,
     )
 
 

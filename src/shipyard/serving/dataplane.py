@@ -3,13 +3,26 @@
 One path for resolving a model, validating against its signature, predicting
 and shaping the response; transports only decode bytes into an
 ``InferenceRequest`` and encode the ``InferenceResponse`` back.
+
+Datatypes: an Open Inference Protocol tensor declares its datatype. One of
+another numeric datatype is accepted only when it widens to the input's without
+loss (``signature.WIDENS_TO``: FP32 for FP64, INT32 for INT64, INT16 for FP32,
+...) and refused when narrower (FP64 for FP32, INT64 for FP64, floats for
+integers), on REST JSON, the binary extension and gRPC raw or typed contents
+alike. A request with the parameter ``convert_datatypes: true`` instead has its
+values converted when they fit, as the simple API and GraphQL always do (their
+JSON numbers have no declared width).
+
+Every request that reaches a resolved model is counted in ``statistics``
+(``serving/statistics.py``), here and nowhere else, whichever transport it came by.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import platform
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -17,19 +30,43 @@ import anyio.to_thread
 from shipyard import __version__
 from shipyard.batching.policy import BatchPolicy
 from shipyard.batching.queue import Batcher
-from shipyard.errors import Overloaded, RequestTimeout
+from shipyard.errors import InvalidInput, Overloaded, RequestTimeout
 from shipyard.registry import LoadedModel
 from shipyard.registry.loaded import select_outputs
 from shipyard.runtime.base import Arrays
 from shipyard.serving.cache import ResponseCache, cache_key
 from shipyard.serving.executor import Executor, InProcessExecutor
+from shipyard.serving.model_config import model_config
 from shipyard.serving.repository import ModelRepository
-from shipyard.types import InferenceRequest, InferenceResponse, Tensor
+from shipyard.serving.statistics import InferenceStatistics, ModelStats
+from shipyard.signature import check_declared_datatypes
+from shipyard.types import InferenceRequest, InferenceResponse, ModelRef, Tensor
 
 logger = logging.getLogger(__name__)
 
 SERVER_NAME = "shipyard"
-EXTENSIONS = ["binary_tensor_data", "model_repository_aliases"]
+EXTENSIONS = ["binary_tensor_data", "model_repository_aliases", "model_configuration", "statistics"]
+
+#: Request parameter: convert inputs to the model's datatypes when the values fit (see the module docstring).
+CONVERT_DATATYPES = "convert_datatypes"
+
+
+def request_flag(parameters: Mapping[str, Any], name: str) -> bool:
+    """A true/false request parameter (absent: false); InvalidInput naming it for any other value."""
+    value = parameters.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(
+            f"request parameter '{name}' must be true or false, got {value!r}"[:200],
+            field=name,
+            expected="true or false",
+            got=value,
+        )
+    return value
+
+
+def _rows(arrays: Arrays) -> int:
+    first = next(iter(arrays.values()), None)
+    return 1 if first is None or not first.ndim else int(first.shape[0])
 
 
 class DataPlane:
@@ -65,6 +102,7 @@ class DataPlane:
         self.request_timeout = request_timeout
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._inflight: dict[str, int] = {}
+        self.statistics = InferenceStatistics()
 
     # -- health and metadata -----------------------------------------------------
 
@@ -75,8 +113,9 @@ class DataPlane:
         return self.repository.ready
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS,
-                "python": platform.python_version()}
+        # shipyard's own version only: the interpreter's and libraries' versions tell an attacker
+        # which known holes to try, and this answers anyone
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     async def resolve(self, name: str, version: str | None = None) -> LoadedModel:
         ref = self.repository.ref_for(name, version)
@@ -115,49 +154,129 @@ class DataPlane:
             out.append({"name": name, "ref": str(ref), "loaded": model is not None or self.repository.ready})
         return out
 
+    # -- model configuration, repository index, statistics (Triton's extensions) ---------
+
+    async def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The version's configuration in Triton's layout (``serving/model_config.py``)."""
+        meta = await self.model_metadata(name, version)
+        model = await self.resolve(name, version)
+        return model_config(
+            name,
+            model.version.version,
+            meta["platform"],
+            model.signature,
+            meta["parameters"],
+            self.batching.get(model.name, self.default_batching),
+        )
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Every registered version of the served models: READY when loaded, else UNAVAILABLE."""
+        registry = self.repository.registry
+        loaded = {(mv.name, mv.version) for mv in self.repository.loaded_versions()}
+        out: list[dict[str, Any]] = []
+        for name in self.repository.names():
+            for mv in await anyio.to_thread.run_sync(registry.versions, name):
+                ready = (name, mv.version) in loaded
+                if ready or not ready_only:
+                    out.append({
+                        "name": name,
+                        "version": str(mv.version),
+                        "state": "READY" if ready else "UNAVAILABLE",
+                        "reason": "" if ready else "not loaded; the first request for it loads it",
+                    })
+        return out
+
+    async def model_statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """``{"model_stats": [...]}``: every loaded or used version; of one model; or of one version.
+
+        A bare name means all its versions; ``name@alias``, ``name:N`` or ``version``
+        mean that one version (which must exist; it is not loaded for this).
+        """
+        seen = sorted({(mv.name, mv.version) for mv in self.repository.loaded_versions()}
+                      | set(self.statistics.known()))
+        if not name:
+            return self.statistics.document(seen)
+        ref = self.repository.ref_for(name, version)  # ModelNotServed, bad versions; a bare name: its default
+        if not version and ModelRef.parse(name) == ModelRef(ref.name):
+            mine = [k for k in seen if k[0] == ref.name]
+            if mine:
+                return self.statistics.document(mine)
+        number = await anyio.to_thread.run_sync(self.repository.registry.resolve, ref)  # ModelNotFound
+        return self.statistics.document([(ref.name, number)])
+
     # -- inference --------------------------------------------------------------------
 
     async def infer(self, name: str, version: str | None, request: InferenceRequest) -> InferenceResponse:
-        """Validate, then predict through the cache, the batcher and the executor, within the deadline."""
+        """Validate, then predict through the cache, the batcher and the executor, within the deadline.
+
+        Counted in ``statistics`` under the version the name resolved to: a success
+        with its rows, or (any error once resolved) a failure.
+        """
         model = await self.resolve(name, version)
+        stats = self.statistics.of(model.name, model.version.version)
+        started = time.perf_counter_ns()
+        try:
+            response, rows = await self._infer(name, model, request, stats)
+        except Exception:
+            stats.failed(time.perf_counter_ns() - started)
+            raise
+        stats.succeeded(rows, time.perf_counter_ns() - started)
+        return response
+
+    async def _infer(
+        self, name: str, model: LoadedModel, request: InferenceRequest, stats: ModelStats
+    ) -> tuple[InferenceResponse, int]:
         if request.outputs:
             model.check_outputs(request.outputs)
+        if request.declared_datatypes and not request_flag(request.parameters, CONVERT_DATATYPES):
+            check_declared_datatypes(
+                model.signature,
+                {t.name: t.datatype for t in request.inputs},
+                hint=f"send that datatype, or set the request parameter {CONVERT_DATATYPES}=true "
+                "to have values converted when they fit",
+            )
         arrays = model.signature.validate({t.name: t.data for t in request.inputs})
+        rows = _rows(arrays)
         key = None
         if self.cache is not None and model.name in self.cached_models:
+            looked_up = time.perf_counter_ns()
             key = cache_key(model.name, model.version.version, arrays, request.outputs)
             hit = self.cache.get(key)
+            stats.cache(hit is not None, time.perf_counter_ns() - looked_up)
             if hit is not None:
-                return self._response(name, model, hit, request)
+                return self._response(name, model, hit, request), rows
         if self.request_timeout is None:
-            outputs = await self._predict(model, arrays)
+            outputs = await self._predict(model, arrays, stats, rows)
         else:
             try:
                 async with asyncio.timeout(self.request_timeout):  # in place; wait_for would add a task
-                    outputs = await self._predict(model, arrays)
+                    outputs = await self._predict(model, arrays, stats, rows)
             except TimeoutError:
                 raise RequestTimeout(self.request_timeout) from None
         outputs = select_outputs(outputs, request.outputs)
         if key is not None and self.cache is not None:
             self.cache.put(key, outputs)
-        return self._response(name, model, outputs, request)
+        return self._response(name, model, outputs, request), rows
 
-    async def _predict(self, model: LoadedModel, arrays: Arrays) -> Arrays:
+    async def _predict(self, model: LoadedModel, arrays: Arrays, stats: ModelStats, rows: int) -> Arrays:
         """One model call, batched when the model has a batch policy; admission is bounded."""
-        batcher = self._batcher_for(model)
+        batcher = self._batcher_for(model, stats)
         if batcher is not None:
-            return await batcher.submit(arrays)
+            return await batcher.submit(arrays)  # the batcher reports each call to stats
         key = model.version.ref
         queued = self._inflight.get(key, 0)
         if queued >= self.max_queue:
             raise Overloaded(key, queued)
         self._inflight[key] = queued + 1
         try:
-            return await self.executor.run(model, arrays)
+            started = time.perf_counter_ns()
+            outputs = await self.executor.run(model, arrays)
+            stats.executed(rows, time.perf_counter_ns() - started)
+            return outputs
         finally:
             self._inflight[key] -= 1
 
-    def _batcher_for(self, model: LoadedModel) -> Batcher | None:
+    def _batcher_for(self, model: LoadedModel, stats: ModelStats) -> Batcher | None:
         policy = self.batching.get(model.name, self.default_batching)
         if policy is None:
             return None
@@ -169,8 +288,11 @@ class DataPlane:
             async def call(arrays: Arrays) -> Arrays:
                 return await executor.run(model, arrays)
 
+            def counted(requests: int, rows: int, queued: float, took: float) -> None:
+                stats.executed(rows, int(took * 1e9), requests, int(queued * 1e9))
+
             batcher = Batcher(call, policy, name=model.version.ref, concurrency=executor.capacity,
-                              max_queue=self.max_queue)
+                              max_queue=self.max_queue, on_batch=counted)
             self._batchers[key] = batcher
         return batcher
 

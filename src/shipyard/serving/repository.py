@@ -26,7 +26,7 @@ import anyio.to_thread
 from shipyard.errors import InvalidInput, ModelNotFound, ModelNotReady, ModelNotServed
 from shipyard.registry import LoadedModel, ModelVersion, Registry
 from shipyard.serving.compiled import CompiledCache, load_for_serving
-from shipyard.types import ModelRef
+from shipyard.types import ModelRef, is_version_number
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class ModelRepository:
                     field="version",
                     got=version,
                 )
-            if not version.isdigit():
+            if not is_version_number(version):
                 raise ModelNotFound(ref.name, version=version)
             return ModelRef(ref.name, version=int(version))
         if ref.alias is None and ref.version is None:

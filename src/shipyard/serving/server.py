@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -24,9 +24,11 @@ from shipyard.registry import Registry
 from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import CachePolicy, ResponseCache
 from shipyard.serving.compiled import CompiledCache
+from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.repository import ModelRepository
 from shipyard.serving.rest.app import RestApp
+from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.workers import WorkerPool, preload_modules, remote_model
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ class Server:
     repository: ModelRepository
     dataplane: DataPlane
     app: ASGIApp
+    endpoints: list[Endpoint] = field(default_factory=list)
+    """The HTTP route table (what the app routes and /openapi.json documents)."""
 
 
 class _Lifespan:
@@ -145,8 +149,8 @@ def build_server(
     if dp.cache is not None:
         repo.on_alias_move = dp.cache.invalidate
     async_requests = AsyncRequests(dp, reg, settings) if settings.async_broker else None
-    rest = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests).build()
-    lifespan = _Lifespan(rest, repo, on_ready)
+    rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests)
+    lifespan = _Lifespan(rest_app.build(), repo, on_ready)
     lifespan.on_shutdown.append(dp.close)
     if async_requests is not None:
         lifespan.on_startup.append(async_requests.start)
@@ -163,7 +167,7 @@ def build_server(
         grpc_server = _grpc_server(dp, settings, grpc_port)
         lifespan.on_startup.append(grpc_server.start)
         lifespan.on_shutdown.insert(0, grpc_server.stop)  # drain gRPC calls before the data plane closes
-    return Server(settings, reg, repo, dp, lifespan)
+    return Server(settings, reg, repo, dp, lifespan, rest_app.endpoints)
 
 
 def _grpc_server(dp: DataPlane, settings: Settings, port: int) -> GrpcServer:
@@ -208,6 +212,7 @@ def serve(
         timeout_graceful_shutdown=30,
         timeout_keep_alive=int(settings.keep_alive_seconds),
         server_header=False,
+        http=http_protocol(settings.header_timeout_seconds, settings.max_connections),
     )
     # uvicorn drains in-flight requests on SIGINT/SIGTERM, then re-raises the signal to
     # whatever handler was there before; make that a clean exit 0 rather than death by signal.

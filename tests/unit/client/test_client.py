@@ -247,6 +247,18 @@ async def test_an_array_goes_to_a_one_input_model_and_comes_back_an_array(
         await client.predict("m", X.to_numpy())
 
 
+async def test_predict_converts_numbers_to_the_models_datatypes_and_infer_sends_them_as_they_are(
+    client: AsyncClient, shared: tuple[Settings, Registry, LogisticRegression]
+) -> None:
+    whole = X.astype(int)  # integer columns for a model that takes FP64
+    expected = shared[2].predict(whole).tolist()
+    assert [r["predict"] for r in await client.predict("m", whole.to_dict(orient="records"))] == expected
+    assert (await client.predict("m", whole))["predict"].tolist() == expected
+    with pytest.raises(errors.InvalidInput, match="input 'x1': expected FP64 .* got INT64") as info:
+        await client.infer("m", {c: whole[c].to_numpy() for c in whole})
+    assert info.value.field == "x1"
+
+
 async def test_bad_records_raise_invalid_input_naming_the_field(client: AsyncClient) -> None:
     with pytest.raises(errors.InvalidInput) as info:
         await client.predict("m", [{"x1": 1.0, "x2": None}])

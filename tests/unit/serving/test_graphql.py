@@ -152,7 +152,7 @@ def test_no_graphql_route_without_strawberry(monkeypatch: pytest.MonkeyPatch) ->
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "strawberry" else real(name, *a))
-    assert graphql.graphql_routes(None) == []  # type: ignore[arg-type]
+    assert graphql.graphql_endpoints(None, 1024) == []  # type: ignore[arg-type]
 
 
 def test_every_error_class_has_a_graphql_code() -> None:

@@ -275,3 +275,91 @@ async def test_stream_answers_in_order_and_a_bad_request_does_not_end_it(
 def test_bytes_elements_layout_matches_the_binary_extension() -> None:
     msg = codec.encode_request(InferenceRequest([Tensor("s", np.array(["ab", "c"], dtype=object))]), "m")
     assert msg.raw_input_contents[0] == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 1) + b"c"
+
+
+# -- reply form: raw by default, typed on request ----------------------------------------------
+
+
+def typed_infer_request(rows: pd.DataFrame, **params: Any) -> pb.ModelInferRequest:
+    msg = pb.ModelInferRequest(model_name="m")
+    for c in rows.columns:
+        msg.inputs.add(name=c, datatype="FP64", shape=[len(rows)]).contents.fp64_contents.extend(rows[c].tolist())
+    codec.fill_params(msg.parameters, params)
+    return msg
+
+
+async def test_a_typed_request_gets_a_raw_reply_unless_it_asks_for_typed_contents(
+    servicer: InferenceServicer, shared: tuple[Settings, Registry, LogisticRegression]
+) -> None:
+    expected = shared[2].predict(X).tolist()
+    raw = await servicer.ModelInfer(typed_infer_request(X), FakeContext())
+    assert len(raw.raw_output_contents) == 1 and not raw.outputs[0].HasField("contents")
+    assert np.frombuffer(raw.raw_output_contents[0], dtype="<i8").tolist() == expected  # what as_numpy reads
+    typed = await servicer.ModelInfer(typed_infer_request(X, typed_output_contents=True), FakeContext())
+    assert not typed.raw_output_contents and list(typed.outputs[0].contents.int64_contents) == expected
+    for reply in (raw, typed):  # shipyard's own client reads both
+        assert codec.decode_response(reply).outputs[0].data.tolist() == expected
+    with pytest.raises(Aborted) as info:
+        await servicer.ModelInfer(typed_infer_request(X, typed_output_contents="yes"), FakeContext())
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request parameter 'typed_output_contents' must be true or false, got 'yes'" in info.value.details
+
+
+# -- Triton's extensions: config, statistics, repository index -----------------------------------
+
+
+async def test_model_config_is_derived_from_the_signature(servicer: InferenceServicer) -> None:
+    config = (await servicer.ModelConfig(pb.ModelConfigRequest(name="m@champion"), FakeContext())).config
+    assert (config.name, config.platform, config.backend) == ("m@champion", "shipyard_sklearn", "shipyard")
+    assert config.max_batch_size == 2**31 - 1 and list(config.version_policy.specific.versions) == [1]
+    assert [(i.name, i.data_type, list(i.dims), i.HasField("reshape"), list(i.reshape.shape))
+            for i in config.input] == [("x1", pb.TYPE_FP64, [1], True, []), ("x2", pb.TYPE_FP64, [1], True, [])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("predict", pb.TYPE_INT64, [1])]
+    assert len(config.parameters["digest"].string_value) == 64
+    with pytest.raises(Aborted) as info:
+        await servicer.ModelConfig(pb.ModelConfigRequest(name="m", version="9"), FakeContext())
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_statistics_count_successes_rows_failures_and_model_calls(servicer: InferenceServicer) -> None:
+    ctx = FakeContext()
+    await servicer.ModelInfer(infer_request(X), ctx)
+    await servicer.ModelInfer(infer_request(X.head(2)), ctx)
+    with pytest.raises(Aborted):
+        await servicer.ModelInfer(infer_request(X[["x1"]]), ctx)  # resolved, then refused: a failure
+    with pytest.raises(Aborted):
+        await servicer.ModelInfer(infer_request(X, model="nope"), ctx)  # names no version: not counted
+    (stats,) = (await servicer.ModelStatistics(pb.ModelStatisticsRequest(name="m"), ctx)).model_stats
+    assert (stats.name, stats.version) == ("m", "1")
+    assert (stats.inference_count, stats.execution_count) == (len(X) + 2, 2)
+    s = stats.inference_stats
+    assert (s.success.count, s.fail.count, s.compute_infer.count, s.queue.count) == (2, 1, 2, 2)
+    assert s.success.ns >= s.compute_infer.ns > 0 and s.fail.ns > 0
+    assert stats.last_inference > 0
+    assert sorted((b.batch_size, b.compute_infer.count) for b in stats.batch_stats) == [(2, 1), (len(X), 1)]
+    everything = await servicer.ModelStatistics(pb.ModelStatisticsRequest(), ctx)
+    assert [(m.name, m.version) for m in everything.model_stats] == [("m", "1")]
+    one = await servicer.ModelStatistics(pb.ModelStatisticsRequest(name="m", version="1"), ctx)
+    assert one.model_stats[0].inference_count == len(X) + 2
+    with pytest.raises(Aborted) as info:
+        await servicer.ModelStatistics(pb.ModelStatisticsRequest(name="m", version="9"), ctx)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_repository_index_lists_registered_versions_and_which_are_loaded(tmp_path: Any) -> None:
+    settings = Settings(home=tmp_path / "home", workers=1, alias_refresh_seconds=0)
+    registry = Registry.from_settings(settings)
+    try:
+        model = LogisticRegression().fit(X, Y)
+        registry.register(model, "m", sample=X.head(3), alias="champion")
+        registry.register(LogisticRegression(C=0.5).fit(X, Y), "m", sample=X.head(3))  # registered, not loaded
+        server = build_server(settings, ["m@champion"], registry=registry)
+        async with started(server):
+            servicer = InferenceServicer(server.dataplane)
+            index = await servicer.RepositoryIndex(pb.RepositoryIndexRequest(), FakeContext())
+            ready = await servicer.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), FakeContext())
+    finally:
+        registry.close()
+    assert [(m.name, m.version, m.state) for m in index.models] == [("m", "1", "READY"), ("m", "2", "UNAVAILABLE")]
+    assert "the first request for it loads it" in index.models[1].reason
+    assert [(m.name, m.version) for m in ready.models] == [("m", "1")]

@@ -35,6 +35,7 @@ import orjson
 from shipyard.batching.merge import merge, rows, shape_key
 from shipyard.errors import InferenceError, InvalidInput, ShipyardError
 from shipyard.jobs.stream.broker import Message, Record
+from shipyard.protocol.json_body import parse_json
 from shipyard.protocol.simple import as_tensors, decode_document, predictions
 from shipyard.registry import LoadedModel
 from shipyard.runtime.base import Arrays
@@ -64,10 +65,7 @@ class _Decoded:
 
 def decode_message(message: Message, model: LoadedModel) -> _Decoded:
     """Parse and validate one message; InvalidInput says what is wrong with it."""
-    try:
-        doc = orjson.loads(message.value)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"message is not valid JSON: {exc}", field="value", got="invalid JSON") from None
+    doc = parse_json(message.value, "message", "value")  # the one parser and nesting limit of every transport
     signature = model.signature
     many = True
     if isinstance(doc, list):

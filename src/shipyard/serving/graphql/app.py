@@ -1,21 +1,44 @@
-"""The GraphQL endpoint: strawberry's ASGI app over the schema, with shipyard's error handling."""
+"""The GraphQL endpoint: strawberry's ASGI app over the schema, with shipyard's body handling and errors.
+
+The body is read like every REST body (size limit, Content-Encoding) and
+parsed by the one JSON parser (``protocol/json_body.py``, with its nesting
+limit), and so are GET's ``variables``. A request refused before GraphQL runs
+(not JSON, too deep, too large, no query) is answered as REST answers it, with
+the status and ``{"error": ..., "field": ...}``, plus GraphQL's ``errors`` list
+carrying the same message so GraphQL clients show it. Errors of the query
+itself are GraphQL's business: 200 with ``errors`` (see ``errors.py``).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import strawberry
+from cross_web import HTTPException
 from graphql import GraphQLError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionResult
 from strawberry.types.execution import ExecutionContext
 from strawberry.utils.logging import StrawberryLogger
 
+from shipyard.errors import ShipyardError
+from shipyard.protocol.json_body import parse_json
 from shipyard.serving.catalog import ModelCatalog
+from shipyard.serving.context import request_id_var
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.graphql.errors import format_error, is_expected
+from shipyard.serving.graphql.errors import code_for, format_error, is_expected
 from shipyard.serving.graphql.schema import Context, Query
+from shipyard.serving.rest.body import check_json_type, media_type, read_body
+from shipyard.serving.rest.errors import retry_headers, status_for
+
+logger = logging.getLogger(__name__)
 
 
 class _Schema(strawberry.Schema):
@@ -32,10 +55,58 @@ SCHEMA = _Schema(query=Query)
 class GraphQLApp(GraphQL[Context, None]):
     """``/graphql``: POST (or GET) a GraphQL document; GET in a browser opens GraphiQL."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int) -> None:
         super().__init__(SCHEMA)
         self.dataplane = dataplane
         self.catalog = ModelCatalog(dataplane.repository)
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self._respond(scope, receive)
+        except ShipyardError as exc:
+            response = _refusal(exc.message, status_for(exc), getattr(exc, "field", None), code_for(exc),
+                                retry_headers(exc))
+        except HTTPException as exc:  # strawberry's own refusals (no query, bad variables type, ...)
+            response = _refusal(exc.reason, exc.status_code, None, "BAD_REQUEST")
+        except Exception:
+            logger.exception("unexpected error on %s /graphql", scope.get("method"))
+            response = _refusal(f"internal server error (request id {request_id_var.get()})", 500, None,
+                                "INTERNAL_SERVER_ERROR")
+        await response(scope, receive, send)
+
+    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+        request = Request(scope, receive)
+        if request.method != "POST":
+            return await self.run(request)
+        if not media_type(request):  # as on REST: an undeclared body is read as JSON
+            scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
+        else:
+            check_json_type(request, False)
+        body = await read_body(request, self.max_body_bytes)
+        sent = False
+
+        async def replay() -> Message:  # the body once more, already checked and decompressed
+            nonlocal sent
+            if sent:
+                return await receive()  # only ever a disconnect
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.run(Request(scope, replay))
+
+    def decode_json(self, data: str | bytes) -> object:
+        return parse_json(data)
+
+    def parse_query_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        parsed = dict(params)
+        for key in ("variables", "extensions"):
+            if parsed.get(key):
+                parsed[key] = parse_json(parsed[key], f"query parameter '{key}'", key)
+        return parsed
 
     async def get_context(self, request: Any, response: Any) -> Context:
         return Context(self.dataplane, self.catalog, request, response)
@@ -47,3 +118,17 @@ class GraphQLApp(GraphQL[Context, None]):
         if result.extensions:
             doc["extensions"] = result.extensions
         return doc
+
+
+def _refusal(
+    message: str, status: int, field: str | None, code: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """REST's error body, plus the same error in GraphQL's ``errors`` list."""
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    extensions: dict[str, Any] = {"code": code, "status": status}
+    if field is not None:
+        extensions["field"] = field
+    body["errors"] = [{"message": message, "extensions": extensions}]
+    return Response(orjson.dumps(body), status, dict(headers or {}), "application/json")

@@ -1,6 +1,8 @@
 """Open Inference Protocol gRPC messages to and from shipyard's protocol-neutral values.
 
-Server side: ``decode_request``, ``encode_response``, ``metadata_message``.
+Server side: ``decode_request``, ``encode_response``, ``metadata_message`` and, for
+Triton's extensions, ``config_message``, ``statistics_message``, ``index_message``
+(the data plane's documents, whose keys are the messages' field names).
 Client side (``shipyard.Client`` over ``grpc://``): ``encode_request``,
 ``decode_response``, ``metadata_dict``.
 
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from google.protobuf import json_format
 
 from shipyard.errors import InvalidInput
 from shipyard.protocol import oip
@@ -129,6 +132,7 @@ def decode_request(msg: pb.ModelInferRequest) -> InferenceRequest:
         outputs=outputs or None,
         parameters=params_to_dict(msg.parameters),
         output_parameters=output_params,
+        declared_datatypes=True,
     )
 
 
@@ -210,6 +214,27 @@ def metadata_message(meta: Mapping[str, Any]) -> pb.ModelMetadataResponse:
         outputs=specs(meta["outputs"]),
         properties={k: str(v) for k, v in (meta.get("parameters") or {}).items()},
     )
+
+
+def config_message(config: Mapping[str, Any]) -> pb.ModelConfigResponse:
+    """The data plane's model configuration (Triton's JSON layout) as ModelConfigResponse."""
+    msg = pb.ModelConfigResponse()
+    json_format.ParseDict(config, msg.config)
+    return msg
+
+
+def statistics_message(doc: Mapping[str, Any]) -> pb.ModelStatisticsResponse:
+    """The data plane's ``{"model_stats": [...]}`` as ModelStatisticsResponse."""
+    msg = pb.ModelStatisticsResponse()
+    json_format.ParseDict(doc, msg)
+    return msg
+
+
+def index_message(models: list[dict[str, Any]]) -> pb.RepositoryIndexResponse:
+    """The data plane's repository index as RepositoryIndexResponse."""
+    msg = pb.RepositoryIndexResponse()
+    json_format.ParseDict({"models": models}, msg)
+    return msg
 
 
 # -- client side: requests out, responses in ------------------------------------------------

@@ -49,6 +49,21 @@ class GRPCInferenceServiceStub(object):
                 request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.FromString,
                 )
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigResponse.FromString,
+                )
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsResponse.FromString,
+                )
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexResponse.FromString,
+                )
 
 
 class GRPCInferenceServiceServicer(object):
@@ -104,6 +119,28 @@ class GRPCInferenceServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """A model version's configuration as Triton's model configuration extension lays it out,
+        derived from its signature (what tritonclient's get_model_config and perf_analyzer read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStatistics(self, request, context):
+        """Cumulative inference statistics per model version since the server started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryIndex(self, request, context):
+        """Every registered version of the served models, and whether it is loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +178,21 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStreamInfer,
                     request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferRequest.FromString,
                     response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigRequest.FromString,
+                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,5 +320,56 @@ class GRPCInferenceService(object):
         return grpc.experimental.stream_stream(request_iterator, target, '/inference.GRPCInferenceService/ModelStreamInfer',
             shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
             shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelConfig',
+            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelStatistics',
+            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/RepositoryIndex',
+            shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+            shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -5,6 +5,15 @@ order (the model is resolved before the tensors are decoded, so an unknown
 model is the answer even when the tensors are also wrong), under the same
 request id: the ``x-request-id`` metadata if the caller sent one, else a new
 one. Errors become gRPC status codes through ``serving/grpc/errors.py``.
+
+Replies carry ``raw_output_contents`` (what tritonclient's ``as_numpy`` reads,
+and what Triton sends) whatever form the request came in. A request with the
+parameter ``typed_output_contents: true`` gets each output's values in its
+typed ``contents`` field instead, unless an output has no typed field (FP16),
+in which case every output stays raw (the protocol allows one form per reply).
+
+ModelConfig, ModelStatistics and RepositoryIndex are Triton's extensions, served
+from the data plane's documents (the same ones REST serves) in Triton's layout.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import grpc
 
 from shipyard.errors import ShipyardError
 from shipyard.serving.context import new_request_id, request_id_var
-from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.dataplane import DataPlane, request_flag
 from shipyard.serving.grpc import codec
 from shipyard.serving.grpc import inference_pb2 as pb
 from shipyard.serving.grpc.errors import REQUEST_ID_KEY, error_metadata, status_for
@@ -29,6 +38,9 @@ T = TypeVar("T")
 
 #: Requests of one ModelStreamInfer call being worked on at once; reading waits beyond it.
 STREAM_WINDOW = 64
+
+#: Request parameter asking for the outputs in typed contents rather than raw_output_contents.
+TYPED_OUTPUT_CONTENTS = "typed_output_contents"
 
 
 def _request_id(context: Any) -> str:
@@ -108,17 +120,40 @@ class InferenceServicer:
 
         return await self._guarded(context, "ModelMetadata", call)
 
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:  # noqa: N802
+        async def call(rid: str) -> pb.ModelConfigResponse:
+            return codec.config_message(await self.dp.model_config(request.name, request.version or None))
+
+        return await self._guarded(context, "ModelConfig", call)
+
+    async def ModelStatistics(  # noqa: N802
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        async def call(rid: str) -> pb.ModelStatisticsResponse:
+            doc = await self.dp.model_statistics(request.name or None, request.version or None)
+            return codec.statistics_message(doc)
+
+        return await self._guarded(context, "ModelStatistics", call)
+
+    async def RepositoryIndex(  # noqa: N802
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        async def call(rid: str) -> pb.RepositoryIndexResponse:
+            return codec.index_message(await self.dp.repository_index(ready_only=request.ready))
+
+        return await self._guarded(context, "RepositoryIndex", call)
+
     # -- inference -------------------------------------------------------------------------
 
     async def _infer(self, msg: pb.ModelInferRequest, rid: str) -> pb.ModelInferResponse:
         version = msg.model_version or None
         await self.dp.resolve(msg.model_name, version)
         request = codec.decode_request(msg)
+        typed = request_flag(request.parameters, TYPED_OUTPUT_CONTENTS)
         if request.id is None:
             request.id = rid
         response = await self.dp.infer(msg.model_name, version, request)
-        # answer in the form asked in: raw for raw (tritonclient reads only raw), typed for typed
-        return codec.encode_response(response, raw=bool(msg.raw_input_contents))
+        return codec.encode_response(response, raw=not typed)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
         return await self._guarded(context, "ModelInfer", lambda rid: self._infer(request, rid))

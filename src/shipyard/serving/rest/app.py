@@ -7,32 +7,31 @@ protocol's ``error`` field, its status chosen in ``rest/errors.py``.
 
 from __future__ import annotations
 
-import gzip
 import logging
-import zlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shipyard.errors import ConfigError, InvalidInput, PayloadTooLarge, ShipyardError, UnsupportedMediaType
+from shipyard.errors import ShipyardError
 from shipyard.protocol import oip, simple
+from shipyard.protocol.json_body import parse_json
 from shipyard.serving.async_requests import AsyncRequests, job_view
 from shipyard.serving.context import new_request_id, request_id_var
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.graphql import graphql_routes
+from shipyard.serving.graphql import graphql_endpoints
+from shipyard.serving.rest.body import check_json_type, read_body
 from shipyard.serving.rest.errors import error_body, retry_headers, status_for
+from shipyard.serving.rest.extensions import extension_endpoints
 from shipyard.serving.rest.openapi import docs_html, openapi_spec
+from shipyard.serving.rest.routes import Endpoint, Handler, rest_endpoints, starlette_routes
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -98,69 +97,20 @@ class RestApp:
         self.dp = dataplane
         self.max_body_bytes = max_body_bytes
         self.async_requests = async_requests
+        self.endpoints: list[Endpoint] = [
+            *extension_endpoints(self),  # first: /v2/models/stats before /v2/models/{name}
+            *rest_endpoints(self),
+            *graphql_endpoints(dataplane, max_body_bytes),
+        ]
+        """The route table: what ``build`` routes and ``/openapi.json`` documents."""
+        self._spec: dict[str, Any] | None = None
 
     # -- helpers -----------------------------------------------------------------
 
     async def _body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise PayloadTooLarge(int(declared), self.max_body_bytes)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise PayloadTooLarge(size, self.max_body_bytes)
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "").strip().lower()
-        if encoding in ("gzip", "deflate"):
-            body = self._decompress(body, encoding)
-        elif encoding not in ("", "identity"):
-            # reading e.g. a brotli body as JSON would only produce a baffling parse error
-            raise UnsupportedMediaType(
-                f"content encoding '{encoding}' is not supported; send gzip, deflate or identity",
-                field="Content-Encoding",
-                expected="gzip, deflate or identity",
-                got=encoding,
-            )
-        return body
+        return await read_body(request, self.max_body_bytes)
 
-    def _decompress(self, body: bytes, encoding: str) -> bytes:
-        d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-        try:
-            out = d.decompress(body, self.max_body_bytes + 1)
-        except (zlib.error, gzip.BadGzipFile) as exc:
-            raise InvalidInput(f"body is not valid {encoding} data: {exc}", field="body") from None
-        if len(out) > self.max_body_bytes:
-            raise PayloadTooLarge(len(out), self.max_body_bytes)
-        if not d.eof:  # zlib returns what it could without complaint when the stream is cut short
-            raise InvalidInput(
-                f"body is not valid {encoding} data: the compressed stream is truncated", field="body"
-            )
-        if d.unused_data:  # e.g. a second gzip member: refuse rather than silently drop it
-            raise InvalidInput(
-                f"body is not valid {encoding} data: {len(d.unused_data)} bytes follow the "
-                "end of the compressed stream",
-                field="body",
-            )
-        return out
-
-    @staticmethod
-    def _check_json_type(request: Request, binary: bool) -> None:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not ctype or ctype == JSON or ctype.endswith("+json"):
-            return
-        if binary and ctype == "application/octet-stream":
-            return
-        raise UnsupportedMediaType(
-            f"content type '{ctype}' is not supported here; send JSON with "
-            "'Content-Type: application/json'"
-            + (" (or the binary tensor extension with Inference-Header-Content-Length)" if not binary else ""),
-            field="Content-Type",
-            expected=JSON,
-            got=ctype,
-        )
+    _check_json_type = staticmethod(check_json_type)
 
     # -- health and metadata ---------------------------------------------------------
 
@@ -223,13 +173,13 @@ class RestApp:
     # -- asynchronous requests -----------------------------------------------------------
 
     def _jobs(self) -> AsyncRequests:
-        if self.async_requests is None:
-            raise ConfigError("asynchronous requests are off on this server")
+        assert self.async_requests is not None  # the job routes exist only when they are on
         return self.async_requests
 
     async def submit_job(self, request: Request) -> Response:
         body = await self._body(request)
         self._check_json_type(request, False)
+        parse_json(body)  # refused as a request body (field 'body'), not later as a stream message
         callback = request.query_params.get("callback") or request.headers.get("x-callback-url")
         job = await self._jobs().submit(request.path_params["name"], body, callback)
         url = f"/v1/jobs/{job.id}"
@@ -249,41 +199,30 @@ class RestApp:
 
     # -- docs ----------------------------------------------------------------------------
 
+    def spec(self) -> dict[str, Any]:
+        """The OpenAPI document of ``endpoints``."""
+        if self._spec is None:
+            self._spec = openapi_spec(self.endpoints)
+        return self._spec
+
     async def openapi(self, request: Request) -> Response:
-        return json_response(openapi_spec())
+        return json_response(self.spec())
 
     async def docs(self, request: Request) -> Response:
-        return HTMLResponse(docs_html())
+        return HTMLResponse(docs_html(self.spec()))
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return json_response({"error": f"no route for {request.method} {request.url.path}"}, 404)
 
     async def method_not_allowed(self, request: Request, exc: Exception) -> Response:
-        return json_response({"error": f"{request.method} is not allowed on {request.url.path}"}, 405)
+        # RFC 9110: a 405 names the methods the path does take (Starlette puts them on the exception)
+        allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
+        headers = {"Allow": ", ".join(sorted(m.strip() for m in allow.split(",") if m.strip()))}
+        return json_response({"error": f"{request.method} is not allowed on {request.url.path}"}, 405, headers)
 
     def build(self) -> ASGIApp:
-        g = _guard
-        routes = [
-            Route("/v2/health/live", g(self.live)),
-            Route("/v2/health/ready", g(self.ready)),
-            Route("/v2", g(self.server_metadata)),
-            Route("/v2/models/{name}", g(self.model_metadata)),
-            Route("/v2/models/{name}/ready", g(self.model_ready)),
-            Route("/v2/models/{name}/infer", g(self.infer), methods=["POST"]),
-            Route("/v2/models/{name}/versions/{version}", g(self.model_metadata)),
-            Route("/v2/models/{name}/versions/{version}/ready", g(self.model_ready)),
-            Route("/v2/models/{name}/versions/{version}/infer", g(self.infer), methods=["POST"]),
-            Route("/v1/models", g(self.list_models)),
-            Route("/v1/models/{name}:predict", g(self.predict), methods=["POST"]),
-            Route("/v1/models/{name}/jobs", g(self.submit_job), methods=["POST"]),
-            Route("/v1/jobs/{job_id}", g(self.get_job)),
-            Route("/metrics", g(self.metrics)),
-            Route("/openapi.json", self.openapi),
-            Route("/docs", self.docs),
-            *graphql_routes(self.dp),  # /graphql when strawberry (extra 'graphql') is installed
-        ]
         app = Starlette(
-            routes=routes,
+            routes=starlette_routes(self.endpoints, _guard),
             exception_handlers={404: self.not_found, 405: self.method_not_allowed},
         )
         return RequestIdMiddleware(app)

@@ -1,138 +1,345 @@
-"""The OpenAPI document of the REST API and a self-contained /docs page (no CDN needed)."""
+"""The OpenAPI document, generated from the route table, and a self-contained /docs page (no CDN).
+
+Paths, methods, bodies, media types and statuses come from the ``Endpoint``
+entries the server routes with (``routes.py``); the schemas below are built
+from the same definitions the server enforces: the model-name pattern and
+length of ``types``, the datatypes the codecs accept, the JSON nesting limit.
+"""
 
 from __future__ import annotations
 
 import html
-from functools import lru_cache
+from collections.abc import Iterable
 from typing import Any
 
 from shipyard import __version__
+from shipyard.protocol.json_body import MAX_JSON_DEPTH
+from shipyard.serving.rest.routes import JSON, OCTETS, TEXT, Body, Endpoint
+from shipyard.types import DATATYPE_TO_NUMPY, NAME_MAX_LENGTH, NAME_PATTERN, VERSION_PATTERN
 
-_ERROR = {
-    "description": "error",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+#: A model reference in a URL: ``name``, ``name@alias`` or ``name:VERSION`` (``ModelRef.parse``).
+MODEL_REF_PATTERN = rf"^{NAME_PATTERN}(@{NAME_PATTERN}|:{VERSION_PATTERN})?$"
+
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "name": {
+        "description": "Model name (letters, digits, '_', '.', '-', at most "
+        f"{NAME_MAX_LENGTH} characters), optionally with @alias or :VERSION",
+        "schema": {"type": "string", "pattern": MODEL_REF_PATTERN},
+    },
+    "version": {"description": "Version number", "schema": {"type": "string", "pattern": f"^{VERSION_PATTERN}$"}},
+    "job_id": {"description": "Id of an asynchronous request", "schema": {"type": "string"}},
+}
+
+_ANY: dict[str, Any] = {}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_SHAPE = {"type": "array", "items": {"type": "integer", "minimum": -1}}
+_TENSOR_PROPERTIES: dict[str, Any] = {"name": {"type": "string"}, "datatype": {"type": "string"}, "shape": _SHAPE}
+_TENSOR_METADATA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": _TENSOR_PROPERTIES,
+}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "description": "Every refusal and failure: a one-line message and, when known, the field it is about.",
+        "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
+    },
+    "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+    "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+    "ModelReady": {
+        "type": "object",
+        "required": ["name", "ready"],
+        "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+    },
+    "ServerMetadata": {
+        "type": "object",
+        "required": ["name", "version", "extensions"],
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "extensions": _STRINGS},
+    },
+    "ModelMetadata": {
+        "type": "object",
+        "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": _STRINGS,
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": _TENSOR_METADATA},
+            "outputs": {"type": "array", "items": _TENSOR_METADATA},
+            "parameters": {"type": "object"},
+        },
+    },
+    "Tensor": {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "description": "An input tensor: 'data' (flat or nested, row-major) or parameters.binary_data_size.",
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "datatype": {"type": "string", "enum": list(DATATYPE_TO_NUMPY)},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "data": _ANY,
+            "parameters": {
+                "type": "object",
+                "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+            },
+        },
+    },
+    "InferenceRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Tensor"}},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                },
+            },
+        },
+    },
+    "InferenceResponse": {
+        "type": "object",
+        "required": ["model_name", "model_version", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "outputs": {"type": "array", "items": {**_TENSOR_METADATA, "properties": {
+                **_TENSOR_PROPERTIES, "data": {"type": "array"}, "parameters": {"type": "object"}}}},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["models"],
+        "properties": {
+            "models": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "ref", "loaded"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "ref": {"type": "string"},
+                        "loaded": {"type": "boolean"},
+                    },
+                },
+            }
+        },
+    },
+    "PredictRequest": {
+        "type": "object",
+        "description": 'Either {"instances": [{...}, ...]} (rows) or {"inputs": {"col": [...]}} (columns).',
+        "properties": {
+            "instances": {"type": "array", "minItems": 1},
+            "inputs": {"type": ["object", "array"]},
+            "id": {"type": ["string", "integer"]},
+        },
+    },
+    "PredictResponse": {
+        "type": "object",
+        "required": ["model_name", "model_version", "predictions"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": ["string", "null"]},
+            "predictions": {"type": "array"},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["job_id", "model", "status", "submitted_at"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "model": {"type": "string"},
+            "status": {"type": "string", "enum": ["queued", "done", "failed"]},
+            "submitted_at": {"type": "string"},
+            "finished_at": {"type": ["string", "null"]},
+            "result": _ANY,
+            "error": _ANY,
+            "callback": {"type": "string"},
+            "callback_status": {"type": ["string", "null"]},
+            "url": {"type": "string"},
+        },
+    },
+    "GraphQLRequest": {
+        "type": "object",
+        "required": ["query"],
+        "properties": {
+            "query": {"type": "string"},
+            "variables": {"type": ["object", "null"]},
+            "operationName": {"type": ["string", "null"]},
+            "extensions": {"type": ["object", "null"]},
+        },
+    },
+    "GraphQLResponse": {
+        "type": "object",
+        "description": "GraphQL's own shape: errors of the query come in 'errors', each with extensions.code, "
+        "extensions.status (what REST would answer) and, for bad input, extensions.field.",
+        "properties": {
+            "data": {"type": ["object", "null"]},
+            "errors": {"type": "array", "items": {"type": "object", "required": ["message"]}},
+            "extensions": {"type": "object"},
+        },
+    },
+    "OpenAPI": {"type": "object", "required": ["openapi", "paths"]},
+    # Triton's extensions (rest/extensions.py): model configuration, statistics, repository index
+    "ModelConfig": {
+        "type": "object",
+        "description": "Triton's model configuration layout, derived from the signature.",
+        "required": ["name", "platform", "backend", "version_policy", "max_batch_size", "input", "output"],
+        "properties": {
+            "name": {"type": "string"},
+            "platform": {"type": "string"},
+            "backend": {"type": "string"},
+            "version_policy": {"type": "object"},
+            "max_batch_size": {"type": "integer", "minimum": 0},
+            "input": {"type": "array", "items": {"$ref": "#/components/schemas/ModelConfigTensor"}},
+            "output": {"type": "array", "items": {"$ref": "#/components/schemas/ModelConfigTensor"}},
+            "dynamic_batching": {"type": "object"},
+            "parameters": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object", "required": ["string_value"], "properties": {"string_value": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "ModelConfigTensor": {
+        "type": "object",
+        "required": ["name", "data_type", "dims"],
+        "properties": {
+            "name": {"type": "string"},
+            "data_type": {"type": "string", "pattern": "^TYPE_[A-Z0-9]+$"},
+            "dims": _SHAPE,
+            "reshape": {"type": "object", "properties": {"shape": _SHAPE}},
+        },
+    },
+    "ModelStatistics": {
+        "type": "object",
+        "required": ["model_stats"],
+        "properties": {"model_stats": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name", "version", "last_inference", "inference_count", "execution_count",
+                         "inference_stats", "batch_stats"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "last_inference": {"type": "integer", "minimum": 0, "description": "milliseconds since the epoch"},
+                "inference_count": {"type": "integer", "minimum": 0, "description": "rows answered"},
+                "execution_count": {"type": "integer", "minimum": 0, "description": "model calls"},
+                "inference_stats": {"type": "object",
+                                    "additionalProperties": {"$ref": "#/components/schemas/Duration"}},
+                "batch_stats": {"type": "array", "items": {"type": "object", "required": ["batch_size"],
+                                                           "properties": {"batch_size": {"type": "integer"}}}},
+            },
+        }}},
+    },
+    "Duration": {
+        "type": "object",
+        "required": ["count", "ns"],
+        "properties": {"count": {"type": "integer", "minimum": 0}, "ns": {"type": "integer", "minimum": 0}},
+    },
+    "RepositoryIndexRequest": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
+    "RepositoryIndex": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "version", "state", "reason"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+                "reason": {"type": "string"},
+            },
+        },
+    },
 }
 
 
-def _op(summary: str, body: str | None = None, params: tuple[str, ...] = ()) -> dict[str, Any]:
-    op: dict[str, Any] = {
-        "summary": summary,
-        "parameters": [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
-        ],
-        "responses": {"200": {"description": "success", "content": {"application/json": {}}},
-                      "400": _ERROR, "404": _ERROR, "413": _ERROR, "415": _ERROR, "503": _ERROR},
+def _content(body: Body) -> dict[str, Any]:
+    """The body's schema for its JSON media types; other media types (text, HTML, binary) are strings."""
+    schema = {"$ref": f"#/components/schemas/{body.schema}"} if body.schema else {}
+    return {
+        media: {"schema": schema if media == JSON or media.endswith("+json") else _TEXT_SCHEMA.get(media, _STRING)}
+        for media in body.media_types
     }
-    if body:
-        op["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
-        }
+
+
+_STRING: dict[str, Any] = {"type": "string"}
+_TEXT_SCHEMA: dict[str, dict[str, Any]] = {
+    OCTETS: {"type": "string", "format": "binary"},
+    TEXT: {"type": "string", "description": "Prometheus text exposition format"},
+}
+_ERROR_BODY = Body("Error")
+_STATUS_TEXT = {
+    400: "the request is malformed or does not fit the model's signature",
+    404: "no such model, version, alias or job",
+    413: "the body is larger than the server accepts",
+    415: "the content type or content encoding is not supported here",
+    500: "the model or the server failed",
+    503: "not loaded yet, or overloaded: retry after Retry-After seconds",
+    504: "the request outlived its deadline",
+}
+
+
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+def _operation(e: Endpoint, method: str) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        str(e.status): {"description": e.response.description or "success", "content": _content(e.response)}
+    }
+    for status, body in e.replies:
+        responses[str(status)] = {"description": body.description or "see the body", "content": _content(body)}
+    for status in e.errors:
+        responses.setdefault(str(status), {"description": _STATUS_TEXT.get(status, "error"),
+                                           "content": _content(_ERROR_BODY)})
+    params: list[dict[str, Any]] = [
+        {"name": p, "in": "path", "required": True, **PATH_PARAMETERS[p]} for p in e.path_params
+    ]
+    params += [
+        {"name": q.name, "in": "query", "required": False, "description": q.description,
+         "schema": {"type": q.schema}}
+        for q in e.query
+    ]
+    op: dict[str, Any] = {"summary": e.summary, "responses": responses}
+    if params:
+        op["parameters"] = params
+    if e.request is not None and method in _BODY_METHODS:
+        op["requestBody"] = {"required": True, "content": _content(e.request)}
+        if e.request.description:
+            op["requestBody"]["description"] = e.request.description
     return op
 
 
-def _predict_op() -> dict[str, Any]:
-    op = _op("Predict from records or columns", "PredictRequest", ("name",))
-    op["responses"]["200"]["content"]["application/json"] = {"schema": {"$ref": "#/components/schemas/PredictResponse"}}
-    return op
-
-
-@lru_cache(maxsize=1)
-def openapi_spec() -> dict[str, Any]:
-    tensor = {
-        "type": "object",
-        "required": ["name", "datatype", "shape"],
-        "properties": {
-            "name": {"type": "string"},
-            "datatype": {"type": "string", "example": "FP64"},
-            "shape": {"type": "array", "items": {"type": "integer"}},
-            "data": {"type": "array", "items": {}},
-            "parameters": {"type": "object"},
-        },
-    }
-    nv = ("name", "version")
+def openapi_spec(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``endpoints``."""
+    paths: dict[str, dict[str, Any]] = {}
+    for e in endpoints:
+        for method in e.methods:
+            paths.setdefault(e.path, {})[method.lower()] = _operation(e, method)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "shipyard model server",
             "version": __version__,
             "description": "Open Inference Protocol v2 (REST, with the binary tensor extension) "
-            "and a simple JSON API. Model names accept 'name', 'name@alias'; versions are numbers.",
+            "and a simple JSON API. Model names accept 'name', 'name@alias' and 'name:VERSION'. "
+            f"JSON bodies may nest at most {MAX_JSON_DEPTH} levels deep on every route.",
         },
-        "paths": {
-            "/v2/health/live": {"get": _op("Server is alive")},
-            "/v2/health/ready": {"get": _op("Server has loaded its models")},
-            "/v2": {"get": _op("Server metadata")},
-            "/v2/models/{name}": {"get": _op("Model metadata (signature)", params=("name",))},
-            "/v2/models/{name}/ready": {"get": _op("Model readiness", params=("name",))},
-            "/v2/models/{name}/infer": {"post": _op("Infer", "InferenceRequest", ("name",))},
-            "/v2/models/{name}/versions/{version}": {"get": _op("Version metadata", params=nv)},
-            "/v2/models/{name}/versions/{version}/ready": {"get": _op("Version readiness", params=nv)},
-            "/v2/models/{name}/versions/{version}/infer": {"post": _op("Infer on a version", "InferenceRequest", nv)},
-            "/v1/models": {"get": _op("Models this server serves")},
-            "/v1/models/{name}:predict": {"post": _predict_op()},
-            "/v1/models/{name}/jobs": {
-                "post": _op("Queue an asynchronous request (202 with a job id; ?callback=URL to get the result "
-                            "POSTed there)", "PredictRequest", ("name",))
-            },
-            "/v1/jobs/{job_id}": {"get": _op("An asynchronous request: queued, done (result) or failed (error)",
-                                             params=("job_id",))},
-            "/metrics": {"get": _op("Prometheus metrics of the asynchronous-request consumers")},
-        },
-        "components": {
-            "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}, "field": {"type": "string"}}},
-                "Tensor": tensor,
-                "InferenceRequest": {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
-                        "outputs": {"type": "array", "items": {"type": "object"}},
-                    },
-                },
-                "PredictRequest": {
-                    "type": "object",
-                    "description": 'Either {"instances": [{...}, ...]} (rows) or {"inputs": {"col": [...]}} (columns). '
-                    "Fields beside the model's inputs (ids, metadata) follow the model's extra_fields: "
-                    "refuse (400), ignore (dropped) or passthrough (returned in the response's passthrough).",
-                    "properties": {
-                        "instances": {"type": "array", "items": {}},
-                        "inputs": {"type": "object"},
-                        "id": {"type": "string"},
-                    },
-                },
-                "PredictResponse": {
-                    "type": "object",
-                    "required": ["model_name", "model_version", "predictions"],
-                    "properties": {
-                        "model_name": {"type": "string"},
-                        "model_version": {"type": "string"},
-                        "id": {"type": ["string", "null"]},
-                        "predictions": {
-                            "type": "array",
-                            "items": {},
-                            "description": "One entry per row: the value when the model has one output, "
-                            "else an object of outputs.",
-                        },
-                        "passthrough": {
-                            "type": "array",
-                            "items": {"type": "object"},
-                            "description": "Only for a model served with extra_fields=passthrough: one object per "
-                            "row, in row order, holding that row's fields beside the model's inputs ({} if none).",
-                        },
-                    },
-                },
-            }
-        },
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
     }
 
 
-@lru_cache(maxsize=1)
-def docs_html() -> str:
-    spec = openapi_spec()
+def docs_html(spec: dict[str, Any]) -> str:
     rows = []
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
