@@ -148,7 +148,10 @@ def _csv_columns(body: bytes, signature: Signature) -> dict[str, Any]:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"CSV body is not UTF-8: {exc}", field="body") from None
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))  # newline="": the csv module reads line ends
+    except csv.Error as exc:
+        raise InvalidInput(f"CSV body is not valid CSV: {exc}", field="body") from None
     if len(rows) < 2:
         raise InvalidInput("CSV body needs a header row and at least one data row", field="body",
                            got=f"{len(rows)} rows")

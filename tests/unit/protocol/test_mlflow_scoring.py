@@ -51,6 +51,16 @@ def test_csv_is_read_by_the_signature_types() -> None:
         decode(b"age,income\n30\n", "text/csv")
 
 
+def test_bad_csv_is_a_400_not_a_500() -> None:  # found by schemathesis: csv.Error escaped as a 500
+    with pytest.raises(InvalidInput, match="CSV body is not valid CSV") as info:
+        decode(b"age,income\n" + b"3" * 200_000 + b",1.5\n", "text/csv")  # past the csv module's field limit
+    assert info.value.field == "body"
+    # what schemathesis sent: a bare carriage return inside a field
+    assert decode(b"age,income\r30,1.5\r40,2.5\r", "text/csv") == EXPECTED
+    with pytest.raises(InvalidInput, match="CSV body is not UTF-8"):
+        decode(b"age,income\n\xff,1\n", "text/csv")
+
+
 def test_one_tensor_inputs_are_that_tensor() -> None:
     assert decode({"inputs": [[1, 2, 3]]}, signature=ONE_TENSOR) == {"pixels": [[1.0, 2.0, 3.0]]}
 

@@ -141,6 +141,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "inputs": {"type": ["object", "array"]},
             "id": {"type": ["string", "integer"]},
         },
+        "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
     },
     "PredictResponse": {
         "type": "object",
