@@ -69,9 +69,14 @@ _NAME_RE = re.compile(NAME_PATTERN)
 _VERSION_RE = re.compile(VERSION_PATTERN)
 
 
+#: The largest version number (the registry stores versions as 64-bit integers).
+MAX_VERSION = 2**63 - 1
+
+
 def is_version_number(text: str) -> bool:
-    """``text`` is a version as URLs write it: ASCII digits (``str.isdigit`` also takes '²')."""
-    return _VERSION_RE.fullmatch(text) is not None
+    """``text`` is a version as URLs write it: ASCII digits (``str.isdigit`` also takes '²'), at most
+    ``MAX_VERSION`` (a larger one would overflow the registry's query instead of being not found)."""
+    return _VERSION_RE.fullmatch(text) is not None and int(text) <= MAX_VERSION
 
 
 def check_name(kind: str, value: str) -> str:
@@ -127,7 +132,7 @@ class ModelRef:
             check_name("model name", name)
             if not is_version_number(ver) or int(ver) < 1:
                 raise InvalidInput(
-                    f"invalid version '{ver}' in '{text}': versions are whole numbers from 1",
+                    f"invalid version '{ver}' in '{text}': versions are whole numbers from 1 to {MAX_VERSION}",
                     field="version",
                     got=ver,
                 )

@@ -105,6 +105,10 @@ async def test_graphql_body_errors_are_json_not_plain_text(client: httpx.AsyncCl
     r = await client.post("/graphql", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["field"] == "body"
     assert r.json()["error"].startswith("request body is not valid JSON")
+    for not_an_object in (b'"AAA"', b"12", b"null"):  # found by schemathesis: "AAA" was a 500
+        r = await client.post("/graphql", content=not_an_object, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["field"] == "body", r.text
+        assert r.json()["error"].startswith("a GraphQL request body must be a JSON object")
     r = await client.post("/graphql", json={"variables": {}})
     assert r.status_code == 400 and r.json()["error"] == "No GraphQL query found in the request"
     r = await client.post("/graphql", content=b"query=x", headers={"Content-Type": "text/csv"})

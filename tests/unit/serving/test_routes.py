@@ -131,3 +131,14 @@ async def test_server_metadata_does_not_tell_the_interpreter_version(client: htt
     meta = r.json()
     assert meta["name"] == "shipyard" and "version" in meta
     assert "python" not in meta and platform.python_version() not in r.text
+
+
+async def test_versions_past_64_bits_are_not_found_not_a_server_error(client: httpx.AsyncClient) -> None:
+    huge = "39109302690788723366"  # found by schemathesis: the registry query overflowed into a 500
+    for path in (f"/v2/models/m/versions/{huge}", f"/v2/models/m/versions/{huge}/ready"):
+        r = await client.get(path)
+        assert r.status_code == 404 and r.json()["error"] == f"model 'm' has no version {huge}", path
+    r = await client.get(f"/v2/models/m:{huge}")
+    assert r.status_code == 400 and "from 1 to 9223372036854775807" in r.json()["error"]
+    r = await client.post(f"/v2/models/m/versions/{huge}/infer", json={"inputs": []})
+    assert r.status_code == 404

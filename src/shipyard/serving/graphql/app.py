@@ -28,7 +28,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.execution import ExecutionContext
 from strawberry.utils.logging import StrawberryLogger
 
-from shipyard.errors import ShipyardError
+from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.protocol.json_body import parse_json
 from shipyard.serving.catalog import ModelCatalog
 from shipyard.serving.context import request_id_var
@@ -99,7 +99,14 @@ class GraphQLApp(GraphQL[Context, None]):
         return await self.run(Request(scope, replay))
 
     def decode_json(self, data: str | bytes) -> object:
-        return parse_json(data)
+        doc = parse_json(data)
+        if not isinstance(doc, (dict, list)):  # strawberry would call .get on it: a 500
+            raise InvalidInput(
+                'a GraphQL request body must be a JSON object like {"query": "...", "variables": {...}}',
+                field="body",
+                got=type(doc).__name__,
+            )
+        return doc
 
     def parse_query_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         parsed = dict(params)

@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shipyard.errors import ShipyardError
-from shipyard.protocol import oip, simple
+from shipyard import __version__
+from shipyard.errors import InvalidInput, ShipyardError
+from shipyard.protocol import mlflow_scoring, oip, simple
 from shipyard.protocol.json_body import parse_json
 from shipyard.serving.async_requests import AsyncRequests, job_view
 from shipyard.serving.context import new_request_id, request_id_var
@@ -169,6 +170,37 @@ class RestApp:
             req.id = request_id_var.get()
         resp = await self.dp.infer(name, None, req)
         return json_response(simple.encode_response(resp, passthrough))
+
+    # -- MLflow scoring protocol (clients of `mlflow models serve`) ---------------------------
+
+    async def invocations(self, request: Request) -> Response:
+        return await self._invocations(request, self._only_model())
+
+    async def model_invocations(self, request: Request) -> Response:
+        return await self._invocations(request, request.path_params["name"])
+
+    async def _invocations(self, request: Request, name: str) -> Response:
+        body = await self._body(request)
+        model = await self.dp.resolve(name)
+        req = mlflow_scoring.decode_request(body, request.headers.get("content-type", ""), model.signature)
+        req.id = request_id_var.get()
+        return json_response(mlflow_scoring.encode_response(await self.dp.infer(name, None, req)))
+
+    def _only_model(self) -> str:
+        """The model /invocations means: the only one served (it names none, as MLflow serves one)."""
+        names = self.dp.repository.names()
+        if len(names) == 1:
+            return names[0]
+        raise InvalidInput(
+            f"/invocations answers for a server's only model, and this one serves {len(names)} "
+            f"({', '.join(names) or 'none'}); POST /v1/models/NAME/invocations instead",
+            field="model",
+            expected="a server serving one model",
+            got=len(names),
+        )
+
+    async def version(self, request: Request) -> Response:
+        return Response(__version__, 200, media_type="text/plain")
 
     # -- asynchronous requests -----------------------------------------------------------
 

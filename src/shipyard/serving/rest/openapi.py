@@ -14,7 +14,7 @@ from typing import Any
 
 from shipyard import __version__
 from shipyard.protocol.json_body import MAX_JSON_DEPTH
-from shipyard.serving.rest.routes import JSON, OCTETS, TEXT, Body, Endpoint
+from shipyard.serving.rest.routes import CSV, JSON, OCTETS, TEXT, Body, Endpoint
 from shipyard.types import DATATYPE_TO_NUMPY, NAME_MAX_LENGTH, NAME_PATTERN, VERSION_PATTERN
 
 #: A model reference in a URL: ``name``, ``name@alias`` or ``name:VERSION`` (``ModelRef.parse``).
@@ -141,6 +141,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "inputs": {"type": ["object", "array"]},
             "id": {"type": ["string", "integer"]},
         },
+        "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
     },
     "PredictResponse": {
         "type": "object",
@@ -167,6 +168,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "callback_status": {"type": ["string", "null"]},
             "url": {"type": "string"},
         },
+    },
+    "MLflowRequest": {
+        "type": "object",
+        "description": "MLflow's scoring formats: exactly one of the four, optionally with params.",
+        "properties": {
+            "dataframe_split": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"columns": _STRINGS, "data": {"type": "array", "items": {"type": "array"}},
+                               "index": {"type": "array"}},
+            },
+            "dataframe_records": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "instances": {"type": "array", "minItems": 1},
+            "inputs": {"type": ["object", "array"]},
+            "params": {"type": ["object", "null"]},
+        },
+        "oneOf": [{"required": [k]} for k in ("dataframe_split", "dataframe_records", "instances", "inputs")],
+    },
+    "MLflowResponse": {
+        "type": "object",
+        "required": ["predictions"],
+        "properties": {"predictions": {"type": "array"}},
     },
     "GraphQLRequest": {
         "type": "object",
@@ -275,7 +298,8 @@ def _content(body: Body) -> dict[str, Any]:
 _STRING: dict[str, Any] = {"type": "string"}
 _TEXT_SCHEMA: dict[str, dict[str, Any]] = {
     OCTETS: {"type": "string", "format": "binary"},
-    TEXT: {"type": "string", "description": "Prometheus text exposition format"},
+    TEXT: {"type": "string"},
+    CSV: {"type": "string", "description": "CSV with a header row"},
 }
 _ERROR_BODY = Body("Error")
 _STATUS_TEXT = {

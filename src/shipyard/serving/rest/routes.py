@@ -30,6 +30,7 @@ JSON = "application/json"
 OCTETS = "application/octet-stream"
 TEXT = "text/plain"
 HTML = "text/html"
+CSV = "text/csv"
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -109,6 +110,8 @@ def rest_endpoints(app: RestApp) -> list[Endpoint]:
                        "JSON, or with binary outputs a JSON header of Inference-Header-Content-Length bytes "
                        "followed by the tensors")
     not_ready = Body("Ready", description="the server is still loading its models")
+    mlflow = Body("MLflowRequest", (JSON, CSV), "one of dataframe_split, dataframe_records, instances or "
+                  "inputs (optionally params), or CSV with a header row")
     model_not_ready = Body("ModelReady", description="the model is not loaded (yet)")
     endpoints = [
         Endpoint(("GET",), "/v2/health/live", app.live, "Server is alive", Body("Live")),
@@ -130,6 +133,19 @@ def rest_endpoints(app: RestApp) -> list[Endpoint]:
         Endpoint(("GET",), "/v1/models", app.list_models, "Models this server serves", Body("ModelList")),
         Endpoint(("POST",), "/v1/models/{name}:predict", app.predict, "Predict from records or columns",
                  Body("PredictResponse"), Body("PredictRequest"), errors=BODY_ERRORS),
+        Endpoint(("POST",), "/invocations", app.invocations,
+                 "MLflow scoring (as `mlflow models serve`) with the server's only model; "
+                 "a server with several answers 400 naming /v1/models/NAME/invocations",
+                 Body("MLflowResponse"), mlflow, errors=BODY_ERRORS),
+        Endpoint(("POST",), "/v1/models/{name}/invocations", app.model_invocations,
+                 "MLflow scoring (as `mlflow models serve`) with a named model", Body("MLflowResponse"), mlflow,
+                 errors=BODY_ERRORS),
+        Endpoint(("GET",), "/ping", app.ready, "MLflow's health probe: 200 once the models are loaded",
+                 Body("Ready"), replies=((503, not_ready),)),
+        Endpoint(("GET",), "/health", app.ready, "MLflow's health probe (same as /ping)", Body("Ready"),
+                 replies=((503, not_ready),)),
+        Endpoint(("GET",), "/version", app.version, "shipyard's version (MLflow clients read it as text)",
+                 Body(None, (TEXT,))),
         Endpoint(("GET",), "/metrics", app.metrics, "Prometheus metrics of the asynchronous-request consumers",
                  Body(None, (TEXT,))),
         Endpoint(("GET",), "/openapi.json", app.openapi, "This document", Body("OpenAPI")),

@@ -1,0 +1,94 @@
+"""schemathesis against /openapi.json of a real `shipyard serve` with a registered model.
+
+Every operation of the document gets schema-valid and schema-breaking requests,
+half of them aimed at the served model (random names only reach the 404). What
+must hold: no server error, every response with a declared status, media type,
+headers and schema, breaking requests refused, and no traceback or file path in
+any body. Not checked: that every schema-valid request is accepted, since a
+model's signature (which columns, which values) is not in the document.
+Bounded: a fixed number of examples per operation, a fixed seed, a request timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis  # the 'test' extra
+from _schemathesis_hooks import no_traceback_or_path
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode, checks
+
+from shipyard.testing import RunningServer, run_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
+HOOKS = Path(__file__).with_name("_schemathesis_hooks.py")
+
+
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_headers_conformance,
+    checks.response_schema_conformance,
+    checks.negative_data_rejection,
+    no_traceback_or_path,
+]
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(demo_home: Path) -> Iterator[RunningServer]:
+    # a server of its own: the fuzzing queues asynchronous jobs and fills the logs
+    with run_server(demo_home, ["demo@champion"], args=["--workers", "1", "--max-body-bytes", "65536"]) as server:
+        yield server
+
+
+def test_schemathesis_cli_finds_nothing(fuzzed_server: RunningServer) -> None:
+    """The CLI's coverage phase (boundary and type-confused values for every parameter) and fuzzing."""
+    names = [c.__name__ for c in CHECKS]
+    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{fuzzed_server.url}/openapi.json",
+           "--checks", ",".join(names), "--phases", "coverage,fuzzing", "--max-examples", "25", "--seed", "1",
+           "--request-timeout", "10", "--no-color"]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS.stem,
+           "PYTHONPATH": os.pathsep.join([str(HOOKS.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "Traceback" not in fuzzed_server.log()
+
+
+def test_fuzzing_aimed_at_the_served_model_finds_nothing(fuzzed_server: RunningServer) -> None:
+    """The Python API, with half the requests naming the served model (random names only reach the 404)."""
+    schema = schemathesis.openapi.from_url(f"{fuzzed_server.url}/openapi.json")
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 20  # the whole document, not a fraction of it
+    for operation in operations:
+        for mode, examples in EXAMPLES.items():
+
+            @given(case=operation.as_strategy(generation_mode=mode), served=st.booleans())
+            @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            def run(case: Any, served: bool) -> None:
+                if served and case.path_parameters:  # aim at the model, not a 404
+                    case.path_parameters.update(
+                        {k: v for k, v in {"name": "demo", "version": "1"}.items() if k in case.path_parameters}
+                    )
+                case.call_and_validate(base_url=fuzzed_server.url, checks=CHECKS, timeout=10)
+
+            try:
+                run()
+            except Unsatisfiable:
+                pass  # nothing in this operation can be broken (no parameters, no body)
+            except Exception as exc:  # collect every operation's finding, then fail once
+                failures.append(f"{operation.label} ({mode.value}): {str(exc)[:1500]}")
+    assert not failures, "\n\n".join(failures)
+    assert "Traceback" not in fuzzed_server.log()
