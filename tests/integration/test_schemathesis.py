@@ -52,7 +52,7 @@ def fuzzed_server(demo_home: Path) -> Iterator[RunningServer]:
         yield server
 
 
-def test_schemathesis_cli_finds_nothing(fuzzed_server: RunningServer) -> None:
+def test_schemathesis_cli_finds_nothing(fuzzed_server: RunningServer, tmp_path: Path) -> None:
     """The CLI's coverage phase (boundary and type-confused values for every parameter) and fuzzing."""
     names = [c.__name__ for c in CHECKS]
     cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{fuzzed_server.url}/openapi.json",
@@ -60,7 +60,8 @@ def test_schemathesis_cli_finds_nothing(fuzzed_server: RunningServer) -> None:
            "--request-timeout", "10", "--no-color"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS.stem,
            "PYTHONPATH": os.pathsep.join([str(HOOKS.parent), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    # cwd: the CLI keeps its example database in ./.schemathesis
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "Traceback" not in fuzzed_server.log()
 
