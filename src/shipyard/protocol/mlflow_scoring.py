@@ -39,7 +39,7 @@ def decode_request(body: bytes, content_type: str, signature: Signature) -> Infe
     """An MLflow scoring request as a shipyard request; ``InvalidInput`` names what is wrong."""
     mime = _media_type(content_type)
     if mime == CSV:
-        columns = decode_document({"inputs": _csv_columns(body, signature)}, signature)
+        columns = decode_document({"inputs": _csv_columns(body, signature)}, signature).columns
     else:
         columns = _json_columns(parse_json(body), signature)
     return InferenceRequest(inputs=as_tensors(columns, signature))
@@ -102,14 +102,14 @@ def _json_columns(doc: Any, signature: Signature) -> dict[str, Any]:
     key = found[0]
     value = doc[key]
     if key == "dataframe_split":
-        return decode_document({"inputs": _split(value, signature)}, signature)
+        return decode_document({"inputs": _split(value, signature)}, signature).columns
     if key == "inputs" and (isinstance(value, dict) or (signature.format == "tensors" and len(signature.inputs) == 1)):
-        return decode_document({"inputs": value}, signature)  # columns, or one tensor's values
+        return decode_document({"inputs": value}, signature).columns  # columns, or one tensor's values
     if key in ("dataframe_records", "instances", "inputs"):
         if not isinstance(value, list) or not value:
             raise InvalidInput(f"'{key}' must be a non-empty list of rows", field=key, got=type(value).__name__)
         try:
-            return decode_document({"instances": value}, signature)
+            return decode_document({"instances": value}, signature).columns
         except InvalidInput as exc:
             if exc.field == "instances":  # the caller called them by MLflow's name
                 exc.field = key

@@ -135,7 +135,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "PredictRequest": {
         "type": "object",
-        "description": 'Either {"instances": [{...}, ...]} (rows) or {"inputs": {"col": [...]}} (columns).',
+        "description": 'Either {"instances": [{...}, ...]} (rows) or {"inputs": {"col": [...]}} (columns). '
+        "Fields beside the model's inputs (ids, metadata) follow the model's extra_fields: "
+        "refuse (400), ignore (dropped) or passthrough (returned in the response's passthrough).",
         "properties": {
             "instances": {"type": "array", "minItems": 1},
             "inputs": {"type": ["object", "array"]},
@@ -150,7 +152,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "model_name": {"type": "string"},
             "model_version": {"type": "string"},
             "id": {"type": ["string", "null"]},
-            "predictions": {"type": "array"},
+            "predictions": {
+                "type": "array",
+                "description": "One entry per row: the value when the model has one output, else an object of outputs.",
+            },
+            "passthrough": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "Only for a model served with extra_fields=passthrough: one object per row, in row "
+                "order, holding that row's fields beside the model's inputs ({} if none).",
+            },
         },
     },
     "Job": {
