@@ -80,6 +80,6 @@ def extension_endpoints(app: RestApp) -> list[Endpoint]:
         Endpoint(("POST",), "/v2/repository/index", index,
                  "Registered versions of the served models: READY (loaded) or UNAVAILABLE",
                  Body("RepositoryIndex"),
-                 Body("RepositoryIndexRequest", description="optional (an empty body is {\"ready\": false})"),
+                 Body("RepositoryIndexRequest", description="an empty body is {\"ready\": false}", optional=True),
                  errors=tuple(s for s in BODY_ERRORS if s not in (404, 503, 504))),
     ]

@@ -348,7 +348,7 @@ def _operation(e: Endpoint, method: str) -> dict[str, Any]:
     if params:
         op["parameters"] = params
     if e.request is not None and method in _BODY_METHODS:
-        op["requestBody"] = {"required": True, "content": _content(e.request)}
+        op["requestBody"] = {"required": not e.request.optional, "content": _content(e.request)}
         if e.request.description:
             op["requestBody"]["description"] = e.request.description
     return op

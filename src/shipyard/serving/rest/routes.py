@@ -49,6 +49,8 @@ class Body:
     schema: str | None
     media_types: tuple[str, ...] = (JSON,)
     description: str = ""
+    optional: bool = False
+    """A request body the endpoint also takes empty (OpenAPI ``required: false``)."""
 
 
 @dataclass(frozen=True)
