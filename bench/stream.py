@@ -51,7 +51,7 @@ READY_RAW = "raw loop ready"
 READY_SHIPYARD = "streaming demo@champion"
 BROKERS = ["local", "redis", "nats", "kafka"]
 STARTERS = {"redis": "redis_server", "nats": "nats_server", "kafka": "kafka_broker"}
-CLIENTS = {"local": "shipyard.jobs.stream.local", "redis": "redis", "nats": "nats", "kafka": "confluent_kafka"}
+CLIENTS = {"local": "shipyard.streams.local", "redis": "redis", "nats": "nats", "kafka": "confluent_kafka"}
 KAFKA_SOURCE_OPTIONS = "?session.timeout.ms=6000"  # Tansu waits half the session timeout on every join
 
 
@@ -71,7 +71,7 @@ def nats_stream_name(subject: str) -> str:
 
 
 async def raw_local(base: str, src: str, dst: str, group: str, batch: int) -> None:
-    from shipyard.jobs.stream.broker import Record, open_sink, open_source
+    from shipyard.streams.broker import Record, open_sink, open_source
 
     source = open_source(stream_url("local", base, src), group=group, consumer="raw")
     sink = open_sink(stream_url("local", base, dst))
@@ -224,7 +224,7 @@ class PhaseFailed(Exception):
 
 async def preload(broker: str, base: str, src: str, dst: str, payloads: list[tuple[str, bytes]]) -> None:
     """Write the messages to a fresh source topic; create the (empty) sink topic, so it can be counted."""
-    from shipyard.jobs.stream.broker import Record, open_sink
+    from shipyard.streams.broker import Record, open_sink
 
     sink = open_sink(stream_url(broker, base, src))
     await sink.start()
@@ -390,8 +390,8 @@ def make_payloads(n: int) -> list[tuple[str, bytes]]:
 def model_alone(home: Path, payloads: list[tuple[str, bytes]], batch: int, runtime: str) -> float:
     """Messages/s of JSON decoding + ``predict`` in batches, in this process, with shipyard's runtime choice."""
     from shipyard.config import Settings
+    from shipyard.hosting.compiled import CompiledCache, load_for_serving
     from shipyard.registry import Registry
-    from shipyard.serving.compiled import CompiledCache, load_for_serving
 
     settings = Settings(home=home)
     registry = Registry.from_settings(settings)

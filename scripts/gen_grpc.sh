@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the committed Python modules of the gRPC service from its .proto:
-#   src/shipyard/serving/grpc/inference_pb2.py, inference_pb2.pyi, inference_pb2_grpc.py
+#   src/shipyard/protocol/grpc/inference_pb2.py, inference_pb2.pyi, inference_pb2_grpc.py
 #
 #   bash scripts/gen_grpc.sh
 #
@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=src/shipyard/serving/grpc
+OUT=src/shipyard/protocol/grpc
 VENV="${TMPDIR:-/tmp}/shipyard-protoc"
 PY="${PYTHON:-python3}"
 

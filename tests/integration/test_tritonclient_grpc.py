@@ -21,8 +21,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from shipyard.demo import FEATURES, train_demo_model
-from shipyard.serving.grpc import inference_pb2 as pb
-from shipyard.serving.grpc import inference_pb2_grpc as pb_grpc
+from shipyard.protocol.grpc import inference_pb2 as pb
+from shipyard.protocol.grpc import inference_pb2_grpc as pb_grpc
 from shipyard.testing import RunningServer
 
 pytestmark = pytest.mark.integration

@@ -63,7 +63,7 @@ def settings_from(ctx: click.Context) -> Settings:
 
 def setup_logging(level: str, fmt: str) -> None:
     """Configure the 'shipyard' root logger once, for the CLI process (library code never does)."""
-    from shipyard.serving.context import RequestIdFilter
+    from shipyard.context import RequestIdFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())

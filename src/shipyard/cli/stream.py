@@ -11,8 +11,8 @@ import time
 import click
 
 from shipyard.cli._output import fail, handle_errors, settings_from, setup_logging
-from shipyard.jobs.stream.consumer import StreamOptions, StreamStats
 from shipyard.jobs.stream.job import StreamJob
+from shipyard.streams.consumer import StreamOptions, StreamStats
 from shipyard.types import EXTRA_FIELDS
 
 logger = logging.getLogger("shipyard.stream")

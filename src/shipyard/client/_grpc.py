@@ -16,9 +16,9 @@ class GrpcTransport:
 
     def __init__(self, target: str, *, secure: bool = False, headers: dict[str, str] | None = None) -> None:
         self.grpc: Any = require("grpc", "grpc", "grpcio")
-        from shipyard.serving.grpc import codec, errors, inference_pb2, inference_pb2_grpc
+        from shipyard.protocol.grpc import codec, inference_pb2, inference_pb2_grpc, metadata
 
-        self.codec, self.keys, self.pb = codec, errors, inference_pb2
+        self.codec, self.keys, self.pb = codec, metadata, inference_pb2
         self.target = target
         self.scheme = "grpcs" if secure else "grpc"
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]

@@ -27,13 +27,13 @@ import orjson
 
 from shipyard.config import Settings
 from shipyard.errors import InvalidInput
-from shipyard.jobs.stream.broker import Message, Record, Sink, Source, StreamUrl, open_sink, open_source
-from shipyard.jobs.stream.consumer import StreamConsumer, StreamMetrics, StreamOptions
-from shipyard.jobs.stream.job import default_consumer, resolve_url
-from shipyard.jobs.stream.scoring import decode_message, iso
 from shipyard.registry import LoadedModel, Registry
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.job_store import Job, JobStore
+from shipyard.streams.broker import Message, Record, Sink, Source, StreamUrl, open_sink, open_source
+from shipyard.streams.consumer import StreamConsumer, StreamMetrics, StreamOptions
+from shipyard.streams.naming import default_consumer, resolve_url
+from shipyard.streams.scoring import decode_message, iso
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import anyio.to_thread
 
+from shipyard.hosting.repository import ModelRepository
 from shipyard.registry import ModelVersion
-from shipyard.serving.repository import ModelRepository
 
 
 class ModelCatalog:

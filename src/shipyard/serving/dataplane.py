@@ -31,13 +31,13 @@ from shipyard import __version__
 from shipyard.batching.policy import BatchPolicy
 from shipyard.batching.queue import Batcher
 from shipyard.errors import InvalidInput, Overloaded, RequestTimeout
+from shipyard.hosting.executor import Executor, InProcessExecutor
+from shipyard.hosting.repository import ModelRepository
 from shipyard.registry import LoadedModel
 from shipyard.registry.loaded import select_outputs
 from shipyard.runtime.base import Arrays
 from shipyard.serving.cache import ResponseCache, cache_key
-from shipyard.serving.executor import Executor, InProcessExecutor
 from shipyard.serving.model_config import model_config
-from shipyard.serving.repository import ModelRepository
 from shipyard.serving.statistics import InferenceStatistics, ModelStats
 from shipyard.signature import check_declared_datatypes
 from shipyard.types import InferenceRequest, InferenceResponse, ModelRef, Tensor

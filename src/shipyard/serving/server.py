@@ -20,16 +20,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shipyard._extras import require
 from shipyard.batching.policy import BatchPolicy
 from shipyard.config import Settings
+from shipyard.hosting.compiled import CompiledCache
+from shipyard.hosting.repository import ModelRepository
+from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
 from shipyard.registry import Registry
 from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import CachePolicy, ResponseCache
-from shipyard.serving.compiled import CompiledCache
 from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.repository import ModelRepository
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.routes import Endpoint
-from shipyard.serving.workers import WorkerPool, preload_modules, remote_model
 
 if TYPE_CHECKING:
     from shipyard.serving.grpc.server import GrpcServer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.integration.stream.harness import KeyValue
 
-from shipyard.jobs.stream.local import _SCHEMA
+from shipyard.streams.local import _SCHEMA
 
 
 class LocalHarness:

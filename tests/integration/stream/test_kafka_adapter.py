@@ -17,8 +17,8 @@ from typing import TypeVar
 import pytest
 
 from shipyard.errors import ConfigError
-from shipyard.jobs.stream.broker import BrokerError, Message, Record, Sink, Source, open_sink, open_source
-from shipyard.jobs.stream.kafka import KafkaSink, KafkaSource
+from shipyard.streams.broker import BrokerError, Message, Record, Sink, Source, open_sink, open_source
+from shipyard.streams.kafka import KafkaSink, KafkaSource
 from shipyard.testing import free_port
 from shipyard.testing.kafka import KafkaUnavailable
 
@@ -189,7 +189,7 @@ def test_acked_messages_are_not_delivered_again(harness: KafkaHarness, topic: st
 KILLED_MEMBER = """
 import asyncio, sys
 from pathlib import Path
-from shipyard.jobs.stream.broker import open_source
+from shipyard.streams.broker import open_source
 
 async def main() -> None:
     src = open_source(sys.argv[1], group=sys.argv[2], consumer="doomed")
@@ -282,7 +282,7 @@ def test_a_partition_taken_away_in_a_rebalance_is_not_committed_and_comes_again(
             held = await fetch_until(a, 20)
             b, _, early_b = await join_second(a, url, 2)
             try:
-                with caplog.at_level(logging.WARNING, "shipyard.jobs.stream.kafka"):
+                with caplog.at_level(logging.WARNING, "shipyard.streams.kafka"):
                     await a.ack(held)  # partly for a partition that is b's now: skipped, not an error
                 got_b = early_b + await fetch_until(b, 1, limit=3.0)
                 got_b += await b.fetch(100, 0.5)

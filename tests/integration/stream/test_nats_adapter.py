@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from shipyard.errors import ConfigError
-from shipyard.jobs.stream.broker import BrokerError, Message, Record, Sink, Source, open_sink, open_source
+from shipyard.streams.broker import BrokerError, Message, Record, Sink, Source, open_sink, open_source
 from shipyard.testing import free_port
 from shipyard.testing.nats import NatsUnavailable, nats_server
 

@@ -12,8 +12,8 @@ from typing import TypeVar
 import pytest
 
 from shipyard.errors import ConfigError
-from shipyard.jobs.stream.broker import BrokerError, Message, Record, StreamUrl, open_sink, open_source
-from shipyard.jobs.stream.redis import RedisSink, RedisSource
+from shipyard.streams.broker import BrokerError, Message, Record, StreamUrl, open_sink, open_source
+from shipyard.streams.redis import RedisSink, RedisSource
 from shipyard.testing import free_port
 from shipyard.testing.redis import RedisUnavailable, redis_server
 

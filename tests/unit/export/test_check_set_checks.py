@@ -26,9 +26,9 @@ from shipyard.cli.main import cli
 from shipyard.errors import CheckFailed
 from shipyard.export import ExportOptions, bundle_version, export_version, pipeline
 from shipyard.export import quantize as quantizing
+from shipyard.hosting.compiled import CompiledCache
 from shipyard.registry import Registry
 from shipyard.registry import registry as registry_module
-from shipyard.serving.compiled import CompiledCache
 
 FAST = {"latency_budget_s": 0.001}
 
@@ -105,7 +105,7 @@ def test_the_onnx_serving_twin_is_checked_on_the_check_set(
 ) -> None:
     cache = CompiledCache(tmp_path / "compiled")
     native = reg500.load("m")
-    with caplog.at_level(logging.INFO, logger="shipyard.serving.compiled"):
+    with caplog.at_level(logging.INFO, logger="shipyard.hosting.compiled"):
         twin = cache.compile(reg500, native)
     assert twin is not None
     twin.close()
@@ -220,7 +220,7 @@ def test_a_check_on_few_rows_says_why_everywhere(
 
     cache = CompiledCache(tmp_path / "compiled")
     native = registry.load("few")
-    with caplog.at_level(logging.INFO, logger="shipyard.serving.compiled"):
+    with caplog.at_level(logging.INFO, logger="shipyard.hosting.compiled"):
         twin = cache.compile(registry, native)
         assert twin is not None
         twin.close()

@@ -20,12 +20,12 @@ from sklearn.linear_model import LogisticRegression
 from tests.fixtures.batch import FEATURES, iris_rows
 
 from shipyard.errors import BrokerError, ConfigError, InferenceError, ModelNotReady
-from shipyard.jobs.stream.broker import Message, Record, Sink, StreamUrl, open_sink, open_source
-from shipyard.jobs.stream.consumer import StreamConsumer, StreamOptions
-from shipyard.jobs.stream.job import dead_letter_url
-from shipyard.jobs.stream.scoring import decode_message, score
 from shipyard.registry import LoadedModel, Registry
 from shipyard.runtime.base import Arrays
+from shipyard.streams.broker import Message, Record, Sink, StreamUrl, open_sink, open_source
+from shipyard.streams.consumer import StreamConsumer, StreamOptions
+from shipyard.streams.naming import dead_letter_url
+from shipyard.streams.scoring import decode_message, score
 
 pytestmark = pytest.mark.anyio
 

@@ -18,11 +18,11 @@ from sklearn.linear_model import LogisticRegression
 from tests.fixtures.batch import FEATURES, iris_rows
 
 from shipyard.config import Settings
-from shipyard.jobs.stream.broker import Message, Record, open_sink, open_source
 from shipyard.jobs.stream.job import StreamJob
-from shipyard.jobs.stream.scoring import score
 from shipyard.registry import LoadedModel, Registry
 from shipyard.runtime.base import Arrays
+from shipyard.streams.broker import Message, Record, open_sink, open_source
+from shipyard.streams.scoring import score
 
 pytestmark = pytest.mark.anyio
 

@@ -18,9 +18,9 @@ from sklearn.linear_model import LogisticRegression
 
 from shipyard import errors
 from shipyard.config import Settings
+from shipyard.protocol.grpc import codec
+from shipyard.protocol.grpc import inference_pb2 as pb
 from shipyard.registry import Registry
-from shipyard.serving.grpc import codec
-from shipyard.serving.grpc import inference_pb2 as pb
 from shipyard.serving.grpc.service import InferenceServicer
 from shipyard.serving.server import build_server, started
 from shipyard.signature import WIDENS_TO, Signature, TensorSpec, check_declared_datatypes

@@ -21,8 +21,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from shipyard.config import Settings
+from shipyard.protocol.grpc import codec
 from shipyard.registry import Registry
-from shipyard.serving.grpc import codec
 from shipyard.serving.grpc.service import InferenceServicer
 from shipyard.serving.server import Server, build_server, started
 from shipyard.types import InferenceRequest, Tensor

@@ -15,9 +15,9 @@ from sklearn.linear_model import LogisticRegression
 
 from shipyard import errors
 from shipyard.config import Settings
+from shipyard.protocol.grpc import codec
+from shipyard.protocol.grpc import inference_pb2 as pb
 from shipyard.registry import Registry
-from shipyard.serving.grpc import codec
-from shipyard.serving.grpc import inference_pb2 as pb
 from shipyard.serving.grpc.errors import STATUS_TABLE, error_metadata, status_for
 from shipyard.serving.grpc.service import InferenceServicer
 from shipyard.serving.server import Server, build_server, started

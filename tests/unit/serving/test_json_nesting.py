@@ -17,10 +17,10 @@ from sklearn.linear_model import LogisticRegression
 
 from shipyard.config import Settings
 from shipyard.errors import InvalidInput
-from shipyard.jobs.stream.broker import Message
-from shipyard.jobs.stream.scoring import decode_message
 from shipyard.registry import Registry
 from shipyard.serving.server import build_server, started
+from shipyard.streams.broker import Message
+from shipyard.streams.scoring import decode_message
 
 pytestmark = pytest.mark.anyio
 

@@ -7,46 +7,19 @@ asynchronous-request path call ``StreamJob``.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from shipyard.config import Settings
-from shipyard.jobs.stream import local
-from shipyard.jobs.stream.broker import StreamUrl, open_sink, open_source
-from shipyard.jobs.stream.consumer import ModelProvider, StreamConsumer, StreamMetrics, StreamOptions, StreamStats
-from shipyard.jobs.stream.scoring import RunModel
+from shipyard.hosting.compiled import CompiledCache
+from shipyard.hosting.executor import InProcessExecutor
+from shipyard.hosting.repository import ModelRepository
 from shipyard.registry import LoadedModel, Registry
-from shipyard.serving.compiled import CompiledCache
-from shipyard.serving.executor import InProcessExecutor
-from shipyard.serving.repository import ModelRepository
+from shipyard.streams.broker import StreamUrl, open_sink, open_source
+from shipyard.streams.consumer import ModelProvider, StreamConsumer, StreamMetrics, StreamOptions, StreamStats
+from shipyard.streams.naming import dead_letter_url, default_consumer, default_group, resolve_url
+from shipyard.streams.scoring import RunModel
 from shipyard.types import ModelRef
-
-DEAD_LETTER_SUFFIX = ".dlq"
-
-
-def default_group(model: str) -> str:
-    return f"shipyard-{ModelRef.parse(model).name}"
-
-
-def default_consumer() -> str:
-    """Unique per process, readable in broker tools: HOST-PID."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def resolve_url(url: str | StreamUrl, settings: Settings) -> StreamUrl:
-    """Parse ``url``; an embedded ``local://`` stream without a path lives in ``SHIPYARD_HOME``."""
-    parsed = url if isinstance(url, StreamUrl) else StreamUrl.parse(url)
-    if parsed.scheme == "local" and not parsed.options.get("path"):
-        options = {**parsed.options, "path": str(local.default_path(settings.home).resolve())}
-        parsed = StreamUrl(parsed.scheme, parsed.hosts, parsed.topic, options, None, None, parsed.raw)
-    return parsed
-
-
-def dead_letter_url(source: StreamUrl) -> StreamUrl:
-    """The default dead-letter topic: the source's name + ``.dlq``, on the source's broker."""
-    return source.with_topic(source.topic + DEAD_LETTER_SUFFIX)
 
 
 @dataclass

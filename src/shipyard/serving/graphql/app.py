@@ -28,10 +28,10 @@ from strawberry.types import ExecutionResult
 from strawberry.types.execution import ExecutionContext
 from strawberry.utils.logging import StrawberryLogger
 
+from shipyard.context import request_id_var
 from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.protocol.json_body import parse_json
 from shipyard.serving.catalog import ModelCatalog
-from shipyard.serving.context import request_id_var
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.graphql.errors import code_for, format_error, is_expected
 from shipyard.serving.graphql.schema import Context, Query

@@ -13,7 +13,7 @@ from typing import Any
 from graphql import GraphQLError
 
 from shipyard import errors
-from shipyard.serving.context import request_id_var
+from shipyard.context import request_id_var
 from shipyard.serving.rest.errors import status_for
 
 # Most specific first: the first matching class wins.

@@ -15,11 +15,11 @@ import orjson
 import strawberry
 from strawberry.scalars import JSON
 
+from shipyard.context import request_id_var
 from shipyard.errors import InvalidInput
 from shipyard.protocol import simple
 from shipyard.registry import ModelVersion
 from shipyard.serving.catalog import ModelCatalog
-from shipyard.serving.context import request_id_var
 from shipyard.serving.dataplane import DataPlane
 from shipyard.signature import Signature, TensorSpec
 

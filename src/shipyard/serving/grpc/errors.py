@@ -11,12 +11,7 @@ from __future__ import annotations
 import grpc
 
 from shipyard import errors
-
-#: Trailing metadata keys of a failed call.
-FIELD_KEY = "shipyard-error-field"
-TYPE_KEY = "shipyard-error-type"
-REQUEST_ID_KEY = "x-request-id"
-RETRY_AFTER_KEY = "retry-after"
+from shipyard.protocol.grpc.metadata import FIELD_KEY, REQUEST_ID_KEY, RETRY_AFTER_KEY, TYPE_KEY
 
 # Most specific first: the first matching class wins.
 STATUS_TABLE: tuple[tuple[type[errors.ShipyardError], grpc.StatusCode], ...] = (

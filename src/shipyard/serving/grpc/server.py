@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 
 from shipyard.errors import ConfigError
+from shipyard.protocol.grpc import inference_pb2_grpc
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.grpc import inference_pb2_grpc
 from shipyard.serving.grpc.service import InferenceServicer
 
 logger = logging.getLogger(__name__)

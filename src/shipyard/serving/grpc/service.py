@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 
 import grpc
 
+from shipyard.context import new_request_id, request_id_var
 from shipyard.errors import ShipyardError
-from shipyard.serving.context import new_request_id, request_id_var
+from shipyard.protocol.grpc import codec
+from shipyard.protocol.grpc import inference_pb2 as pb
+from shipyard.protocol.grpc.metadata import REQUEST_ID_KEY
 from shipyard.serving.dataplane import DataPlane, request_flag
-from shipyard.serving.grpc import codec
-from shipyard.serving.grpc import inference_pb2 as pb
-from shipyard.serving.grpc.errors import REQUEST_ID_KEY, error_metadata, status_for
+from shipyard.serving.grpc.errors import error_metadata, status_for
 
 logger = logging.getLogger(__name__)
 

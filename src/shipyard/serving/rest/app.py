@@ -17,11 +17,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard import __version__
+from shipyard.context import new_request_id, request_id_var
 from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.protocol import mlflow_scoring, oip, simple
 from shipyard.protocol.json_body import parse_json
 from shipyard.serving.async_requests import AsyncRequests, job_view
-from shipyard.serving.context import new_request_id, request_id_var
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.graphql import graphql_endpoints
 from shipyard.serving.rest.body import check_json_type, read_body

@@ -36,7 +36,7 @@ from typing import Any
 import anyio.to_thread
 import orjson
 
-from shipyard.jobs.stream.broker import BrokerError, Message, Record, Sink, Source, StreamUrl
+from shipyard.streams.broker import BrokerError, Message, Record, Sink, Source, StreamUrl
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (

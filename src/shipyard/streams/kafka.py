@@ -59,8 +59,8 @@ from typing import Any, TypeVar
 
 from shipyard._extras import require
 from shipyard.errors import ConfigError
-from shipyard.jobs.stream.broker import BrokerError, Message, Record, Sink, Source, StreamUrl
 from shipyard.options import unknown as unknown_option
+from shipyard.streams.broker import BrokerError, Message, Record, Sink, Source, StreamUrl
 
 logger = logging.getLogger(__name__)
 _client_logger = logging.getLogger(f"{__name__}.librdkafka")
@@ -105,7 +105,7 @@ def _kafka() -> ModuleType:
 
 
 class _ClientLog:
-    """Routes librdkafka's log lines to logging (``shipyard.jobs.stream.kafka.librdkafka``) instead of stderr.
+    """Routes librdkafka's log lines to logging (``shipyard.streams.kafka.librdkafka``) instead of stderr.
 
     Capped at WARNING: the client reconnects and retries by itself; what fails for
     good surfaces as a BrokerError.

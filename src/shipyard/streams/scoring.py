@@ -34,11 +34,11 @@ import orjson
 
 from shipyard.batching.merge import merge, rows, shape_key
 from shipyard.errors import InferenceError, InvalidInput, ShipyardError
-from shipyard.jobs.stream.broker import Message, Record
 from shipyard.protocol.json_body import parse_json
 from shipyard.protocol.simple import as_tensors, decode_document, predictions
 from shipyard.registry import LoadedModel
 from shipyard.runtime.base import Arrays
+from shipyard.streams.broker import Message, Record
 
 RunModel = Callable[[LoadedModel, Arrays], Awaitable[Arrays]]
 

@@ -79,7 +79,7 @@ from urllib.parse import urlsplit
 
 from shipyard._extras import require
 from shipyard.errors import ConfigError
-from shipyard.jobs.stream.broker import BrokerError, Message, Record, Sink, Source, StreamUrl
+from shipyard.streams.broker import BrokerError, Message, Record, Sink, Source, StreamUrl
 
 logger = logging.getLogger(__name__)
 

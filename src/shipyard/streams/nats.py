@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from shipyard._extras import require
 from shipyard.errors import ConfigError
-from shipyard.jobs.stream.broker import BrokerError, Message, Record, Sink, Source, StreamUrl
+from shipyard.streams.broker import BrokerError, Message, Record, Sink, Source, StreamUrl
 
 if TYPE_CHECKING:
     from nats.aio.client import Client

@@ -26,7 +26,7 @@ from google.protobuf import json_format
 
 from shipyard.errors import InvalidInput
 from shipyard.protocol import oip
-from shipyard.serving.grpc import inference_pb2 as pb
+from shipyard.protocol.grpc import inference_pb2 as pb
 from shipyard.types import InferenceRequest, InferenceResponse, Tensor
 
 #: The InferTensorContents field that carries each datatype. FP16 has none: it travels raw.

@@ -188,12 +188,12 @@ class Sink(ABC):
 
 # scheme -> module defining ``source(url, group, consumer)`` and ``sink(url)``
 SCHEMES = {
-    "local": "shipyard.jobs.stream.local",
-    "redis": "shipyard.jobs.stream.redis",
-    "rediss": "shipyard.jobs.stream.redis",
-    "nats": "shipyard.jobs.stream.nats",
-    "tls": "shipyard.jobs.stream.nats",
-    "kafka": "shipyard.jobs.stream.kafka",
+    "local": "shipyard.streams.local",
+    "redis": "shipyard.streams.redis",
+    "rediss": "shipyard.streams.redis",
+    "nats": "shipyard.streams.nats",
+    "tls": "shipyard.streams.nats",
+    "kafka": "shipyard.streams.kafka",
 }
 
 

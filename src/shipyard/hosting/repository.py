@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 import anyio.to_thread
 
 from shipyard.errors import InvalidInput, ModelNotFound, ModelNotReady, ModelNotServed
+from shipyard.hosting.compiled import CompiledCache, load_for_serving
 from shipyard.registry import LoadedModel, ModelVersion, Registry
-from shipyard.serving.compiled import CompiledCache, load_for_serving
 from shipyard.types import ModelRef, is_version_number
 
 logger = logging.getLogger(__name__)

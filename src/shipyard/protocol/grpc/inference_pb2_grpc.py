@@ -2,7 +2,7 @@
 """Client and server classes corresponding to protobuf-defined services."""
 import grpc
 
-from shipyard.serving.grpc import inference_pb2 as shipyard_dot_serving_dot_grpc_dot_inference__pb2
+from shipyard.protocol.grpc import inference_pb2 as shipyard_dot_protocol_dot_grpc_dot_inference__pb2
 
 
 class GRPCInferenceServiceStub(object):
@@ -16,53 +16,53 @@ class GRPCInferenceServiceStub(object):
         """
         self.ServerLive = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerLiveResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerLiveResponse.FromString,
                 )
         self.ServerReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerReadyResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerReadyResponse.FromString,
                 )
         self.ModelReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelReadyResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelReadyResponse.FromString,
                 )
         self.ServerMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerMetadataResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerMetadataResponse.FromString,
                 )
         self.ModelMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelMetadataResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelMetadataResponse.FromString,
                 )
         self.ModelInfer = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelInferResponse.FromString,
                 )
         self.ModelStreamInfer = channel.stream_stream(
                 '/inference.GRPCInferenceService/ModelStreamInfer',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.FromString,
                 )
         self.ModelConfig = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelConfig',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelConfigResponse.FromString,
                 )
         self.ModelStatistics = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelStatistics',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelStatisticsResponse.FromString,
                 )
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
-                request_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
-                response_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexResponse.FromString,
+                request_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.RepositoryIndexResponse.FromString,
                 )
 
 
@@ -146,53 +146,53 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerLiveRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerLiveRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerReadyRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerReadyRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelReadyRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelReadyRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelInferRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelInferResponse.SerializeToString,
             ),
             'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
                     servicer.ModelStreamInfer,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelInferRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.SerializeToString,
             ),
             'ModelConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelConfig,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelConfigRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelConfigResponse.SerializeToString,
             ),
             'ModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelStatistics,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
-                    request_deserializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.FromString,
-                    response_serializer=shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexResponse.SerializeToString,
+                    request_deserializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=shipyard_dot_protocol_dot_grpc_dot_inference__pb2.RepositoryIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,8 +216,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ServerLive',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerLiveRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerLiveResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerLiveRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerLiveResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -233,8 +233,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ServerReady',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerReadyRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerReadyResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerReadyRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerReadyResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -250,8 +250,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelReady',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelReadyRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelReadyResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelReadyRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelReadyResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -267,8 +267,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ServerMetadata',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ServerMetadataResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ServerMetadataResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -284,8 +284,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelMetadata',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelMetadataResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelMetadataResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -301,8 +301,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelInfer',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelInferResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -318,8 +318,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.stream_stream(request_iterator, target, '/inference.GRPCInferenceService/ModelStreamInfer',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelInferRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelStreamInferResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -335,8 +335,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelConfig',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelConfigResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelConfigResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -352,8 +352,8 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/ModelStatistics',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.ModelStatisticsResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.ModelStatisticsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -369,7 +369,7 @@ class GRPCInferenceService(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/inference.GRPCInferenceService/RepositoryIndex',
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
-            shipyard_dot_serving_dot_grpc_dot_inference__pb2.RepositoryIndexResponse.FromString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+            shipyard_dot_protocol_dot_grpc_dot_inference__pb2.RepositoryIndexResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -36,7 +36,7 @@ from shipyard.runtime.loader import preload_modules as runtime_preload
 logger = logging.getLogger(__name__)
 
 def preload_modules(flavors: set[str], runtime_mode: str) -> list[str]:
-    mods = ["shipyard.serving.workers", "shipyard.registry", "numpy"]
+    mods = ["shipyard.hosting.workers", "shipyard.registry", "numpy"]
     for flavor in sorted(flavors):
         mods += runtime_preload(flavor)
     if runtime_mode != "native":
@@ -244,8 +244,8 @@ def worker_main(conn: Connection, settings: Settings, versions: list[tuple[str, 
     # The server process owns shutdown: it drains requests, then sends "stop".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from shipyard.hosting.compiled import CompiledCache, load_for_serving
     from shipyard.registry import Registry
-    from shipyard.serving.compiled import CompiledCache, load_for_serving
 
     registry = Registry.from_settings(settings)
     compiled = CompiledCache(settings.cache_dir / "compiled") if settings.runtime != "native" else None

@@ -36,9 +36,9 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shipyard.errors import ShipyardError
-from shipyard.jobs.stream.broker import Message, Sink, Source
-from shipyard.jobs.stream.scoring import RunModel, Scored, score
 from shipyard.registry import LoadedModel
+from shipyard.streams.broker import Message, Sink, Source
+from shipyard.streams.scoring import RunModel, Scored, score
 
 logger = logging.getLogger(__name__)
 

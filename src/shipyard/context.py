@@ -1,0 +1,54 @@
+"""Who is asking and why: the request context every prediction carries, and the log fields it sets.
+
+A transport builds one ``RequestContext`` per request (``RequestContext.new``)
+and hands it to the data plane; the data plane, the router and every observer
+read it. The request id also lives in a context variable so that every log
+line written while the request is handled names it (``RequestIdFilter``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Literal
+
+request_id_var: ContextVar[str] = ContextVar("shipyard_request_id", default="-")
+
+#: How a prediction reached the server.
+Transport = Literal["rest", "grpc", "graphql", "async", "stream", "python"]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """One request as the serving core sees it, whatever transport it came by."""
+
+    request_id: str
+    """The caller's id (``X-Request-ID``, gRPC ``x-request-id``, the OIP ``id``) or one made here."""
+    transport: Transport
+    prediction_id: str = field(default_factory=new_request_id)
+    """Made by the server, never by the caller: the key feedback and the prediction log use."""
+    principal: str | None = None
+    """The authenticated caller, once authentication is configured."""
+    route_key: str | None = None
+    """What sticky routing hashes (a header or an input field); None routes at random."""
+    traceparent: str | None = None
+    """The incoming W3C ``traceparent`` header, continued by the request's span."""
+
+    @classmethod
+    def new(cls, transport: Transport, request_id: str | None = None, **fields: str | None) -> RequestContext:
+        """A context with the caller's request id, or a new one."""
+        return cls(request_id=request_id or new_request_id(), transport=transport, **fields)  # type: ignore[arg-type]
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``record.request_id`` so a log format can show it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True

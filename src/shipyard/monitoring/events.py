@@ -1,0 +1,156 @@
+"""Prediction events and the observers that see them, off the request path.
+
+The data plane emits one ``PredictionEvent`` per request once its response is
+decided (success or failure, cache hit or model call). ``Observers`` queues it
+without blocking and a thread of its own hands batches of events to every
+``PredictionObserver`` (metrics, the prediction log, drift). An observer can
+neither fail nor slow a request: a full queue drops the event and counts it,
+an observer that raises is logged and keeps receiving events.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from shipyard.context import RequestContext
+
+logger = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class PredictionEvent:
+    """One request's prediction as the serving core decided it."""
+
+    context: RequestContext
+    model: str
+    version: int
+    """The version that answered (or would have: a failure after routing)."""
+    route: str
+    """How the name reached the version: the alias or fixed version the router chose (``champion``, ``3``)."""
+    inputs: Arrays | None
+    """The validated inputs (None when the request failed before they were valid)."""
+    outputs: Arrays | None
+    """What the caller received (None on failure)."""
+    started_at: float
+    """Wall-clock seconds since the epoch when the data plane took the request."""
+    latency_s: float
+    """Seconds from taking the request to its response being decided (decode to encode excluded)."""
+    outcome: str
+    """``ok``, or the failure's error kind (``invalid_input``, ``unavailable``, ``timeout``, ``internal``...)."""
+    rows: int = 0
+    cached: bool = False
+    error: str | None = None
+    trace_id: str | None = None
+
+
+@runtime_checkable
+class PredictionObserver(Protocol):
+    """Sees every prediction, in batches, on the observers' thread (never on the request path)."""
+
+    def observe(self, events: Sequence[PredictionEvent]) -> None:
+        """Record ``events`` (in the order they were decided). May block briefly; must not keep them."""
+
+    def flush(self) -> None:
+        """Write out anything buffered (called at shutdown, after the last ``observe``)."""
+
+
+class Observers:
+    """A bounded queue from the request path to the observers, drained by one thread.
+
+    ``emit`` never blocks: with the queue full the event is dropped and counted in
+    ``dropped``. ``start``/``stop`` follow the server's service lifecycle; ``stop``
+    delivers what is queued, then flushes every observer.
+    """
+
+    def __init__(self, observers: Sequence[PredictionObserver], *, max_queue: int = 10_000,
+                 max_batch: int = 512) -> None:
+        self.observers = list(observers)
+        self.max_batch = max_batch
+        self._queue: queue.Queue[PredictionEvent | None] = queue.Queue(max_queue)
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        """Events not delivered because the queue was full."""
+        self.delivered = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.observers)
+
+    def add(self, observer: PredictionObserver) -> None:
+        """Add an observer before ``start``."""
+        if self._thread is not None:
+            raise RuntimeError("observers cannot be added once started")
+        self.observers.append(observer)
+
+    def emit(self, event: PredictionEvent) -> None:
+        """Queue ``event`` for every observer; drop and count when the queue is full."""
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+
+    async def start(self) -> None:
+        if self.observers and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="shipyard-observers", daemon=True)
+            self._thread.start()
+
+    async def stop(self) -> None:
+        """Deliver what is queued, flush every observer, stop the thread."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(None)  # after every queued event; blocks only while the queue is full
+        import anyio.to_thread
+
+        await anyio.to_thread.run_sync(thread.join)
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait until every event queued so far is delivered (tests and shutdown use it)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch: list[PredictionEvent] = []
+            done = first is None
+            if first is not None:
+                batch.append(first)
+            while not done and len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    done = True
+                else:
+                    batch.append(nxt)
+            if batch:
+                self._deliver(batch)
+            for _ in range(len(batch) + (1 if done else 0)):
+                self._queue.task_done()
+            if done:
+                for observer in self.observers:
+                    try:
+                        observer.flush()
+                    except Exception:
+                        logger.exception("observer %s failed to flush", type(observer).__name__)
+                return
+
+    def _deliver(self, batch: list[PredictionEvent]) -> None:
+        for observer in self.observers:
+            try:
+                observer.observe(batch)
+            except Exception:  # an observer never takes the others (or the server) down
+                logger.exception("observer %s failed on %d events", type(observer).__name__, len(batch))
+        self.delivered += len(batch)
