@@ -18,7 +18,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,9 @@ class Settings:
 
     log_format: str = "text"
     """Log output: 'text' or 'json'."""
+
+    monitoring: MonitoringConfig = field(default_factory=lambda: MonitoringConfig())
+    """Metrics, traces and the prediction log (``monitoring:`` in shipyard.yaml)."""
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -238,3 +241,80 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
     except ValueError:
         variable = f"{ENV_PREFIX}{name.upper()}"
         raise InvalidOption(f"{variable}={raw!r} is not a valid {t}", option=variable, expected=t, got=raw) from None
+
+
+# -- monitoring (issue 13): metrics, traces, the prediction log -------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus series of the server (``/metrics``)."""
+
+    enabled: bool = True
+    """Record request, latency, batch, queue, in-flight and load-time series and serve them at /metrics."""
+
+    max_models: int = 50
+    """Distinct model:version label values kept; later ones are counted under model="other" (bounded cardinality)."""
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces: a span per request, with decode, validate, queue, model and encode children."""
+
+    enabled: bool = False
+    """Make spans and export them (off: no span is made and tracing costs nothing)."""
+
+    endpoint: str = ""
+    """OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces (empty: the OTEL_EXPORTER_OTLP_* variables)."""
+
+    service_name: str = "shipyard"
+    """The service.name resource attribute of every span."""
+
+    sample_ratio: float = 1.0
+    """Share of new traces recorded (a continued traceparent keeps its caller's decision)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise ConfigError(f"monitoring.tracing.sample_ratio must be between 0 and 1, got {self.sample_ratio}")
+
+
+@dataclass(frozen=True)
+class PredictionLogConfig:
+    """Every prediction recorded: ids, time, model, version, route, inputs, outputs, latency, trace id."""
+
+    enabled: bool = False
+    """Record predictions (off: nothing is recorded)."""
+
+    sink: str = ""
+    """Where records go: empty for rotated Parquet files under ``home/predictions``; a stream URL
+    (``kafka://``, ``redis://``, ``nats://``, ``local://``) or a ``postgresql://`` database URL."""
+
+    sample: float = 1.0
+    """Share of predictions recorded, decided per prediction id (so a replay is sampled alike)."""
+
+    redact: tuple[str, ...] = ()
+    """Input or output names whose values are replaced by ``"<redacted>"`` before they are recorded."""
+
+    max_buffer: int = 10_000
+    """Records held while the sink is slow or down; beyond it records are dropped and counted."""
+
+    max_file_bytes: int = 64 * 1024 * 1024
+    """Parquet files are rotated at this size (file sink)."""
+
+    max_total_bytes: int = 1024 * 1024 * 1024
+    """The oldest Parquet files are deleted beyond this total (file sink)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample <= 1.0:
+            raise ConfigError(f"monitoring.prediction_log.sample must be between 0 and 1, got {self.sample}")
+        if self.max_buffer < 1:
+            raise ConfigError(f"monitoring.prediction_log.max_buffer must be at least 1, got {self.max_buffer}")
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """What the server records about its predictions."""
+
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    prediction_log: PredictionLogConfig = field(default_factory=PredictionLogConfig)
