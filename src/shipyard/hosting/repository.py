@@ -3,9 +3,17 @@
 A server is started with references (``fraud@champion``, ``iris:3``, ``demo``);
 each name's *default* target is the reference it was started with. Requests
 may also address another alias or a fixed version of a served name: those are
-loaded on first use and kept. Alias targets are re-read from the registry
-after ``alias_refresh_seconds``, so a ``shipyard alias`` move reaches running
-servers without a restart.
+loaded on first use.
+
+Alias moves (``shipyard alias``, ``rollback``) reach a running server without a
+restart. A server runs ``watch``: every ``alias_refresh_seconds`` it re-reads
+the aliases it follows, and when one moved it loads the new version (in this
+process and, through ``preload``, on every worker process) *before* switching
+the alias to it, so no request waits for a load and none fails. A version that
+no reference reaches any more is released ``release_after_seconds`` later, once
+requests that were already using it have finished. Without ``watch`` (stream
+jobs, or ``alias_refresh_seconds=0``) an alias is re-read on the request path
+when its last reading is older than ``alias_refresh_seconds``.
 
 A server may override a version's ``extra_fields`` policy (``--extra-fields``):
 a model is loaded with its signature carrying the policy it is served with, so
@@ -15,15 +23,16 @@ reads one value from ``model.signature``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 import anyio.to_thread
 
-from shipyard.errors import InvalidInput, ModelNotFound, ModelNotReady, ModelNotServed
+from shipyard.errors import InvalidInput, ModelNotFound, ModelNotServed
 from shipyard.hosting.compiled import CompiledCache, load_for_serving
 from shipyard.registry import LoadedModel, ModelVersion, Registry
 from shipyard.types import ModelRef, is_version_number
@@ -51,6 +60,9 @@ class ModelRepository:
         loader: Callable[[ModelVersion], LoadedModel] | None = None,
         clock: Callable[[], float] = time.monotonic,
         extra_fields: Mapping[str, str] | None = None,
+        preload: Callable[[ModelVersion], Awaitable[None]] | None = None,
+        unload: Callable[[str, int], Awaitable[None]] | None = None,
+        release_after_seconds: float = 30.0,
     ) -> None:
         self.registry = registry
         self.serve_all = not refs
@@ -70,8 +82,23 @@ class ModelRepository:
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._guard = threading.Lock()
         self.ready = False
-        self.on_alias_move: Callable[[str], None] | None = None
-        """Called with the model name when an alias is seen pointing somewhere new."""
+        self.preload = preload
+        """Loads a version wherever model calls run (every worker process) before traffic reaches it."""
+        self.unload = unload
+        """Releases a version wherever model calls run."""
+        self.release_after_seconds = release_after_seconds
+        self._alias_listeners: list[Callable[[str], None]] = []
+        self._release_listeners: list[Callable[[str, int], None]] = []
+        self._watching = False
+        self._releases: set[asyncio.Task[None]] = set()
+
+    def on_alias_move(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(model_name)`` whenever an alias of a served model is switched to another version."""
+        self._alias_listeners.append(listener)
+
+    def on_release(self, listener: Callable[[str, int], None]) -> None:
+        """Call ``listener(name, version)`` when a version is released (its batcher, its caches go)."""
+        self._release_listeners.append(listener)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -86,9 +113,89 @@ class ModelRepository:
         logger.info("serving %s", ", ".join(str(r) for r in self.defaults.values()) or "no models")
 
     def close(self) -> None:
+        for task in self._releases:
+            task.cancel()
         for model in self._loaded.values():
             model.close()
         self._loaded.clear()
+
+    # -- alias moves: preload, then switch; release what nothing reaches --------------------
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Follow alias moves until ``stop`` is set (see the module docstring). Never dies."""
+        if self.alias_refresh_seconds <= 0:
+            return  # every request re-reads its aliases
+        self._watching = True
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), self.alias_refresh_seconds)
+                    return
+                except TimeoutError:
+                    pass
+                try:
+                    await self.refresh()
+                except Exception:
+                    logger.exception("re-reading aliases failed; trying again in %.1fs", self.alias_refresh_seconds)
+        finally:
+            self._watching = False
+
+    async def refresh(self) -> None:
+        """Re-read every alias followed; switch each that moved, once its new version is loaded everywhere."""
+        for ref, hit in list(self._resolved.items()):
+            version = await anyio.to_thread.run_sync(self.registry.resolve, ref)
+            if version == hit.version:
+                self._resolved[ref] = _Resolved(version, self._clock())
+                continue
+            started = time.perf_counter()
+            await self.ensure_loaded(ref.name, version)
+            self._resolved[ref] = _Resolved(version, self._clock())
+            logger.info("%s moved from version %d to %d (preloaded in %.2fs)", ref, hit.version, version,
+                        time.perf_counter() - started)
+            self._moved(ref.name)
+            self._release_later(ref.name, hit.version)
+
+    async def ensure_loaded(self, name: str, version: int) -> LoadedModel:
+        """Load ``name:version`` here and wherever model calls run; returns once every place has it."""
+        model = await anyio.to_thread.run_sync(self.get, ModelRef(name, version=version))
+        if self.preload is not None:
+            await self.preload(model.version)
+        return model
+
+    def reachable(self) -> set[tuple[str, int]]:
+        """Versions a served reference leads to now (fixed versions, and aliases as last resolved)."""
+        out = {(r.name, r.version) for r in self.defaults.values() if r.version is not None}
+        out |= {(ref.name, hit.version) for ref, hit in self._resolved.items()}
+        return out
+
+    def _release_later(self, name: str, version: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(name, version))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, name: str, version: int) -> None:
+        await asyncio.sleep(self.release_after_seconds)  # requests already holding it finish first
+        if (name, version) in self.reachable():
+            return  # moved back meanwhile
+        model = self._loaded.pop((name, version), None)
+        if model is None:
+            return
+        for listener in self._release_listeners:
+            listener(name, version)
+        if self.unload is not None:
+            try:
+                await self.unload(name, version)
+            except Exception:
+                logger.exception("unloading %s:%d from the workers failed", name, version)
+        model.close()
+        logger.info("released %s:%d (no served reference reaches it)", name, version)
+
+    def _moved(self, name: str) -> None:
+        for listener in self._alias_listeners:
+            try:
+                listener(name)
+            except Exception:
+                logger.exception("alias-move listener failed")
 
     # -- resolution ---------------------------------------------------------------
 
@@ -123,14 +230,13 @@ class ModelRepository:
             return ref.version
         now = self._clock()
         hit = self._resolved.get(ref)
-        if hit is not None and now - hit.at < self.alias_refresh_seconds:
+        if hit is not None and (self._watching or now - hit.at < self.alias_refresh_seconds):
             return hit.version
         version = self.registry.resolve(ref)
         self._resolved[ref] = _Resolved(version, now)
         if hit is not None and hit.version != version:
             logger.info("%s moved from version %d to %d", ref, hit.version, version)
-            if self.on_alias_move is not None:
-                self.on_alias_move(ref.name)
+            self._moved(ref.name)
         return version
 
     def cached(self, ref: ModelRef) -> LoadedModel | None:
@@ -138,7 +244,7 @@ class ModelRepository:
         if ref.version is not None:
             return self._loaded.get((ref.name, ref.version))
         hit = self._resolved.get(ref)
-        if hit is None or self._clock() - hit.at >= self.alias_refresh_seconds:
+        if hit is None or (not self._watching and self._clock() - hit.at >= self.alias_refresh_seconds):
             return None
         return self._loaded.get((ref.name, hit.version))
 
@@ -178,12 +284,4 @@ class ModelRepository:
     def is_ready(self, ref: ModelRef) -> bool:
         if not self.ready and ref.name in self.defaults:
             return False
-        try:
-            version = self._version_of(ref)
-        except ModelNotFound:
-            raise
-        return (ref.name, version) in self._loaded
-
-    def require_ready(self) -> None:
-        if not self.ready:
-            raise ModelNotReady("the server is still loading its models")
+        return (ref.name, self._version_of(ref)) in self._loaded

@@ -2,6 +2,9 @@
 
 The server process keeps HTTP, validation, batching and admission; each worker
 process loads every served version once and runs model calls, one at a time.
+``load`` adds a version on every worker (an alias move preloads its new target
+this way before traffic reaches it) and ``unload`` drops one; a replacement
+worker loads the versions loaded at the time it starts.
 A call goes to an idle worker over a pipe (NumPy arrays pickled with protocol 5)
 and its answer comes back on the same pipe, read by the event loop.
 
@@ -118,6 +121,24 @@ class WorkerPool:
             if w.process.is_alive():
                 w.process.kill()
         self._workers.clear()
+
+    async def load(self, mv: ModelVersion) -> None:
+        """Load ``mv`` in every live worker; returns when all have it (replacements load it too)."""
+        key = (mv.name, mv.version)
+        if key not in self._versions:
+            self._versions.append(key)
+        calls = [self._call(w, ("load", mv.name, mv.version)) for w in list(self._workers.values()) if w.alive]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException) and not isinstance(r, WorkerDied)]
+        if failed:
+            raise failed[0]
+
+    async def unload(self, name: str, version: int) -> None:
+        """Drop ``name:version`` from every live worker."""
+        with contextlib.suppress(ValueError):
+            self._versions.remove((name, version))
+        calls = [self._call(w, ("unload", name, version)) for w in list(self._workers.values()) if w.alive]
+        await asyncio.gather(*calls, return_exceptions=True)
 
     def status(self) -> list[dict[str, Any]]:
         return [{"index": w.index, "pid": w.process.pid, "alive": w.alive} for w in self._workers.values()]
@@ -272,8 +293,20 @@ def worker_main(conn: Connection, settings: Settings, versions: list[tuple[str, 
             break
         if message[0] == "stop":
             break
-        _, call_id, name, version, arrays = message
+        if message[0] == "unload":
+            _, call_id, name, version = message
+            dropped = models.pop((name, version), None)
+            if dropped is not None:
+                dropped.close()
+            conn.send(("ok", call_id, None))
+            continue
         try:
+            if message[0] == "load":
+                _, call_id, name, version = message
+                model_for(name, version)
+                conn.send(("ok", call_id, None))
+                continue
+            _, call_id, name, version, arrays = message
             conn.send(("ok", call_id, model_for(name, version).run(arrays)))
         except ShipyardError as exc:
             conn.send(("err", call_id, type(exc).__name__, str(exc)))

@@ -26,8 +26,10 @@ import httpx
 import orjson
 
 from shipyard.config import Settings
+from shipyard.context import RequestContext
 from shipyard.errors import InvalidInput
 from shipyard.registry import LoadedModel, Registry
+from shipyard.runtime.base import Arrays
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.job_store import Job, JobStore
 from shipyard.streams.broker import Message, Record, Sink, Source, StreamUrl, open_sink, open_source
@@ -99,13 +101,19 @@ class AsyncRequests:
             return await repository.get_async(ref)
 
         results = results_topic(self.base)
+        dp = self.dp
+
+        async def run(model: LoadedModel, arrays: Arrays) -> Arrays:
+            # the data plane's path: admission, deadline, statistics and observers, as any request
+            return await dp.predict_batch(model, arrays, RequestContext.new("async"))
+
         consumer = StreamConsumer(
             open_source(requests_topic(self.base, name), group=f"{self.base.topic}-{name}",
                         consumer=self.consumer_name),
             open_sink(results),
             open_sink(results),  # a request that cannot be predicted is a failed job: same topic
             model,
-            self.dp.executor.run,
+            run,
             StreamOptions(batch_size=32, max_wait_ms=0),
             self.metrics,
             self.consumer_name,

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
@@ -30,16 +31,19 @@ import anyio.to_thread
 from shipyard import __version__
 from shipyard.batching.policy import BatchPolicy
 from shipyard.batching.queue import Batcher
-from shipyard.errors import InvalidInput, Overloaded, RequestTimeout
+from shipyard.context import RequestContext
+from shipyard.errors import InvalidInput, ModelNotReady, Overloaded, RequestTimeout
 from shipyard.hosting.executor import Executor, InProcessExecutor
 from shipyard.hosting.repository import ModelRepository
+from shipyard.monitoring.events import Observers, PredictionEvent
 from shipyard.registry import LoadedModel
 from shipyard.registry.loaded import select_outputs
+from shipyard.rollout.router import AliasRouter, Route, Router
 from shipyard.runtime.base import Arrays
 from shipyard.serving.cache import ResponseCache, cache_key
 from shipyard.serving.model_config import model_config
 from shipyard.serving.statistics import InferenceStatistics, ModelStats
-from shipyard.signature import check_declared_datatypes
+from shipyard.signature import Signature, check_declared_datatypes
 from shipyard.types import InferenceRequest, InferenceResponse, ModelRef, Tensor
 
 logger = logging.getLogger(__name__)
@@ -64,12 +68,42 @@ def request_flag(parameters: Mapping[str, Any], name: str) -> bool:
     return value
 
 
+#: Decodes a request body against the signature of the version the request was routed to.
+Decoder = Callable[[Signature], InferenceRequest]
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The outcome an event records for a failure: the error's kind (``internal`` for a non-shipyard error)."""
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, str):
+        return kind
+    if isinstance(exc, InvalidInput):
+        return "invalid_input"
+    if isinstance(exc, Overloaded | ModelNotReady):
+        return "unavailable"
+    if isinstance(exc, RequestTimeout):
+        return "timeout"
+    return "internal"
+
+
+@dataclass
+class _Done:
+    """What a request got as far as (for its event): validated inputs, outputs, rows, whether cached."""
+
+    inputs: Arrays | None = None
+    outputs: Arrays | None = None
+    rows: int = 0
+    cached: bool = False
+
+
 def _rows(arrays: Arrays) -> int:
     first = next(iter(arrays.values()), None)
     return 1 if first is None or not first.ndim else int(first.shape[0])
 
 
 class DataPlane:
+    """Protocol-agnostic serving: metadata, health and the one request path every transport takes."""
+
     def __init__(
         self,
         repository: ModelRepository,
@@ -81,10 +115,14 @@ class DataPlane:
         cached_models: set[str] | None = None,
         max_queue: int = 1024,
         request_timeout: float | None = None,
+        router: Router | None = None,
+        observers: Observers | None = None,
     ) -> None:
         """
         Args:
             repository: the models this server holds.
+            router: which version a request for a name goes to (default: ``AliasRouter``).
+            observers: who sees every prediction once its response is decided (default: nobody).
             executor: where model calls run (default: in this process).
             batching: per-model batch policy; a name mapped to None disables batching for it.
             default_batching: the policy of models not named in ``batching`` (None: no batching).
@@ -102,7 +140,11 @@ class DataPlane:
         self.request_timeout = request_timeout
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._inflight: dict[str, int] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self.statistics = InferenceStatistics()
+        self.router: Router = router or AliasRouter(repository)
+        self.observers = observers or Observers([])
+        repository.on_release(self._released)
 
     # -- health and metadata -----------------------------------------------------
 
@@ -206,26 +248,62 @@ class DataPlane:
 
     # -- inference --------------------------------------------------------------------
 
-    async def infer(self, name: str, version: str | None, request: InferenceRequest) -> InferenceResponse:
-        """Validate, then predict through the cache, the batcher and the executor, within the deadline.
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        request: InferenceRequest | Decoder,
+        ctx: RequestContext | None = None,
+    ) -> InferenceResponse:
+        """The one request path: route, decode, validate, predict (cache, batcher, executor), observe.
 
-        Counted in ``statistics`` under the version the name resolved to: a success
-        with its rows, or (any error once resolved) a failure.
+        Args:
+            name: the served name as the caller wrote it (``demo``, ``demo@challenger``, ``demo:3``).
+            version: the version a URL names, if any.
+            request: the decoded request, or a function that decodes it against the routed
+                version's signature (so the body is read with the signature that will answer it).
+            ctx: who is asking; a Python call without one gets a new context.
+
+        The model is routed and resolved once, before the body is decoded: an unknown model
+        is the answer even when the body is also wrong. Counted in ``statistics`` and seen
+        by every observer under the version it was routed to, success or failure.
         """
-        model = await self.resolve(name, version)
+        if ctx is None:
+            ctx = RequestContext.new("python", request.id if isinstance(request, InferenceRequest) else None)
+        route = self.router.route(name, version, ctx)
+        model = await self.repository.get_async(route.ref)
         stats = self.statistics.of(model.name, model.version.version)
+        wall = time.time()
         started = time.perf_counter_ns()
+        done = _Done()
         try:
-            response, rows = await self._infer(name, model, request, stats)
-        except Exception:
-            stats.failed(time.perf_counter_ns() - started)
+            decoded = request if isinstance(request, InferenceRequest) else request(model.signature)
+            if decoded.id is None:
+                decoded.id = ctx.request_id
+            response = await self._infer(model, decoded, stats, done)
+        except Exception as exc:
+            took = time.perf_counter_ns() - started
+            stats.failed(took)
+            if self.observers:
+                self._emit(ctx, model, route, done, wall, took, outcome_of(exc), str(exc))
             raise
-        stats.succeeded(rows, time.perf_counter_ns() - started)
+        took = time.perf_counter_ns() - started
+        stats.succeeded(done.rows, took)
+        if self.observers:
+            self._emit(ctx, model, route, done, wall, took, "ok", None)
         return response
 
+    def _emit(self, ctx: RequestContext, model: LoadedModel, route: Route, done: _Done, wall: float,
+              took_ns: int, outcome: str, error: str | None) -> None:
+        self.observers.emit(PredictionEvent(
+            context=ctx, model=model.name, version=model.version.version, route=route.label,
+            inputs=done.inputs, outputs=done.outputs, started_at=wall, latency_s=took_ns / 1e9,
+            outcome=outcome, rows=done.rows, cached=done.cached, error=error,
+        ))
+
     async def _infer(
-        self, name: str, model: LoadedModel, request: InferenceRequest, stats: ModelStats
-    ) -> tuple[InferenceResponse, int]:
+        self, model: LoadedModel, request: InferenceRequest, stats: ModelStats, done: _Done
+    ) -> InferenceResponse:
         if request.outputs:
             model.check_outputs(request.outputs)
         if request.declared_datatypes and not request_flag(request.parameters, CONVERT_DATATYPES):
@@ -236,7 +314,7 @@ class DataPlane:
                 "to have values converted when they fit",
             )
         arrays = model.signature.validate({t.name: t.data for t in request.inputs})
-        rows = _rows(arrays)
+        done.inputs, done.rows = arrays, _rows(arrays)
         key = None
         if self.cache is not None and model.name in self.cached_models:
             looked_up = time.perf_counter_ns()
@@ -244,19 +322,49 @@ class DataPlane:
             hit = self.cache.get(key)
             stats.cache(hit is not None, time.perf_counter_ns() - looked_up)
             if hit is not None:
-                return self._response(name, model, hit, request), rows
-        if self.request_timeout is None:
-            outputs = await self._predict(model, arrays, stats, rows)
-        else:
-            try:
-                async with asyncio.timeout(self.request_timeout):  # in place; wait_for would add a task
-                    outputs = await self._predict(model, arrays, stats, rows)
-            except TimeoutError:
-                raise RequestTimeout(self.request_timeout) from None
+                done.outputs, done.cached = hit, True
+                return self._response(model, hit, request)
+        outputs = await self._within_deadline(model, arrays, stats, done.rows)
         outputs = select_outputs(outputs, request.outputs)
         if key is not None and self.cache is not None:
             self.cache.put(key, outputs)
-        return self._response(name, model, outputs, request), rows
+        done.outputs = outputs
+        return self._response(model, outputs, request)
+
+    async def _within_deadline(self, model: LoadedModel, arrays: Arrays, stats: ModelStats, rows: int) -> Arrays:
+        if self.request_timeout is None:
+            return await self._predict(model, arrays, stats, rows)
+        try:
+            async with asyncio.timeout(self.request_timeout):  # in place; wait_for would add a task
+                return await self._predict(model, arrays, stats, rows)
+        except TimeoutError:
+            raise RequestTimeout(self.request_timeout) from None
+
+    async def predict_batch(self, model: LoadedModel, arrays: Arrays, ctx: RequestContext) -> Arrays:
+        """A batch of validated rows from a stream (asynchronous requests): admission, deadline, observers.
+
+        The stream consumer has decoded, validated and merged its messages already; this is
+        the same model call, statistics and event as ``infer``, without a protocol request.
+        """
+        stats = self.statistics.of(model.name, model.version.version)
+        route = Route(ModelRef(model.name, version=model.version.version), str(model.version.version))
+        done = _Done(inputs=arrays, rows=_rows(arrays))
+        wall = time.time()
+        started = time.perf_counter_ns()
+        try:
+            outputs = await self._within_deadline(model, arrays, stats, done.rows)
+        except Exception as exc:
+            took = time.perf_counter_ns() - started
+            stats.failed(took)
+            if self.observers:
+                self._emit(ctx, model, route, done, wall, took, outcome_of(exc), str(exc))
+            raise
+        took = time.perf_counter_ns() - started
+        stats.succeeded(done.rows, took)
+        done.outputs = outputs
+        if self.observers:
+            self._emit(ctx, model, route, done, wall, took, "ok", None)
+        return outputs
 
     async def _predict(self, model: LoadedModel, arrays: Arrays, stats: ModelStats, rows: int) -> Arrays:
         """One model call, batched when the model has a batch policy; admission is bounded."""
@@ -296,13 +404,23 @@ class DataPlane:
             self._batchers[key] = batcher
         return batcher
 
+    def _released(self, name: str, version: int) -> None:
+        """A version no reference reaches any more: its batcher goes (requests already in it finish)."""
+        batcher = self._batchers.pop((name, version), None)
+        if batcher is not None:
+            task = asyncio.get_running_loop().create_task(batcher.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
         for b in self._batchers.values():
             await b.close()
+        for task in list(self._closing):
+            await task
         await self.executor.close()
 
     @staticmethod
-    def _response(name: str, model: LoadedModel, outputs: Arrays, request: InferenceRequest) -> InferenceResponse:
+    def _response(model: LoadedModel, outputs: Arrays, request: InferenceRequest) -> InferenceResponse:
         return InferenceResponse(
             model_name=model.name,
             model_version=str(model.version.version),

@@ -1,12 +1,16 @@
-"""Composition root of the online server: wires registry, repository, data plane and REST.
+"""Composition root of the online server: wires registry, repository, data plane, transports, services.
 
-Nothing else builds these objects. ``build_app`` gives the ASGI app (tests drive
-it in-process); ``serve`` runs it under uvicorn until SIGINT/SIGTERM, letting
-in-flight requests finish before exit.
+Nothing else builds these objects. ``build_server`` gives the ASGI app (tests
+drive it in-process) and the ordered ``Services`` its lifespan starts and stops;
+``serve`` runs it under uvicorn until SIGINT/SIGTERM: uvicorn stops accepting,
+finishes in-flight HTTP requests, then the services stop in reverse order (gRPC
+drains, asynchronous consumers finish what they read, batchers empty, workers
+stop, observers flush, models unload).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -23,6 +27,7 @@ from shipyard.config import Settings
 from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
+from shipyard.monitoring.events import Observers, PredictionObserver
 from shipyard.registry import Registry
 from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import CachePolicy, ResponseCache
@@ -30,6 +35,7 @@ from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.routes import Endpoint
+from shipyard.serving.services import Hooks, Service, Services
 
 if TYPE_CHECKING:
     from shipyard.serving.grpc.server import GrpcServer
@@ -46,21 +52,19 @@ class Server:
     repository: ModelRepository
     dataplane: DataPlane
     app: ASGIApp
+    services: Services
+    """Every part beside the request handlers, in start order (stopped in reverse)."""
     endpoints: list[Endpoint] = field(default_factory=list)
     """The HTTP route table (what the app routes and /openapi.json documents)."""
 
 
 class _Lifespan:
-    """Loads models at startup (readiness stays false until done) and releases them at exit."""
+    """The ASGI lifespan: starts the services (readiness stays false until the models are loaded), stops them."""
 
-    def __init__(self, app: ASGIApp, repository: ModelRepository, on_ready: Callable[[], Any] | None) -> None:
+    def __init__(self, app: ASGIApp, services: Services, on_ready: Callable[[], Any] | None) -> None:
         self.app = app
-        self.repository = repository
+        self.services = services
         self.on_ready = on_ready
-        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
-        """Coroutines run at shutdown, after in-flight requests finished, before models unload."""
-        self.on_startup: list[Callable[[], Awaitable[None]]] = []
-        """Coroutines run once the models are loaded, before the server reports started (gRPC)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -70,32 +74,16 @@ class _Lifespan:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.repository.start()
-                except Exception as exc:
-                    logger.error("could not load models: %s", exc)
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                try:
-                    for start in self.on_startup:
-                        await start()
+                    await self.services.start()  # stops what did start when one fails
                 except Exception as exc:
                     logger.error("could not start: %s", exc)
-                    for stop in self.on_shutdown:  # undo what did start (worker processes), best effort
-                        with contextlib.suppress(Exception):
-                            await stop()
-                    self.repository.close()
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 if self.on_ready is not None:
                     self.on_ready()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                for stop in self.on_shutdown:
-                    try:
-                        await stop()
-                    except Exception:
-                        logger.exception("error while shutting down")
-                self.repository.close()
+                await self.services.stop()  # after uvicorn finished the in-flight HTTP requests
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -118,12 +106,15 @@ def build_server(
     registry: Registry | None = None,
     on_ready: Callable[[], Any] | None = None,
     grpc_port: int | None = None,
+    observers: list[PredictionObserver] | None = None,
 ) -> Server:
     """Wire a server for ``models`` (references); no models means every registered model.
 
-    ``grpc_port`` adds the gRPC listener (extra ``grpc``) on the same data plane.
+    ``grpc_port`` adds the gRPC listener (extra ``grpc``) on the same data plane;
+    ``observers`` see every prediction (besides those the settings turn on).
     """
     reg = registry or Registry.from_settings(settings)
+    pool = WorkerPool(settings, settings.worker_count) if settings.worker_count > 1 else None
     repo = ModelRepository(
         reg,
         models,
@@ -131,10 +122,13 @@ def build_server(
         runtime_mode=settings.runtime,
         compiled=CompiledCache(settings.cache_dir / "compiled") if settings.runtime != "native" else None,
         extra_fields=settings.extra_fields_overrides,
+        # the server process keeps signatures; workers hold the models
+        loader=remote_model if pool is not None else None,
+        preload=pool.load if pool is not None else None,
+        unload=pool.unload if pool is not None else None,
+        release_after_seconds=settings.request_timeout_seconds or 30.0,
     )
-    pool = WorkerPool(settings, settings.worker_count) if settings.worker_count > 1 else None
-    if pool is not None:
-        repo.loader = remote_model  # the server process keeps signatures; workers hold the models
+    watched = Observers(list(observers or ()))
     dp = DataPlane(
         repo,
         executor=pool,
@@ -145,16 +139,16 @@ def build_server(
         cached_models=set(repo.defaults) if settings.cache_size else None,
         max_queue=settings.max_queue,
         request_timeout=settings.request_timeout_seconds or None,
+        observers=watched,
     )
     if dp.cache is not None:
-        repo.on_alias_move = dp.cache.invalidate
+        repo.on_alias_move(dp.cache.invalidate)
     async_requests = AsyncRequests(dp, reg, settings) if settings.async_broker else None
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests)
-    lifespan = _Lifespan(rest_app.build(), repo, on_ready)
-    lifespan.on_shutdown.append(dp.close)
-    if async_requests is not None:
-        lifespan.on_startup.append(async_requests.start)
-        lifespan.on_shutdown.insert(0, async_requests.stop)  # finish read requests while models are loaded
+
+    # The order things start in; they stop in reverse. Models load first (readiness waits for them),
+    # then the processes that run them; the gRPC listener opens last and drains first.
+    services: list[Service] = [Hooks("models", repo.start, _async(repo.close))]
     if pool is not None:
 
         async def start_workers() -> None:
@@ -162,12 +156,46 @@ def build_server(
             pool.preload(preload_modules({mv.flavor for mv in versions}, settings.runtime))
             await pool.start(versions)
 
-        lifespan.on_startup.insert(0, start_workers)
+        services.append(Hooks("workers", start_workers))
+    services += [
+        Hooks("observers", watched.start, watched.stop),  # stops after the data plane: sees every last event
+        Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor (the worker processes)
+        _AliasWatcher(repo),
+    ]
+    if async_requests is not None:
+        services.append(Hooks("asynchronous requests", async_requests.start, async_requests.stop))
     if grpc_port is not None:
         grpc_server = _grpc_server(dp, settings, grpc_port)
-        lifespan.on_startup.append(grpc_server.start)
-        lifespan.on_shutdown.insert(0, grpc_server.stop)  # drain gRPC calls before the data plane closes
-    return Server(settings, reg, repo, dp, lifespan, rest_app.endpoints)
+        services.append(Hooks("gRPC", grpc_server.start, grpc_server.stop))
+    group = Services(services)
+    return Server(settings, reg, repo, dp, _Lifespan(rest_app.build(), group, on_ready), group,
+                  rest_app.endpoints)
+
+
+def _async(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        close()
+
+    return call
+
+
+class _AliasWatcher:
+    """Follows alias moves: preloads the new version everywhere, then switches (``ModelRepository.watch``)."""
+
+    name = "alias watcher"
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.repository.watch(self._stop), name=self.name)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
 
 
 def _grpc_server(dp: DataPlane, settings: Settings, port: int) -> GrpcServer:
@@ -180,16 +208,9 @@ def _grpc_server(dp: DataPlane, settings: Settings, port: int) -> GrpcServer:
 
 @contextlib.asynccontextmanager
 async def started(server: Server) -> AsyncIterator[Server]:
-    """Run the lifespan startup/shutdown around a block (for in-process use and tests)."""
-    await server.repository.start()
-    for start in getattr(server.app, "on_startup", ()):
-        await start()
-    try:
+    """Run the server's services around a block (for in-process use and tests)."""
+    async with server.services.running():
         yield server
-    finally:
-        for stop in getattr(server.app, "on_shutdown", [server.dataplane.close]):
-            await stop()
-        server.repository.close()
 
 
 def serve(

@@ -15,13 +15,14 @@ import orjson
 import strawberry
 from strawberry.scalars import JSON
 
-from shipyard.context import request_id_var
+from shipyard.context import RequestContext, request_id_var
 from shipyard.errors import InvalidInput
 from shipyard.protocol import simple
 from shipyard.registry import ModelVersion
 from shipyard.serving.catalog import ModelCatalog
 from shipyard.serving.dataplane import DataPlane
 from shipyard.signature import Signature, TensorSpec
+from shipyard.types import InferenceRequest
 
 
 @dataclass
@@ -151,15 +152,23 @@ async def _predict(info: Info, model: str, records: JSON, version: str | None = 
             field="records",
             got=type(records).__name__,
         )
-    loaded = await dp.resolve(model, version)
-    try:
-        request, passthrough = simple.decode_predict(orjson.dumps({"instances": records}), loaded.signature)
-    except InvalidInput as exc:
-        if exc.field == "instances":  # the argument is called records here
-            exc.field = "records"
-        raise
-    request.id = request_id_var.get()
-    response = await dp.infer(model, version, request)
+    body = orjson.dumps({"instances": records})
+    found: list[Any] = []
+    ctx = RequestContext.new("graphql", request_id_var.get())
+
+    def decode(signature: Signature) -> InferenceRequest:
+        try:
+            request, passthrough = simple.decode_predict(body, signature)
+        except InvalidInput as exc:
+            if exc.field == "instances":  # the argument is called records here
+                exc.field = "records"
+            raise
+        found.append(passthrough)
+        request.id = ctx.request_id
+        return request
+
+    response = await dp.infer(model, version, decode, ctx)
+    passthrough = found[0]
     doc = simple.encode_response(response)
     return PredictionType(
         model_name=response.model_name,

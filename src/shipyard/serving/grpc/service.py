@@ -1,7 +1,7 @@
 """``inference.GRPCInferenceService``: decode, call the data plane, encode. Nothing else.
 
 Each call runs the same data-plane methods as the REST handlers, in the same
-order (the model is resolved before the tensors are decoded, so an unknown
+order (the model is routed before the tensors are decoded, so an unknown
 model is the answer even when the tensors are also wrong), under the same
 request id: the ``x-request-id`` metadata if the caller sent one, else a new
 one. Errors become gRPC status codes through ``serving/grpc/errors.py``.
@@ -25,13 +25,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from shipyard.context import new_request_id, request_id_var
+from shipyard.context import RequestContext, new_request_id, request_id_var
 from shipyard.errors import ShipyardError
 from shipyard.protocol.grpc import codec
 from shipyard.protocol.grpc import inference_pb2 as pb
 from shipyard.protocol.grpc.metadata import REQUEST_ID_KEY
 from shipyard.serving.dataplane import DataPlane, request_flag
 from shipyard.serving.grpc.errors import error_metadata, status_for
+from shipyard.signature import Signature
+from shipyard.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +46,15 @@ STREAM_WINDOW = 64
 TYPED_OUTPUT_CONTENTS = "typed_output_contents"
 
 
-def _request_id(context: Any) -> str:
+def _metadata(context: Any, name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and value:
+        if key == name and value:
             return str(value)[:128]
-    return new_request_id()
+    return None
+
+
+def _request_id(context: Any) -> str:
+    return _metadata(context, REQUEST_ID_KEY) or new_request_id()
 
 
 class InferenceServicer:
@@ -146,18 +152,21 @@ class InferenceServicer:
 
     # -- inference -------------------------------------------------------------------------
 
-    async def _infer(self, msg: pb.ModelInferRequest, rid: str) -> pb.ModelInferResponse:
-        version = msg.model_version or None
-        await self.dp.resolve(msg.model_name, version)
-        request = codec.decode_request(msg)
-        typed = request_flag(request.parameters, TYPED_OUTPUT_CONTENTS)
-        if request.id is None:
-            request.id = rid
-        response = await self.dp.infer(msg.model_name, version, request)
-        return codec.encode_response(response, raw=not typed)
+    async def _infer(self, msg: pb.ModelInferRequest, rid: str, traceparent: str | None) -> pb.ModelInferResponse:
+        typed: list[bool] = []
+
+        def decode(signature: Signature) -> InferenceRequest:
+            request = codec.decode_request(msg)
+            typed.append(request_flag(request.parameters, TYPED_OUTPUT_CONTENTS))
+            return request
+
+        ctx = RequestContext.new("grpc", rid, traceparent=traceparent)
+        response = await self.dp.infer(msg.model_name, msg.model_version or None, decode, ctx)
+        return codec.encode_response(response, raw=not typed[0])
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
-        return await self._guarded(context, "ModelInfer", lambda rid: self._infer(request, rid))
+        traceparent = _metadata(context, "traceparent")
+        return await self._guarded(context, "ModelInfer", lambda rid: self._infer(request, rid, traceparent))
 
     async def ModelStreamInfer(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -197,7 +206,7 @@ class InferenceServicer:
         rid = msg.id or new_request_id()
         request_id_var.set(rid)  # this task's own context copy
         try:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(msg, rid))
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(msg, rid, None))
         except ShipyardError as exc:
             if status_for(exc) == grpc.StatusCode.INTERNAL:
                 logger.error("gRPC ModelStreamInfer request failed: %s", exc)

@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard import __version__
-from shipyard.context import new_request_id, request_id_var
+from shipyard.context import RequestContext, new_request_id, request_id_var
 from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.protocol import mlflow_scoring, oip, simple
 from shipyard.protocol.json_body import parse_json
@@ -29,6 +29,8 @@ from shipyard.serving.rest.errors import error_body, retry_headers, status_for
 from shipyard.serving.rest.extensions import extension_endpoints
 from shipyard.serving.rest.openapi import docs_html, openapi_spec
 from shipyard.serving.rest.routes import Endpoint, Handler, rest_endpoints, starlette_routes
+from shipyard.signature import Signature
+from shipyard.types import InferenceRequest
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,12 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+def _context(request: Request) -> RequestContext:
+    """The request context of an HTTP request (its id was set by ``RequestIdMiddleware``)."""
+    return RequestContext.new("rest", request.scope.get("state", {}).get("request_id") or request_id_var.get(),
+                              traceparent=request.headers.get("traceparent"))
 
 
 def _guard(handler: Handler) -> Handler:
@@ -144,13 +152,14 @@ class RestApp:
         body = await self._body(request)
         header_len = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
         self._check_json_type(request, header_len is not None)
-        # an unknown model is the answer even when the body is also wrong (as on /v1)
-        await self.dp.resolve(p["name"], p.get("version"))
-        req = oip.decode_request(body, header_len)
-        if req.id is None:
-            req.id = request_id_var.get()
-        resp = await self.dp.infer(p["name"], p.get("version"), req)
-        content, json_len = oip.encode_response(resp, req)
+        decoded: list[InferenceRequest] = []
+
+        def decode(signature: Signature) -> InferenceRequest:
+            decoded.append(oip.decode_request(body, header_len))
+            return decoded[0]
+
+        resp = await self.dp.infer(p["name"], p.get("version"), decode, _context(request))
+        content, json_len = oip.encode_response(resp, decoded[0])
         if json_len is None:
             return Response(content, 200, media_type=JSON)
         return Response(
@@ -161,15 +170,17 @@ class RestApp:
         )
 
     async def predict(self, request: Request) -> Response:
-        name = request.path_params["name"]
         body = await self._body(request)
         self._check_json_type(request, False)
-        model = await self.dp.resolve(name)
-        req, passthrough = simple.decode_predict(body, model.signature)
-        if req.id is None:
-            req.id = request_id_var.get()
-        resp = await self.dp.infer(name, None, req)
-        return json_response(simple.encode_response(resp, passthrough))
+        passthrough: list[Any] = []
+
+        def decode(signature: Signature) -> InferenceRequest:
+            req, extra = simple.decode_predict(body, signature)
+            passthrough.append(extra)
+            return req
+
+        resp = await self.dp.infer(request.path_params["name"], None, decode, _context(request))
+        return json_response(simple.encode_response(resp, passthrough[0]))
 
     # -- MLflow scoring protocol (clients of `mlflow models serve`) ---------------------------
 
@@ -181,10 +192,15 @@ class RestApp:
 
     async def _invocations(self, request: Request, name: str) -> Response:
         body = await self._body(request)
-        model = await self.dp.resolve(name)
-        req = mlflow_scoring.decode_request(body, request.headers.get("content-type", ""), model.signature)
-        req.id = request_id_var.get()
-        return json_response(mlflow_scoring.encode_response(await self.dp.infer(name, None, req)))
+        content_type = request.headers.get("content-type", "")
+        ctx = _context(request)
+
+        def decode(signature: Signature) -> InferenceRequest:
+            req = mlflow_scoring.decode_request(body, content_type, signature)
+            req.id = ctx.request_id
+            return req
+
+        return json_response(mlflow_scoring.encode_response(await self.dp.infer(name, None, decode, ctx)))
 
     def _only_model(self) -> str:
         """The model /invocations means: the only one served (it names none, as MLflow serves one)."""
