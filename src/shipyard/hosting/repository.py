@@ -7,7 +7,8 @@ loaded on first use and kept. Alias targets are re-read from the registry
 after ``alias_refresh_seconds``, so a ``shipyard alias`` move reaches running
 servers without a restart.
 
-A server may override a version's ``extra_fields`` policy (``--extra-fields``):
+A server may override a version's ``extra_fields`` policy (``--extra-fields``) and, per
+model name, the runtime mode (``models:`` in shipyard.yaml):
 a model is loaded with its signature carrying the policy it is served with, so
 every record surface (REST ``/v1``, GraphQL, streams, asynchronous requests)
 reads one value from ``model.signature``.
@@ -51,6 +52,7 @@ class ModelRepository:
         loader: Callable[[ModelVersion], LoadedModel] | None = None,
         clock: Callable[[], float] = time.monotonic,
         extra_fields: Mapping[str, str] | None = None,
+        runtimes: Mapping[str, str] | None = None,
     ) -> None:
         self.registry = registry
         self.serve_all = not refs
@@ -65,6 +67,8 @@ class ModelRepository:
         self._clock = clock
         self.extra_fields = dict(extra_fields or {})
         """Model name (``"*"``: every model) -> the policy it is served with instead of the version's own."""
+        self.runtimes = dict(runtimes or {})
+        """Model name -> the runtime mode it is served with instead of ``runtime_mode``."""
         self._resolved: dict[ModelRef, _Resolved] = {}
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
         self._locks: dict[tuple[str, int], threading.Lock] = {}
@@ -167,7 +171,7 @@ class ModelRepository:
             mv = replace(mv, signature=mv.signature.with_extra_fields(policy))
         if self.loader is not None:
             return self.loader(mv)
-        return load_for_serving(self.registry, mv, self.runtime_mode, self.compiled)
+        return load_for_serving(self.registry, mv, self.runtimes.get(mv.name, self.runtime_mode), self.compiled)
 
     async def get_async(self, ref: ModelRef) -> LoadedModel:
         model = self.cached(ref)
