@@ -506,8 +506,10 @@ class Settings:
         for variable, keys, value in _variables(env):
             _put(data, keys, value, variable)
             origins[keys] = variable
-        for name, value in given.items():
-            data[name] = msgspec.to_builtins(value, enc_hook=str)
+        plain = {name: msgspec.to_builtins(value, enc_hook=str) for name, value in given.items()}
+        _check_keys(plain, Settings, (), owner="Settings")
+        for name, value in plain.items():
+            data[name] = value
             origins[(name,)] = ""
         _normalise_models(data)
         return _convert(data, origins)
@@ -677,7 +679,7 @@ def _put(data: dict[str, Any], keys: tuple[str | int, ...], value: Any, variable
 def _normalise_models(data: dict[str, Any]) -> None:
     """``models: [fraud@champion]`` is short for ``models: [{ref: fraud@champion}]``."""
     models = data.get("models")
-    if isinstance(models, list):
+    if isinstance(models, (list, tuple)):
         data["models"] = [{"ref": m} if isinstance(m, str) else m for m in models]
 
 
