@@ -64,6 +64,6 @@ def test_an_unknown_setting_name_from_python_is_refused_with_the_nearest() -> No
 
 
 def test_a_variable_that_is_not_of_its_type_names_it_and_the_value() -> None:
-    with pytest.raises(InvalidOption, match=re.escape("SHIPYARD_PORT='eighty' is not a valid int")) as info:
+    with pytest.raises(InvalidOption, match=re.escape("SHIPYARD_PORT: expected an integer, got 'eighty'")) as info:
         Settings.from_env({"SHIPYARD_PORT": "eighty"})
     assert info.value.option == "SHIPYARD_PORT"

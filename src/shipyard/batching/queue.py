@@ -20,6 +20,7 @@ from typing import Any
 
 from shipyard.batching.merge import Arrays, merge, rows, shape_key, split
 from shipyard.batching.policy import BatchPolicy, next_limit, should_wait, take
+from shipyard.config import Settings
 from shipyard.errors import Overloaded
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Batcher:
         *,
         name: str = "model",
         concurrency: int = 1,
-        max_queue: int = 1024,
+        max_queue: int = Settings.max_queue,  # one default, in Settings
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[int, int, float, float], None] | None = None,
     ) -> None:

@@ -15,7 +15,8 @@ requests that were already using it have finished. Without ``watch`` (stream
 jobs, or ``alias_refresh_seconds=0``) an alias is re-read on the request path
 when its last reading is older than ``alias_refresh_seconds``.
 
-A server may override a version's ``extra_fields`` policy (``--extra-fields``):
+A server may override a version's ``extra_fields`` policy (``--extra-fields``) and, per
+model name, the runtime mode (``models:`` in shipyard.yaml):
 a model is loaded with its signature carrying the policy it is served with, so
 every record surface (REST ``/v1``, GraphQL, streams, asynchronous requests)
 reads one value from ``model.signature``.
@@ -63,6 +64,7 @@ class ModelRepository:
         preload: Callable[[ModelVersion], Awaitable[None]] | None = None,
         unload: Callable[[str, int], Awaitable[None]] | None = None,
         release_after_seconds: float = 30.0,
+        runtimes: Mapping[str, str] | None = None,
     ) -> None:
         self.registry = registry
         self.serve_all = not refs
@@ -77,6 +79,8 @@ class ModelRepository:
         self._clock = clock
         self.extra_fields = dict(extra_fields or {})
         """Model name (``"*"``: every model) -> the policy it is served with instead of the version's own."""
+        self.runtimes = dict(runtimes or {})
+        """Model name -> the runtime mode it is served with instead of ``runtime_mode``."""
         self._resolved: dict[ModelRef, _Resolved] = {}
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
         self._locks: dict[tuple[str, int], threading.Lock] = {}
@@ -273,7 +277,7 @@ class ModelRepository:
             mv = replace(mv, signature=mv.signature.with_extra_fields(policy))
         if self.loader is not None:
             return self.loader(mv)
-        return load_for_serving(self.registry, mv, self.runtime_mode, self.compiled)
+        return load_for_serving(self.registry, mv, self.runtimes.get(mv.name, self.runtime_mode), self.compiled)
 
     async def get_async(self, ref: ModelRef) -> LoadedModel:
         model = self.cached(ref)

@@ -269,13 +269,14 @@ def worker_main(conn: Connection, settings: Settings, versions: list[tuple[str, 
     from shipyard.registry import Registry
 
     registry = Registry.from_settings(settings)
-    compiled = CompiledCache(settings.cache_dir / "compiled") if settings.runtime != "native" else None
+    compiled = CompiledCache(settings.cache_dir / "compiled") if settings.runtimes_used != {"native"} else None
     models: dict[tuple[str, int], LoadedModel] = {}
 
     def model_for(name: str, version: int) -> LoadedModel:
         m = models.get((name, version))
         if m is None:
-            m = load_for_serving(registry, registry.store.get_version(name, version), settings.runtime, compiled)
+            m = load_for_serving(registry, registry.store.get_version(name, version), settings.runtime_for(name),
+                                 compiled)
             models[(name, version)] = m
         return m
 

@@ -31,6 +31,7 @@ import anyio.to_thread
 from shipyard import __version__
 from shipyard.batching.policy import BatchPolicy
 from shipyard.batching.queue import Batcher
+from shipyard.config import Settings
 from shipyard.context import RequestContext
 from shipyard.errors import InvalidInput, ModelNotReady, Overloaded, RequestTimeout
 from shipyard.hosting.executor import Executor, InProcessExecutor
@@ -113,7 +114,7 @@ class DataPlane:
         default_batching: BatchPolicy | None = None,
         cache: ResponseCache | None = None,
         cached_models: set[str] | None = None,
-        max_queue: int = 1024,
+        max_queue: int = Settings.max_queue,  # one default, in Settings
         request_timeout: float | None = None,
         router: Router | None = None,
         observers: Observers | None = None,

@@ -29,8 +29,9 @@ from shipyard.hosting.repository import ModelRepository
 from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
 from shipyard.monitoring.events import Observers, PredictionObserver
 from shipyard.registry import Registry
+from shipyard.serving import deployment
 from shipyard.serving.async_requests import AsyncRequests
-from shipyard.serving.cache import CachePolicy, ResponseCache
+from shipyard.serving.cache import ResponseCache
 from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.rest.app import RestApp
@@ -89,14 +90,8 @@ class _Lifespan:
 
 
 def batch_policy(settings: Settings) -> BatchPolicy | None:
-    """The batch policy the settings ask for, or None when batching is off."""
-    if not settings.batching:
-        return None
-    return BatchPolicy(
-        max_batch_size=settings.batch_max_size,
-        max_wait_ms=settings.batch_max_wait_ms,
-        latency_target_ms=settings.batch_latency_target_ms or None,
-    )
+    """The server-wide batch policy the settings ask for, or None when batching is off."""
+    return deployment.batch_policy(settings)
 
 
 def build_server(
@@ -115,28 +110,29 @@ def build_server(
     """
     reg = registry or Registry.from_settings(settings)
     pool = WorkerPool(settings, settings.worker_count) if settings.worker_count > 1 else None
+    policies = deployment.deployment_policies(settings, models or ())
     repo = ModelRepository(
         reg,
         models,
         alias_refresh_seconds=settings.alias_refresh_seconds,
         runtime_mode=settings.runtime,
-        compiled=CompiledCache(settings.cache_dir / "compiled") if settings.runtime != "native" else None,
+        compiled=CompiledCache(settings.cache_dir / "compiled") if settings.runtimes_used != {"native"} else None,
         extra_fields=settings.extra_fields_overrides,
         # the server process keeps signatures; workers hold the models
         loader=remote_model if pool is not None else None,
         preload=pool.load if pool is not None else None,
         unload=pool.unload if pool is not None else None,
         release_after_seconds=settings.request_timeout_seconds or 30.0,
+        runtimes=policies.runtimes,
     )
     watched = Observers(list(observers or ()))
     dp = DataPlane(
         repo,
         executor=pool,
-        default_batching=batch_policy(settings),
-        cache=ResponseCache(CachePolicy(settings.cache_size, settings.cache_ttl_seconds))
-        if settings.cache_size
-        else None,
-        cached_models=set(repo.defaults) if settings.cache_size else None,
+        batching=policies.batching,
+        default_batching=policies.default_batching,
+        cache=ResponseCache(policies.cache) if policies.cache is not None else None,
+        cached_models=policies.cached_models,
         max_queue=settings.max_queue,
         request_timeout=settings.request_timeout_seconds or None,
         observers=watched,
@@ -203,7 +199,8 @@ def _grpc_server(dp: DataPlane, settings: Settings, port: int) -> GrpcServer:
     require("grpc", "grpc", "grpcio")
     from shipyard.serving.grpc.server import GrpcServer
 
-    return GrpcServer(dp, host=settings.host, port=port, max_message_bytes=settings.max_body_bytes)
+    return GrpcServer(dp, host=settings.host, port=port, max_message_bytes=settings.max_body_bytes,
+                      grace_seconds=settings.graceful_shutdown_seconds)
 
 
 @contextlib.asynccontextmanager
@@ -230,7 +227,7 @@ def serve(
         lifespan="on",
         access_log=access_log,
         log_config=None,  # the CLI configures logging once, for the whole process
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=round(settings.graceful_shutdown_seconds),
         timeout_keep_alive=int(settings.keep_alive_seconds),
         server_header=False,
         http=http_protocol(settings.header_timeout_seconds, settings.max_connections),
