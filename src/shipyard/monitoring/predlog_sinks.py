@@ -30,6 +30,22 @@ from shipyard.config import Settings
 from shipyard.errors import ConfigError, MissingDependency
 from shipyard.streams.broker import SCHEMES, Record, Sink, StreamUrl, open_sink
 
+__all__ = [
+    "TABLE",
+    "FileSink",
+    "PredictionRecord",
+    "PredictionSink",
+    "SqlSink",
+    "StreamSink",
+    "default_folder",
+    "iso_time",
+    "log_files",
+    "open_prediction_sink",
+    "read_files",
+    "read_sql",
+    "sink_kind",
+]
+
 logger = logging.getLogger(__name__)
 
 PredictionRecord = dict[str, Any]
@@ -249,7 +265,7 @@ class StreamSink:
     def __init__(self, url: StreamUrl) -> None:
         self.url = url
         self._sink: Sink | None = None
-        open_sink(url)  # refuse a bad URL or a missing client library now, not at the first write
+        open_sink(url)  # refuse a bad URL now, not at the first write (adapters connect only in start)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
