@@ -232,7 +232,7 @@ def read_files(folder: Path, model: str, *, since: float | None = None, version:
         if len(found) >= limit:
             break
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
         except sqlite3.Error:
             continue  # deleted by retention meanwhile
         try:
