@@ -215,8 +215,9 @@ class PredictionLogConfig:
     """Record predictions (off: nothing is recorded)."""
 
     sink: str = ""
-    """Where records go: empty for rotated Parquet files under ``home/predictions``; a stream URL
-    (``kafka://``, ``redis://``, ``nats://``, ``local://``) or a ``postgresql://`` database URL."""
+    """Where records go: empty for size-rotated SQLite files under ``home/predictions`` (read by ``shipyard
+    logs``); a stream URL (``kafka://``, ``redis://``, ``nats://``, ``local://``; JSON keyed by prediction id);
+    or a database URL (``postgresql://``, ``sqlite:///``) whose ``shipyard_predictions`` table gets the rows."""
 
     sample: float = 1.0
     """Share of predictions recorded, decided per prediction id (so a replay is sampled alike)."""
@@ -228,16 +229,21 @@ class PredictionLogConfig:
     """Records held while the sink is slow or down; beyond it records are dropped and counted."""
 
     max_file_bytes: int = 64 * 1024 * 1024
-    """Parquet files are rotated at this size (file sink)."""
+    """SQLite files are rotated at this size (embedded sink)."""
 
     max_total_bytes: int = 1024 * 1024 * 1024
-    """The oldest Parquet files are deleted beyond this total (file sink)."""
+    """The oldest SQLite files are deleted beyond this total (embedded sink)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample <= 1.0:
             raise ConfigError(f"monitoring.prediction_log.sample must be between 0 and 1, got {self.sample}")
         if self.max_buffer < 1:
             raise ConfigError(f"monitoring.prediction_log.max_buffer must be at least 1, got {self.max_buffer}")
+        if self.max_file_bytes < 1 or self.max_total_bytes < self.max_file_bytes:
+            raise ConfigError("monitoring.prediction_log.max_file_bytes must be positive and at most max_total_bytes, "
+                              f"got {self.max_file_bytes} and {self.max_total_bytes}")
+        if isinstance(self.redact, str):  # one name, or a comma-separated list from an environment variable
+            object.__setattr__(self, "redact", tuple(n.strip() for n in self.redact.split(",") if n.strip()))
 
 
 @dataclass(frozen=True)

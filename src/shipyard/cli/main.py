@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from shipyard import __version__
-from shipyard.cli import alias, batch, config, export, models, predict, quickstart, register, serve, stream
+from shipyard.cli import alias, batch, config, export, logs, models, predict, quickstart, register, serve, stream
 from shipyard.cli._output import handle_errors
 from shipyard.config import Settings
 
@@ -50,6 +50,7 @@ cli.add_command(stream.stream)
 cli.add_command(export.export)
 cli.add_command(export.bundle)
 cli.add_command(config.config)
+cli.add_command(logs.logs)
 
 
 def main() -> None:
