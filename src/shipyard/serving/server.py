@@ -23,6 +23,7 @@ from shipyard.config import Settings
 from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
+from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.registry import Registry
 from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import CachePolicy, ResponseCache
@@ -149,7 +150,8 @@ def build_server(
     if dp.cache is not None:
         repo.on_alias_move = dp.cache.invalidate
     async_requests = AsyncRequests(dp, reg, settings) if settings.async_broker else None
-    rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests)
+    metrics = ServingMetrics(settings.monitoring.metrics)
+    rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics)
     lifespan = _Lifespan(rest_app.build(), repo, on_ready)
     lifespan.on_shutdown.append(dp.close)
     if async_requests is not None:
