@@ -21,6 +21,10 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
   need_apt+=(redis-server)
 fi
+# Prometheus: a real server scrapes `shipyard serve` in the tests, and promtool checks /metrics.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  need_apt+=(prometheus)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing system packages: ${need_apt[*]}"

@@ -93,12 +93,17 @@ class ModelRepository:
         self.release_after_seconds = release_after_seconds
         self._alias_listeners: list[Callable[[str], None]] = []
         self._release_listeners: list[Callable[[str, int], None]] = []
+        self._load_listeners: list[Callable[[str, int, float], None]] = []
         self._watching = False
         self._releases: set[asyncio.Task[None]] = set()
 
     def on_alias_move(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(model_name)`` whenever an alias of a served model is switched to another version."""
         self._alias_listeners.append(listener)
+
+    def on_load(self, listener: Callable[[str, int, float], None]) -> None:
+        """Call ``listener(name, version, seconds)`` after a version is loaded in this process."""
+        self._load_listeners.append(listener)
 
     def on_release(self, listener: Callable[[str, int], None]) -> None:
         """Call ``listener(name, version)`` when a version is released (its batcher, its caches go)."""
@@ -267,7 +272,10 @@ class ModelRepository:
                 started = time.perf_counter()
                 model = self._load(self.registry.store.get_version(ref.name, version))
                 self._loaded[key] = model
-                logger.info("loaded %s:%d in %.2fs", ref.name, version, time.perf_counter() - started)
+                took = time.perf_counter() - started
+                logger.info("loaded %s:%d in %.2fs", ref.name, version, took)
+                for listener in self._load_listeners:
+                    listener(ref.name, version, took)
         return model
 
     def _load(self, mv: ModelVersion) -> LoadedModel:

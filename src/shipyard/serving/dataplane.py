@@ -37,6 +37,7 @@ from shipyard.errors import InvalidInput, ModelNotReady, Overloaded, RequestTime
 from shipyard.hosting.executor import Executor, InProcessExecutor
 from shipyard.hosting.repository import ModelRepository
 from shipyard.monitoring.events import Observers, PredictionEvent
+from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.registry import LoadedModel
 from shipyard.registry.loaded import select_outputs
 from shipyard.rollout.router import AliasRouter, Route, Router
@@ -118,12 +119,14 @@ class DataPlane:
         request_timeout: float | None = None,
         router: Router | None = None,
         observers: Observers | None = None,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         """
         Args:
             repository: the models this server holds.
             router: which version a request for a name goes to (default: ``AliasRouter``).
             observers: who sees every prediction once its response is decided (default: nobody).
+            metrics: where batch sizes, queue times and in-flight counts go (what events do not carry).
             executor: where model calls run (default: in this process).
             batching: per-model batch policy; a name mapped to None disables batching for it.
             default_batching: the policy of models not named in ``batching`` (None: no batching).
@@ -145,6 +148,7 @@ class DataPlane:
         self.statistics = InferenceStatistics()
         self.router: Router = router or AliasRouter(repository)
         self.observers = observers or Observers([])
+        self.metrics = metrics
         repository.on_release(self._released)
 
     # -- health and metadata -----------------------------------------------------
@@ -277,6 +281,8 @@ class DataPlane:
         wall = time.time()
         started = time.perf_counter_ns()
         done = _Done()
+        if self.metrics is not None:
+            self.metrics.inflight(model.name, 1)
         try:
             decoded = request if isinstance(request, InferenceRequest) else request(model.signature)
             if decoded.id is None:
@@ -288,6 +294,9 @@ class DataPlane:
             if self.observers:
                 self._emit(ctx, model, route, done, wall, took, outcome_of(exc), str(exc))
             raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.inflight(model.name, -1)
         took = time.perf_counter_ns() - started
         stats.succeeded(done.rows, took)
         if self.observers:
@@ -397,8 +406,12 @@ class DataPlane:
             async def call(arrays: Arrays) -> Arrays:
                 return await executor.run(model, arrays)
 
+            metrics = self.metrics
+
             def counted(requests: int, rows: int, queued: float, took: float) -> None:
                 stats.executed(rows, int(took * 1e9), requests, int(queued * 1e9))
+                if metrics is not None:
+                    metrics.batch(model.name, model.version.version, rows, requests, queued, took)
 
             batcher = Batcher(call, policy, name=model.version.ref, concurrency=executor.capacity,
                               max_queue=self.max_queue, on_batch=counted)

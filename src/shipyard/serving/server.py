@@ -28,6 +28,7 @@ from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
 from shipyard.monitoring.events import Observers, PredictionObserver
+from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.registry import Registry
 from shipyard.serving import deployment
 from shipyard.serving.async_requests import AsyncRequests
@@ -125,7 +126,10 @@ def build_server(
         release_after_seconds=settings.request_timeout_seconds or 30.0,
         runtimes=policies.runtimes,
     )
-    watched = Observers(list(observers or ()))
+    metrics = ServingMetrics(settings.monitoring.metrics)
+    watched = Observers([*([metrics] if settings.monitoring.metrics.enabled else []), *(observers or ())])
+    metrics.watch(watched)
+    repo.on_load(metrics.model_loaded)
     dp = DataPlane(
         repo,
         executor=pool,
@@ -136,11 +140,12 @@ def build_server(
         max_queue=settings.max_queue,
         request_timeout=settings.request_timeout_seconds or None,
         observers=watched,
+        metrics=metrics if settings.monitoring.metrics.enabled else None,
     )
     if dp.cache is not None:
         repo.on_alias_move(dp.cache.invalidate)
     async_requests = AsyncRequests(dp, reg, settings) if settings.async_broker else None
-    rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests)
+    rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics)
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them),
     # then the processes that run them; the gRPC listener opens last and drains first.

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shipyard import __version__
 from shipyard.context import RequestContext, new_request_id, request_id_var
 from shipyard.errors import InvalidInput, ShipyardError
+from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.protocol import mlflow_scoring, oip, simple
 from shipyard.protocol.json_body import parse_json
 from shipyard.serving.async_requests import AsyncRequests, job_view
@@ -101,11 +102,16 @@ class RestApp:
     """Builds the Starlette app around one DataPlane."""
 
     def __init__(
-        self, dataplane: DataPlane, *, max_body_bytes: int, async_requests: AsyncRequests | None = None
+        self, dataplane: DataPlane, *, max_body_bytes: int, async_requests: AsyncRequests | None = None,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         self.dp = dataplane
         self.max_body_bytes = max_body_bytes
         self.async_requests = async_requests
+        self.serving_metrics = metrics or ServingMetrics()
+        """What ``/metrics`` serves: the server's series plus the asynchronous-request consumers'."""
+        if async_requests is not None:
+            self.serving_metrics.include(async_requests.metrics.registry)
         self.endpoints: list[Endpoint] = [
             *extension_endpoints(self),  # first: /v2/models/stats before /v2/models/{name}
             *rest_endpoints(self),
@@ -238,12 +244,12 @@ class RestApp:
         return json_response(job_view(job))
 
     async def metrics(self, request: Request) -> Response:
-        """Prometheus text: the asynchronous-request consumers (messages, batch sizes, latency, lag)."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        """Prometheus exposition of the server's series and the asynchronous-request consumers'."""
+        import anyio.to_thread
 
-        if self.async_requests is None:
-            return Response(b"", 200, media_type=CONTENT_TYPE_LATEST)
-        return Response(generate_latest(self.async_requests.metrics.registry), 200, media_type=CONTENT_TYPE_LATEST)
+        # collecting reads every series (and /proc): off the event loop
+        body, content_type = await anyio.to_thread.run_sync(self.serving_metrics.render, request.headers.get("accept"))
+        return Response(body, 200, headers={"Content-Type": content_type})
 
     # -- docs ----------------------------------------------------------------------------
 

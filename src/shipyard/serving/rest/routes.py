@@ -148,7 +148,7 @@ def rest_endpoints(app: RestApp) -> list[Endpoint]:
                  replies=((503, not_ready),)),
         Endpoint(("GET",), "/version", app.version, "shipyard's version (MLflow clients read it as text)",
                  Body(None, (TEXT,))),
-        Endpoint(("GET",), "/metrics", app.metrics, "Prometheus metrics of the asynchronous-request consumers",
+        Endpoint(("GET",), "/metrics", app.metrics, "Prometheus metrics of the server and its async consumers",
                  Body(None, (TEXT,))),
         Endpoint(("GET",), "/openapi.json", app.openapi, "This document", Body("OpenAPI")),
         Endpoint(("GET",), "/docs", app.docs, "The API as a page", Body(None, (HTML,))),
