@@ -189,6 +189,42 @@ async def test_an_unavailable_kind_is_retried_and_raised_as_the_servers_class() 
     assert len(seen) == 2 and sleeps.waits == [1.0] and info.value.kind == "unavailable"
 
 
+@pytest.mark.parametrize(
+    "raised",
+    [
+        errors.InvalidInput.for_field("x1", "FP64", "BYTES"),
+        errors.ModelNotServed("q", ["m"]),
+        errors.JobNotFound("j"),
+        errors.IdenticalVersion("m", 1, "0" * 64),
+        errors.RequestTimeout(2.0),
+        errors.Unauthenticated("no credentials"),
+        errors.InferenceError("model m:1 failed while predicting"),
+        errors.BrokerError("broker down"),
+        errors.Overloaded("m", 8, retry_after=2.0),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_grpc_errors_become_the_class_the_server_raised(raised: errors.ShipyardError) -> None:
+    """The server's half (status code and trailing metadata) read by the client's half."""
+    grpc = pytest.importorskip("grpc")
+    from shipyard.client._grpc import GrpcTransport
+    from shipyard.client._transport import Unavailable
+    from shipyard.serving.grpc.errors import error_metadata, status_for
+
+    failed = grpc.aio.AioRpcError(status_for(raised), grpc.aio.Metadata(),
+                                  grpc.aio.Metadata(*error_metadata(raised, "rid-1")), raised.message)
+    transport = GrpcTransport("127.0.0.1:1")  # never called: connecting is lazy
+    try:
+        got = transport._error(failed, 5.0, "m", None)
+    finally:
+        await transport.aclose()
+    if raised.kind == "unavailable":
+        assert isinstance(got, Unavailable) and got.retry_after == getattr(raised, "retry_after", 1.0)
+        got = got.error
+    assert type(got) is type(raised) and str(got) == raised.message
+    assert getattr(got, "field", None) == getattr(raised, "field", None)
+
+
 async def test_request_is_oip_binary_with_binary_outputs_asked() -> None:
     transport, seen = mock(httpx.Response(200, json=INFER_OK))
     async with mocked(transport, Sleeps(), headers={"Authorization": "Bearer t"}) as client:
@@ -314,3 +350,15 @@ async def test_metadata_and_health(client: AsyncClient) -> None:
     assert [i["name"] for i in meta["inputs"]] == ["x1", "x2"] and meta["versions"] == ["1"]
     assert await client.health() == {"live": True, "ready": True}
     await client.wait_ready(timeout=1)
+
+
+async def test_the_real_app_over_rest_raises_the_servers_own_class(client: AsyncClient) -> None:
+    with pytest.raises(errors.ModelNotServed, match="model 'q' is not served here") as served:
+        await client.predict("q", X)
+    with pytest.raises(errors.ModelNotFound, match="model 'm' has no version 9") as version:
+        await client.metadata("m", version=9)
+    with pytest.raises(errors.InvalidInput, match="missing input 'x2'") as missing:
+        await client.predict("m", X[["x1"]])
+    assert (type(served.value), type(version.value), type(missing.value)) == (
+        errors.ModelNotServed, errors.ModelNotFound, errors.InvalidInput)
+    assert missing.value.field == "x2"
