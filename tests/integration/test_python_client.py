@@ -115,7 +115,8 @@ def test_graphql_over_http(grpc_demo_server: RunningServer, reference: tuple[Any
         "query": '{ predict(model: "demo", records: [{sepal_length: 1}]) { predictions } }'}).json()
     (error,) = bad["errors"]
     assert "missing input 'sepal_width'" in error["message"]
-    assert error["extensions"] == {"code": "BAD_USER_INPUT", "status": 400, "field": "sepal_width"}
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "status": 400, "kind": "invalid_input",
+                                   "type": "InvalidInput", "field": "sepal_width"}
 
 
 @pytest.mark.slow
