@@ -1,19 +1,23 @@
 """The one exception hierarchy of shipyard.
 
 Every error a user can see is a ``ShipyardError``. Subclasses carry structured
-fields and build their own message; transports (REST, gRPC, CLI) map them to
-status codes in one table each, at the edge. Nothing here knows HTTP.
+fields and build their own message. Each class has a ``kind``, one of ``KINDS``
+(shown in brackets below where a class sets its own; the rest inherit it):
+what sort of failure it is, stable across releases and transports.
+``shipyard.protocol.status`` maps a kind to its HTTP status, gRPC code and
+GraphQL code, and every transport derives its table from that one. Nothing here
+knows HTTP.
 
-    ShipyardError
+    ShipyardError                    [internal]
     ├── ConfigError
-    │   └── InvalidOption            an option or setting of the wrong type, or that does not apply here
+    │   └── InvalidOption            [invalid_input] an option or setting of the wrong type, or that does not apply here
     │       └── UnknownOption        no option or setting has this name (says the nearest valid one)
     ├── MissingDependency            an optional extra is not installed
     ├── RegistryError
-    │   ├── ModelNotFound            no such model, version or alias
+    │   ├── ModelNotFound            [not_found] no such model, version or alias
     │   │   └── ModelNotServed       registered, but this server does not serve it
-    │   ├── VersionConflict          a concurrent write won; retry
-    │   ├── IdenticalVersion         these exact files already are a version of the model
+    │   ├── VersionConflict          [conflict] a concurrent write won; retry
+    │   ├── IdenticalVersion         [conflict] these exact files already are a version of the model
     │   └── ArtifactIntegrityError   a file's sha256 differs from the record
     ├── ModelFormatError
     │   ├── UnsupportedModel         no runtime knows this object or file
@@ -21,26 +25,46 @@ status codes in one table each, at the edge. Nothing here knows HTTP.
     ├── ExportError                  a version cannot be exported or optimised for the edge
     │   ├── NotExportable            no ONNX converter for this model (custom Python code)
     │   └── CheckFailed              an artifact differs from its source beyond the tolerance
-    ├── InvalidInput                 the request does not fit the signature
-    │   ├── PayloadTooLarge
-    │   └── UnsupportedMediaType
-    ├── ModelNotReady
+    ├── InvalidInput                 [invalid_input] the request does not fit the signature
+    │   ├── PayloadTooLarge          [too_large]
+    │   └── UnsupportedMediaType     [unsupported_media_type]
+    ├── ModelNotReady                [unavailable]
     │   ├── Overloaded               the model's queue is full; retry after a pause
     │   └── WorkerDied               the worker process running the request died
-    ├── RequestTimeout               the request outlived its deadline
+    ├── RequestTimeout               [timeout] the request outlived its deadline
     ├── InferenceError               the model itself raised
-    ├── BrokerError                  a stream broker refused or failed an operation
-    └── JobNotFound                  no asynchronous request has this id
+    ├── BrokerError                  [unavailable] a stream broker refused or failed an operation
+    ├── JobNotFound                  [not_found] no asynchronous request has this id
+    ├── Unauthenticated              [unauthenticated] no credentials, or credentials that do not check out
+    └── PermissionDenied             [forbidden] the caller is known but may not do this
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
+
+#: What sort of failure an error is. Clients and dashboards branch on it; each
+#: transport maps it to a status in ``shipyard.protocol.status``.
+Kind = Literal[
+    "invalid_input",  # the caller sent something that cannot work; do not retry as is
+    "not_found",  # no such model, version, alias or asynchronous request
+    "conflict",  # the write clashes with what exists (an identical or concurrent version)
+    "too_large",  # the request body is over the limit
+    "unsupported_media_type",  # the body's content type is not read here
+    "unavailable",  # not ready or overloaded: retry, after ``retry_after`` seconds when given
+    "timeout",  # the request outlived its deadline
+    "unauthenticated",  # no credentials, or ones that do not check out
+    "forbidden",  # the caller is known but may not do this
+    "internal",  # the server (or the model) failed; nothing the caller can fix
+]
+KINDS: frozenset[str] = frozenset(get_args(Kind))
 
 
 class ShipyardError(Exception):
     """Base class of every error shipyard raises on purpose."""
+
+    kind: ClassVar[Kind] = "internal"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -63,6 +87,8 @@ class InvalidOption(ConfigError):
         expected: what would be accepted there (a type name).
         got: what arrived.
     """
+
+    kind: ClassVar[Kind] = "invalid_input"
 
     def __init__(self, message: str, *, option: str, expected: Any = None, got: Any = None) -> None:
         self.option = option
@@ -125,6 +151,8 @@ class RegistryError(ShipyardError):
 class ModelNotFound(RegistryError):
     """No model, version or alias matches the reference."""
 
+    kind: ClassVar[Kind] = "not_found"
+
     def __init__(self, name: str, version: str | int | None = None, alias: str | None = None) -> None:
         self.name = name
         self.version = version
@@ -154,6 +182,8 @@ class ModelNotServed(ModelNotFound):
 class VersionConflict(RegistryError):
     """Another writer took the same version number; the write was rolled back."""
 
+    kind: ClassVar[Kind] = "conflict"
+
 
 class IdenticalVersion(RegistryError):
     """The files being registered are exactly those of an existing version of the same model.
@@ -168,6 +198,8 @@ class IdenticalVersion(RegistryError):
         version: the existing version holding these files.
         digest: their manifest digest.
     """
+
+    kind: ClassVar[Kind] = "conflict"
 
     def __init__(self, name: str, version: int, digest: str) -> None:
         self.name = name
@@ -254,6 +286,8 @@ class InvalidInput(ShipyardError):
         got: what arrived.
     """
 
+    kind: ClassVar[Kind] = "invalid_input"
+
     def __init__(
         self,
         message: str,
@@ -277,6 +311,8 @@ class InvalidInput(ShipyardError):
 class PayloadTooLarge(InvalidInput):
     """The request body is larger than the configured maximum."""
 
+    kind: ClassVar[Kind] = "too_large"
+
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(
             f"request body of {size} bytes exceeds the limit of {limit} bytes "
@@ -289,9 +325,13 @@ class PayloadTooLarge(InvalidInput):
 class UnsupportedMediaType(InvalidInput):
     """The body's content type is not one the endpoint reads."""
 
+    kind: ClassVar[Kind] = "unsupported_media_type"
+
 
 class ModelNotReady(ShipyardError):
     """The model is known but cannot take requests right now."""
+
+    kind: ClassVar[Kind] = "unavailable"
 
 
 class Overloaded(ModelNotReady):
@@ -313,6 +353,8 @@ class WorkerDied(ModelNotReady):
 class RequestTimeout(ShipyardError):
     """The request did not finish within its deadline."""
 
+    kind: ClassVar[Kind] = "timeout"
+
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         super().__init__(
@@ -328,10 +370,26 @@ class InferenceError(ShipyardError):
 class BrokerError(ShipyardError):
     """A stream broker refused or failed an operation (unreachable, produce not confirmed, ...)."""
 
+    kind: ClassVar[Kind] = "unavailable"
+
 
 class JobNotFound(ShipyardError):
     """No asynchronous request has this id (never submitted, or already expired)."""
 
+    kind: ClassVar[Kind] = "not_found"
+
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no asynchronous request with id '{job_id}'")
+
+
+class Unauthenticated(ShipyardError):
+    """The request carries no credentials, or credentials that do not check out (unknown, expired)."""
+
+    kind: ClassVar[Kind] = "unauthenticated"
+
+
+class PermissionDenied(ShipyardError):
+    """The caller is authenticated but may not do what it asked."""
+
+    kind: ClassVar[Kind] = "forbidden"

@@ -18,7 +18,9 @@ import numpy as np
 import orjson
 import pytest
 
+from shipyard import errors
 from shipyard.demo import FEATURES, train_demo_model
+from shipyard.protocol.status import STATUSES
 from shipyard.testing import RunningServer
 
 pytestmark = pytest.mark.integration
@@ -278,9 +280,12 @@ def test_malformed_request_gets_a_useful_json_error(
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
     assert r.headers.get("x-request-id"), "every response carries a request id"
-    error = r.json()["error"]
+    doc = r.json()
+    error = doc["error"]
     assert isinstance(error, str)
     assert message in error
+    if status in (400, 413, 415) or "kind" in doc:  # only no-route and wrong-method answers lack a kind
+        assert STATUSES[doc["kind"]].http == status and getattr(errors, doc["type"]).kind == doc["kind"]
 
 
 def test_server_still_answers_correctly_after_every_malformed_request(

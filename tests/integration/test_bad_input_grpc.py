@@ -21,6 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from shipyard.demo import FEATURES, train_demo_model
+from shipyard.protocol.status import STATUSES
 from shipyard.testing import RunningServer
 
 pytestmark = pytest.mark.integration
@@ -202,6 +203,7 @@ def test_malformed_request_gets_the_right_status_and_a_useful_message(
         trailing = dict(error.trailing_metadata())
         assert trailing["x-request-id"], "every failure carries a request id"
         assert trailing["shipyard-error-type"]
+        assert STATUSES[trailing["shipyard-error-kind"]].grpc == code.name
 
 
 def test_invalid_input_names_its_field_in_trailing_metadata(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
@@ -209,6 +211,7 @@ def test_invalid_input_names_its_field_in_trailing_metadata(stub: service_pb2_gr
     trailing = dict(error.trailing_metadata())
     assert trailing["shipyard-error-field"] == "petal_width"
     assert trailing["shipyard-error-type"] == "InvalidInput"
+    assert trailing["shipyard-error-kind"] == "invalid_input"
 
 
 def test_server_still_answers_correctly_after_every_malformed_request(

@@ -66,11 +66,14 @@ def test_errors_are_shipyard_exceptions(client: shipyard.Client, reference: tupl
     assert info.value.field == "petal_width"
     with pytest.raises(errors.InvalidInput, match="input 'sepal_width': expected FP64") as info:
         client.predict("demo", rows.assign(sepal_width="wide"))
-    assert info.value.field == "sepal_width"
-    with pytest.raises(errors.ModelNotServed, match="model 'nope' is not served here"):
+    assert info.value.field == "sepal_width" and type(info.value) is errors.InvalidInput
+    with pytest.raises(errors.ModelNotServed, match="model 'nope' is not served here") as served:
         client.predict("nope", rows)
-    with pytest.raises(errors.ModelNotFound, match="model 'demo' has no version 9"):
+    with pytest.raises(errors.ModelNotFound, match="model 'demo' has no version 9") as missing:
         client.metadata("demo", version=9)
+    # the server's own class, from the type it sent (REST body / gRPC metadata), never from the message
+    assert (type(served.value), type(missing.value)) == (errors.ModelNotServed, errors.ModelNotFound)
+    assert served.value.kind == missing.value.kind == "not_found"
 
 
 @pytest.mark.parametrize("scheme", ["http", "grpc"])
@@ -112,7 +115,8 @@ def test_graphql_over_http(grpc_demo_server: RunningServer, reference: tuple[Any
         "query": '{ predict(model: "demo", records: [{sepal_length: 1}]) { predictions } }'}).json()
     (error,) = bad["errors"]
     assert "missing input 'sepal_width'" in error["message"]
-    assert error["extensions"] == {"code": "BAD_USER_INPUT", "status": 400, "field": "sepal_width"}
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "status": 400, "kind": "invalid_input",
+                                   "type": "InvalidInput", "field": "sepal_width"}
 
 
 @pytest.mark.slow

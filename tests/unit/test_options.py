@@ -133,5 +133,5 @@ def test_option_errors_are_config_errors_answered_as_bad_requests() -> None:
     assert isinstance(exc, errors.ConfigError)
     assert rest_status(exc) == 400
     assert grpc_status(exc).name == "INVALID_ARGUMENT"
-    assert error_body(exc) == {"error": str(exc), "field": "trust"}
+    assert error_body(exc) == {"error": str(exc), "kind": "invalid_input", "type": "UnknownOption", "field": "trust"}
     assert rest_status(errors.InvalidOption("bad", option="threads")) == 400

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shipyard._extras import require
-from shipyard.client._errors import KIND_BY_GRPC_CODE, server_error
+from shipyard.client._errors import error_class_for_status, server_error
 from shipyard.client._transport import Unavailable
 from shipyard.errors import ShipyardError
 from shipyard.types import InferenceRequest, InferenceResponse
@@ -39,26 +39,24 @@ class GrpcTransport:
 
     def _error(self, exc: Any, timeout: float, model: str | None, version: str | None) -> Exception:
         trailing = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
-        kind = trailing.get(self.keys.TYPE_KEY)
+        type_name, kind = trailing.get(self.keys.TYPE_KEY), trailing.get(self.keys.KIND_KEY)
         code = exc.code()
         where = f"{self.scheme}://{self.target}"
-        if kind is None and code == self.grpc.StatusCode.UNAVAILABLE:  # no shipyard answer: no connection
+        shipyards = type_name is not None or kind is not None
+        if not shipyards and code == self.grpc.StatusCode.UNAVAILABLE:  # no shipyard answer: no connection
             return Unavailable(ShipyardError(f"cannot reach {where}: {exc.details()}"))
-        if kind is None and code == self.grpc.StatusCode.DEADLINE_EXCEEDED:
+        if not shipyards and code == self.grpc.StatusCode.DEADLINE_EXCEEDED:
             return ShipyardError(f"no answer from {where} within {timeout:.3g}s")
         message = exc.details() or code.name
-        if kind is None and code.name not in KIND_BY_GRPC_CODE:
+        cls, own = error_class_for_status(type_name, kind, grpc=code.name)
+        if not own and cls is ShipyardError:  # not shipyard's error handling: say what answered
             message = f"server answered {code.name}: {message}"
         retry_after = float(trailing[self.keys.RETRY_AFTER_KEY]) if self.keys.RETRY_AFTER_KEY in trailing else None
         error = server_error(
-            kind or KIND_BY_GRPC_CODE.get(code.name),
-            message,
-            field=trailing.get(self.keys.FIELD_KEY),
-            model=model,
-            version=version,
+            cls, message, field=trailing.get(self.keys.FIELD_KEY), model=model, version=version,
             retry_after=retry_after,
         )
-        if code == self.grpc.StatusCode.UNAVAILABLE:
+        if error.kind == "unavailable":
             return Unavailable(error, retry_after)
         return error
 

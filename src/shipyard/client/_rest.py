@@ -9,7 +9,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from shipyard.client._errors import rest_kind, server_error
+from shipyard.client._errors import error_class_for_status, server_error
 from shipyard.client._transport import Unavailable
 from shipyard.errors import ShipyardError
 from shipyard.protocol import oip
@@ -105,22 +105,17 @@ class RestTransport:
             raise ShipyardError(f"{method} {self.base_url}{path} failed: {exc}") from None
         if response.status_code < 400 or response.status_code in ok_statuses:
             return response
-        message, field = response.text, None
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
+        message, field, type_name, kind = response.text, None, None, None
+        with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
             doc = response.json()
-            message, field = doc["error"], doc.get("field")
-        if response.status_code >= 500 and rest_kind(response.status_code, message) is None:
+            message, field, type_name, kind = doc["error"], doc.get("field"), doc.get("type"), doc.get("kind")
+        cls, own = error_class_for_status(type_name, kind, http=response.status_code)
+        if not own and cls is ShipyardError:  # not shipyard's error handling: say what answered
             message = f"server answered {response.status_code}: {message}"
-        error = server_error(
-            rest_kind(response.status_code, message),
-            message,
-            field=field,
-            model=model,
-            version=version,
-            retry_after=_retry_after(response.headers.get("retry-after")),
-        )
-        if response.status_code == 503:
-            raise Unavailable(error, _retry_after(response.headers.get("retry-after")))
+        retry_after = _retry_after(response.headers.get("retry-after"))
+        error = server_error(cls, message, field=field, model=model, version=version, retry_after=retry_after)
+        if error.kind == "unavailable":
+            raise Unavailable(error, retry_after)
         raise error
 
     async def infer(

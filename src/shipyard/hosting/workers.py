@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from shipyard.config import Settings
-from shipyard.errors import InferenceError, ModelNotReady, ShipyardError, WorkerDied
+from shipyard.errors import InferenceError, InvalidOption, ModelNotReady, ShipyardError, WorkerDied
 from shipyard.registry import LoadedModel, ModelVersion
 from shipyard.runtime.base import Arrays
 from shipyard.runtime.loader import preload_modules as runtime_preload
@@ -76,7 +76,8 @@ class WorkerPool:
 
     def __init__(self, settings: Settings, size: int) -> None:
         if size < 1:
-            raise ValueError("a worker pool needs at least one worker")
+            raise InvalidOption(f"a worker pool needs at least one worker, got {size}", option="workers",
+                                expected=">= 1", got=size)
         self.settings = settings
         self.capacity = size
         self._ctx = multiprocessing.get_context("forkserver")

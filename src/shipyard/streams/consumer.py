@@ -35,7 +35,7 @@ from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shipyard.errors import ShipyardError
+from shipyard.errors import InvalidOption, ShipyardError
 from shipyard.registry import LoadedModel
 from shipyard.streams.broker import Message, Sink, Source
 from shipyard.streams.scoring import RunModel, Scored, score
@@ -67,11 +67,14 @@ class StreamOptions:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+            raise InvalidOption(f"batch_size must be at least 1, got {self.batch_size}",
+                                option="batch_size", expected=">= 1", got=self.batch_size)
         if self.max_wait_ms < 0:
-            raise ValueError("max_wait_ms must be 0 or more")
+            raise InvalidOption(f"max_wait_ms must be 0 or more, got {self.max_wait_ms}",
+                                option="max_wait_ms", expected=">= 0", got=self.max_wait_ms)
         if self.max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
+            raise InvalidOption(f"max_in_flight must be at least 1, got {self.max_in_flight}",
+                                option="max_in_flight", expected=">= 1", got=self.max_in_flight)
 
 
 class StreamMetrics:

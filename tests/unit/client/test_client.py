@@ -58,10 +58,16 @@ def mock(*answers: httpx.Response | Exception) -> tuple[httpx.MockTransport, lis
     return httpx.MockTransport(handler), seen
 
 
-def error(status: int, message: str, field: str | None = None, **headers: str) -> httpx.Response:
+def error(status: int, message: str, field: str | None = None, *, kind: str | None = None, type: str | None = None,
+          **headers: str) -> httpx.Response:
+    """An error answer: shipyard's body when ``kind``/``type`` are given, else only a message (and field)."""
     body: dict[str, Any] = {"error": message}
     if field is not None:
         body["field"] = field
+    if kind is not None:
+        body["kind"] = kind
+    if type is not None:
+        body["type"] = type
     return httpx.Response(status, json=body, headers=headers)
 
 
@@ -134,10 +140,21 @@ async def test_a_read_timeout_is_not_retried() -> None:
         (error(400, "input 'x1': expected FP64", "x1"), errors.InvalidInput, "x1"),
         (error(413, "request body of 9 bytes exceeds the limit"), errors.PayloadTooLarge, None),
         (error(404, "model 'm' has no version 9"), errors.ModelNotFound, None),
-        (error(404, "model 'q' is not served here (this server serves m)"), errors.ModelNotServed, None),
+        (error(404, "model 'q' is not served here (this server serves m)", kind="not_found", type="ModelNotServed"),
+         errors.ModelNotServed, None),
+        (error(404, "no asynchronous request with id 'j'", kind="not_found", type="JobNotFound"),
+         errors.JobNotFound, None),
+        (error(409, "identical to m:1", kind="conflict", type="IdenticalVersion"), errors.IdenticalVersion, None),
+        (error(400, "bad batch_size", "batch_size", kind="invalid_input", type="InvalidOption"),
+         errors.InvalidOption, "batch_size"),
+        (error(401, "no credentials", kind="unauthenticated", type="SomeNewerError"), errors.Unauthenticated, None),
+        (error(403, "not yours", kind="forbidden"), errors.PermissionDenied, None),
+        (error(500, "model m:1 failed while predicting", kind="internal", type="InferenceError"),
+         errors.InferenceError, None),
         (error(500, "model m:1 failed while predicting"), errors.ShipyardError, None),
     ],
-    ids=["400", "413", "404", "404-not-served", "500"],
+    ids=["400", "413", "404", "404-not-served", "404-job", "409", "400-option", "401-unknown-type", "403-kind-only",
+         "500-inference", "500-bare"],
 )
 async def test_server_errors_become_shipyard_exceptions_with_the_servers_message(
     response: httpx.Response, cls: type[errors.ShipyardError], field: str | None
@@ -149,6 +166,63 @@ async def test_server_errors_become_shipyard_exceptions_with_the_servers_message
     assert type(info.value) is cls and len(seen) == 1  # no retry
     assert response.json()["error"] in str(info.value)
     assert getattr(info.value, "field", None) == field
+
+
+async def test_without_type_or_kind_the_status_decides_never_the_message() -> None:
+    transport, _ = mock(error(404, "model 'q' is not served here (this server serves m)"))
+    async with mocked(transport, Sleeps()) as client:
+        with pytest.raises(errors.ModelNotFound) as info:
+            await client.infer("q", {"x1": [1.0]})
+    assert type(info.value) is errors.ModelNotFound and info.value.name == "q"
+    transport, _ = mock(error(500, "boom"))
+    async with mocked(transport, Sleeps()) as client:
+        with pytest.raises(errors.ShipyardError, match="^server answered 500: boom$"):
+            await client.infer("m", {"x1": [1.0]})
+
+
+async def test_an_unavailable_kind_is_retried_and_raised_as_the_servers_class() -> None:
+    transport, seen = mock(error(503, "broker down", kind="unavailable", type="BrokerError", **{"Retry-After": "1"}))
+    sleeps = Sleeps()
+    async with mocked(transport, sleeps, retries=1) as client:
+        with pytest.raises(errors.BrokerError, match="broker down") as info:
+            await client.infer("m", {"x1": [1.0]})
+    assert len(seen) == 2 and sleeps.waits == [1.0] and info.value.kind == "unavailable"
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        errors.InvalidInput.for_field("x1", "FP64", "BYTES"),
+        errors.ModelNotServed("q", ["m"]),
+        errors.JobNotFound("j"),
+        errors.IdenticalVersion("m", 1, "0" * 64),
+        errors.RequestTimeout(2.0),
+        errors.Unauthenticated("no credentials"),
+        errors.InferenceError("model m:1 failed while predicting"),
+        errors.BrokerError("broker down"),
+        errors.Overloaded("m", 8, retry_after=2.0),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_grpc_errors_become_the_class_the_server_raised(raised: errors.ShipyardError) -> None:
+    """The server's half (status code and trailing metadata) read by the client's half."""
+    grpc = pytest.importorskip("grpc")
+    from shipyard.client._grpc import GrpcTransport
+    from shipyard.client._transport import Unavailable
+    from shipyard.serving.grpc.errors import error_metadata, status_for
+
+    failed = grpc.aio.AioRpcError(status_for(raised), grpc.aio.Metadata(),
+                                  grpc.aio.Metadata(*error_metadata(raised, "rid-1")), raised.message)
+    transport = GrpcTransport("127.0.0.1:1")  # never called: connecting is lazy
+    try:
+        got = transport._error(failed, 5.0, "m", None)
+    finally:
+        await transport.aclose()
+    if raised.kind == "unavailable":
+        assert isinstance(got, Unavailable) and got.retry_after == getattr(raised, "retry_after", 1.0)
+        got = got.error
+    assert type(got) is type(raised) and str(got) == raised.message
+    assert getattr(got, "field", None) == getattr(raised, "field", None)
 
 
 async def test_request_is_oip_binary_with_binary_outputs_asked() -> None:
@@ -276,3 +350,15 @@ async def test_metadata_and_health(client: AsyncClient) -> None:
     assert [i["name"] for i in meta["inputs"]] == ["x1", "x2"] and meta["versions"] == ["1"]
     assert await client.health() == {"live": True, "ready": True}
     await client.wait_ready(timeout=1)
+
+
+async def test_the_real_app_over_rest_raises_the_servers_own_class(client: AsyncClient) -> None:
+    with pytest.raises(errors.ModelNotServed, match="model 'q' is not served here") as served:
+        await client.predict("q", X)
+    with pytest.raises(errors.ModelNotFound, match="model 'm' has no version 9") as version:
+        await client.metadata("m", version=9)
+    with pytest.raises(errors.InvalidInput, match="missing input 'x2'") as missing:
+        await client.predict("m", X[["x1"]])
+    assert (type(served.value), type(version.value), type(missing.value)) == (
+        errors.ModelNotServed, errors.ModelNotFound, errors.InvalidInput)
+    assert missing.value.field == "x2"

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from shipyard import errors
 from shipyard.config import Settings
 from shipyard.registry import Registry
-from shipyard.serving.graphql.errors import CODE_TABLE, code_for
+from shipyard.serving.graphql.errors import code_for, extensions_for
 from shipyard.serving.server import build_server, started
 
 pytestmark = pytest.mark.anyio
@@ -156,7 +156,10 @@ def test_no_graphql_route_without_strawberry(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_every_error_class_has_a_graphql_code() -> None:
-    assert CODE_TABLE[-1][0] is errors.ShipyardError
     assert code_for(errors.ModelNotServed("x", [])) == "NOT_FOUND"
     assert code_for(errors.PayloadTooLarge(10, 5)) == "BAD_USER_INPUT"
     assert code_for(errors.InferenceError("boom")) == "INTERNAL_SERVER_ERROR"
+    assert code_for(errors.IdenticalVersion("m", 1, "0" * 64)) == "CONFLICT"
+    assert code_for(errors.Unauthenticated("no credentials")) == "UNAUTHENTICATED"
+    assert extensions_for(errors.InvalidInput("bad", field="x1")) == {
+        "code": "BAD_USER_INPUT", "status": 400, "kind": "invalid_input", "type": "InvalidInput", "field": "x1"}

@@ -18,7 +18,7 @@ from shipyard.config import Settings
 from shipyard.protocol.grpc import codec
 from shipyard.protocol.grpc import inference_pb2 as pb
 from shipyard.registry import Registry
-from shipyard.serving.grpc.errors import STATUS_TABLE, error_metadata, status_for
+from shipyard.serving.grpc.errors import error_metadata, status_for
 from shipyard.serving.grpc.service import InferenceServicer
 from shipyard.serving.server import Server, build_server, started
 from shipyard.types import InferenceRequest, InferenceResponse, Tensor
@@ -39,7 +39,7 @@ def anyio_backend() -> str:
 
 def test_every_shipyard_error_has_a_status_and_the_common_ones_are_right() -> None:
     classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.ShipyardError)]
-    assert {c for c, _ in STATUS_TABLE} <= set(classes)
+    assert all(isinstance(status_for(c.__new__(c)), grpc.StatusCode) for c in classes)
     expected = {
         errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
         errors.UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
@@ -50,6 +50,11 @@ def test_every_shipyard_error_has_a_status_and_the_common_ones_are_right() -> No
         errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
         errors.InferenceError: grpc.StatusCode.INTERNAL,
         errors.ShipyardError: grpc.StatusCode.INTERNAL,
+        errors.JobNotFound: grpc.StatusCode.NOT_FOUND,
+        errors.BrokerError: grpc.StatusCode.UNAVAILABLE,
+        errors.RequestTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+        errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+        errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     }
     for cls, code in expected.items():
         exc = cls.__new__(cls)
@@ -58,9 +63,14 @@ def test_every_shipyard_error_has_a_status_and_the_common_ones_are_right() -> No
 
 def test_error_metadata_names_the_field_the_class_and_when_to_retry() -> None:
     md = dict(error_metadata(errors.InvalidInput("bad", field="x1"), "rid-1"))
-    assert md == {"x-request-id": "rid-1", "shipyard-error-type": "InvalidInput", "shipyard-error-field": "x1"}
+    assert md == {"x-request-id": "rid-1", "shipyard-error-kind": "invalid_input",
+                  "shipyard-error-type": "InvalidInput", "shipyard-error-field": "x1"}
     md = dict(error_metadata(errors.ModelNotReady("loading"), "rid-2"))
-    assert md["retry-after"] == "1"
+    assert md["retry-after"] == "1" and md["shipyard-error-kind"] == "unavailable"
+    md = dict(error_metadata(errors.Overloaded("m", 4, retry_after=2.5), "rid-3"))
+    assert (md["retry-after"], md["shipyard-error-type"]) == ("2.5", "Overloaded")
+    md = dict(error_metadata(errors.JobNotFound("j1"), "rid-4"))
+    assert md == {"x-request-id": "rid-4", "shipyard-error-kind": "not_found", "shipyard-error-type": "JobNotFound"}
 
 
 # -- codec ------------------------------------------------------------------------------------

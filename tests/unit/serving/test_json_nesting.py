@@ -89,7 +89,8 @@ async def test_graphql_refusal_also_reads_as_a_graphql_error(client: httpx.Async
     doc = (await client.post(path, content=body, headers={"Content-Type": "application/json"})).json()
     (error,) = doc["errors"]
     assert error["message"] == MESSAGE
-    assert error["extensions"] == {"code": "BAD_USER_INPUT", "status": 400, "field": "body"}
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "status": 400, "kind": "invalid_input",
+                                   "type": "InvalidInput", "field": "body"}
 
 
 async def test_graphql_get_variables_go_through_the_same_parser(client: httpx.AsyncClient) -> None:

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from shipyard import errors
 from shipyard.config import Settings
 from shipyard.registry import Registry
-from shipyard.serving.rest.errors import STATUS_TABLE, error_body, status_for
+from shipyard.serving.rest.errors import error_body, retry_headers, status_for
 from shipyard.serving.server import Server, build_server, started
 from shipyard.types import ModelRef
 
@@ -309,17 +309,31 @@ async def test_a_request_id_is_made_when_none_is_sent(server: Server) -> None:
         (errors.ArtifactIntegrityError("m", 1, "f", "a" * 64, None), 500),
         (errors.InferenceError("boom"), 500),
         (errors.MissingDependency("onnxruntime", "onnx"), 500),
-        (errors.VersionConflict("race"), 500),
+        (errors.VersionConflict("race"), 409),
         (errors.IdenticalVersion("fraud", 3, "0" * 64), 409),
         (errors.ConfigError("bad"), 500),
+        (errors.JobNotFound("j1"), 404),
+        (errors.BrokerError("broker down"), 503),
+        (errors.RequestTimeout(2.0), 504),
+        (errors.Unauthenticated("no credentials"), 401),
+        (errors.PermissionDenied("not yours"), 403),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
 )
 def test_status_table_maps_each_error(error: errors.ShipyardError, status: int) -> None:
     assert status_for(error) == status
-    assert {cls for cls, _ in STATUS_TABLE} >= {errors.InvalidInput, errors.ModelNotFound}
 
 
-def test_error_body_carries_the_field_when_known() -> None:
-    assert error_body(errors.InvalidInput("bad x", field="x")) == {"error": "bad x", "field": "x"}
-    assert error_body(errors.ModelNotFound("m")) == {"error": "model 'm' is not registered"}
+def test_error_body_carries_kind_type_and_the_field_when_known() -> None:
+    assert error_body(errors.InvalidInput("bad x", field="x")) == {
+        "error": "bad x", "kind": "invalid_input", "type": "InvalidInput", "field": "x"}
+    assert error_body(errors.ModelNotServed("m", ["a"])) == {
+        "error": errors.ModelNotServed("m", ["a"]).message, "kind": "not_found", "type": "ModelNotServed"}
+    assert error_body(errors.InvalidOption("bad", option="batch_size")) == {
+        "error": "bad", "kind": "invalid_input", "type": "InvalidOption", "field": "batch_size"}
+
+
+def test_unavailable_errors_and_only_they_ask_to_retry_after() -> None:
+    assert retry_headers(errors.Overloaded("m", 8, retry_after=2.4)) == {"Retry-After": "2"}
+    assert retry_headers(errors.BrokerError("broker down")) == {"Retry-After": "1"}
+    assert retry_headers(errors.InvalidInput("no")) is None

@@ -96,7 +96,8 @@ async def test_repository_index_with_an_empty_body_or_ready_only(served: tuple[S
     ready = (await c.post("/v2/repository/index", json={"ready": True})).json()
     assert [(m["name"], m["version"]) for m in ready] == [("m", "1")]
     r = await c.post("/v2/repository/index", json={"ready": "yes"})
-    assert r.status_code == 400 and r.json() == {"error": "'ready' must be true or false, got 'yes'", "field": "ready"}
+    assert r.status_code == 400 and r.json() == {"error": "'ready' must be true or false, got 'yes'", "field": "ready",
+                                                 "kind": "invalid_input", "type": "InvalidInput"}
     r = await c.post("/v2/repository/index", json=[1])
     assert r.status_code == 400 and r.json()["field"] == "body"
 

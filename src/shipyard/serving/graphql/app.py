@@ -33,10 +33,10 @@ from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.protocol.json_body import parse_json
 from shipyard.serving.catalog import ModelCatalog
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.graphql.errors import code_for, format_error, is_expected
+from shipyard.serving.graphql.errors import extensions_for, format_error, is_expected
 from shipyard.serving.graphql.schema import Context, Query
 from shipyard.serving.rest.body import check_json_type, media_type, read_body
-from shipyard.serving.rest.errors import retry_headers, status_for
+from shipyard.serving.rest.errors import error_body, retry_headers, status_for
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +68,14 @@ class GraphQLApp(GraphQL[Context, None]):
         try:
             response = await self._respond(scope, receive)
         except ShipyardError as exc:
-            response = _refusal(exc.message, status_for(exc), getattr(exc, "field", None), code_for(exc),
-                                retry_headers(exc))
+            response = _refusal(error_body(exc), status_for(exc), extensions_for(exc), retry_headers(exc))
         except HTTPException as exc:  # strawberry's own refusals (no query, bad variables type, ...)
-            response = _refusal(exc.reason, exc.status_code, None, "BAD_REQUEST")
+            response = _refusal({"error": exc.reason}, exc.status_code,
+                                {"code": "BAD_REQUEST", "status": exc.status_code})
         except Exception:
             logger.exception("unexpected error on %s /graphql", scope.get("method"))
-            response = _refusal(f"internal server error (request id {request_id_var.get()})", 500, None,
-                                "INTERNAL_SERVER_ERROR")
+            response = _refusal({"error": f"internal server error (request id {request_id_var.get()})"}, 500,
+                                {"code": "INTERNAL_SERVER_ERROR", "status": 500, "kind": "internal"})
         await response(scope, receive, send)
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
@@ -128,14 +128,8 @@ class GraphQLApp(GraphQL[Context, None]):
 
 
 def _refusal(
-    message: str, status: int, field: str | None, code: str, headers: Mapping[str, str] | None = None
+    body: dict[str, Any], status: int, extensions: dict[str, Any], headers: Mapping[str, str] | None = None
 ) -> Response:
     """REST's error body, plus the same error in GraphQL's ``errors`` list."""
-    body: dict[str, Any] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    extensions: dict[str, Any] = {"code": code, "status": status}
-    if field is not None:
-        extensions["field"] = field
-    body["errors"] = [{"message": message, "extensions": extensions}]
-    return Response(orjson.dumps(body), status, dict(headers or {}), "application/json")
+    doc = {**body, "errors": [{"message": body["error"], "extensions": extensions}]}
+    return Response(orjson.dumps(doc), status, dict(headers or {}), "application/json")

@@ -1,9 +1,10 @@
-"""The one table from shipyard errors to GraphQL error codes, and how an error is shown.
+"""Shipyard errors as GraphQL errors: the code (from ``shipyard.protocol.status``) and how one is shown.
 
 A resolver's ``ShipyardError`` becomes a GraphQL error whose message is the
 error's own (as REST's ``{"error": ...}``) and whose ``extensions`` carry
-``code``, the HTTP ``status`` REST would answer and, for bad input, ``field``.
-Anything else is logged and shown only as an internal error with the request id.
+``code``, the HTTP ``status`` REST would answer, the error's ``kind`` and
+``type`` (as REST's body) and, for bad input, ``field``. Anything else is logged
+and shown only as an internal error with the request id.
 """
 
 from __future__ import annotations
@@ -14,25 +15,23 @@ from graphql import GraphQLError
 
 from shipyard import errors
 from shipyard.context import request_id_var
-from shipyard.serving.rest.errors import status_for
-
-# Most specific first: the first matching class wins.
-CODE_TABLE: tuple[tuple[type[errors.ShipyardError], str], ...] = (
-    (errors.InvalidInput, "BAD_USER_INPUT"),
-    (errors.InvalidOption, "BAD_USER_INPUT"),
-    (errors.ModelNotFound, "NOT_FOUND"),
-    (errors.ModelNotReady, "UNAVAILABLE"),
-    (errors.RequestTimeout, "TIMEOUT"),
-    (errors.ShipyardError, "INTERNAL_SERVER_ERROR"),
-)
+from shipyard.protocol.status import STATUSES, kind_of, status_of
 
 
 def code_for(exc: errors.ShipyardError) -> str:
-    """The GraphQL ``extensions.code`` for a shipyard error."""
-    for cls, code in CODE_TABLE:
-        if isinstance(exc, cls):
-            return code
-    return "INTERNAL_SERVER_ERROR"
+    """The GraphQL ``extensions.code`` for a shipyard error, from its kind."""
+    return status_of(exc).graphql
+
+
+def extensions_for(exc: errors.ShipyardError) -> dict[str, Any]:
+    """``code``, ``status``, ``kind``, ``type`` and, when one is at fault, ``field``."""
+    status = status_of(exc)
+    extensions: dict[str, Any] = {"code": status.graphql, "status": status.http, "kind": kind_of(exc),
+                                  "type": type(exc).__name__}
+    field = getattr(exc, "field", None)
+    if field is not None:
+        extensions["field"] = field
+    return extensions
 
 
 def is_expected(error: GraphQLError) -> bool:
@@ -41,7 +40,7 @@ def is_expected(error: GraphQLError) -> bool:
     original = error.original_error
     if original is None:
         return True
-    return isinstance(original, errors.ShipyardError) and code_for(original) != "INTERNAL_SERVER_ERROR"
+    return isinstance(original, errors.ShipyardError) and kind_of(original) != "internal"
 
 
 def format_error(error: GraphQLError) -> dict[str, Any]:
@@ -49,13 +48,10 @@ def format_error(error: GraphQLError) -> dict[str, Any]:
     doc: dict[str, Any] = dict(error.formatted)
     original = error.original_error
     if isinstance(original, errors.ShipyardError):
-        extensions: dict[str, Any] = {"code": code_for(original), "status": status_for(original)}
-        field = getattr(original, "field", None)
-        if field is not None:
-            extensions["field"] = field
         doc["message"] = original.message
-        doc["extensions"] = {**(doc.get("extensions") or {}), **extensions}
+        doc["extensions"] = {**(doc.get("extensions") or {}), **extensions_for(original)}
     elif original is not None:
+        internal = STATUSES["internal"]
         doc["message"] = f"internal server error (request id {request_id_var.get()})"
-        doc["extensions"] = {"code": "INTERNAL_SERVER_ERROR", "status": 500}
+        doc["extensions"] = {"code": internal.graphql, "status": internal.http, "kind": "internal"}
     return doc

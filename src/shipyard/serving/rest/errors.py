@@ -1,49 +1,33 @@
-"""The one table from shipyard errors to HTTP status codes, and the JSON error body."""
+"""Shipyard errors as HTTP answers: the status (from ``shipyard.protocol.status``) and the JSON body."""
 
 from __future__ import annotations
 
 from shipyard import errors
-
-# Most specific first: the first matching class wins.
-STATUS_TABLE: tuple[tuple[type[errors.ShipyardError], int], ...] = (
-    (errors.PayloadTooLarge, 413),
-    (errors.UnsupportedMediaType, 415),
-    (errors.InvalidInput, 400),
-    (errors.InvalidOption, 400),
-    (errors.ModelNotFound, 404),
-    (errors.JobNotFound, 404),
-    (errors.IdenticalVersion, 409),
-    (errors.ModelNotReady, 503),
-    (errors.RequestTimeout, 504),
-    (errors.ArtifactIntegrityError, 500),
-    (errors.InferenceError, 500),
-    (errors.BrokerError, 503),
-    (errors.MissingDependency, 500),
-    (errors.ShipyardError, 500),
-)
+from shipyard.protocol.status import kind_of, status_of
 
 
 def status_for(exc: errors.ShipyardError) -> int:
-    for cls, status in STATUS_TABLE:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    """The HTTP status for a shipyard error, from its kind."""
+    return status_of(exc).http
 
 
 def retry_headers(exc: errors.ShipyardError) -> dict[str, str] | None:
     """``Retry-After`` (whole seconds, at least 1) for errors that ask the client to come back."""
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is None:
-        if isinstance(exc, errors.ModelNotReady):
-            retry_after = 1
-        else:
+        if kind_of(exc) != "unavailable":
             return None
+        retry_after = 1
     return {"Retry-After": str(max(1, round(retry_after)))}
 
 
 def error_body(exc: errors.ShipyardError) -> dict[str, object]:
-    """The protocol's ``{"error": message}`` plus the structured fields when known."""
-    body: dict[str, object] = {"error": exc.message}
+    """``{"error": message, "kind": kind, "type": class name}`` plus ``field`` when one is at fault.
+
+    ``kind`` is one of ``shipyard.errors.KINDS``, stable across releases; ``type`` is
+    the exception class, so ``shipyard.Client`` raises the one the server raised.
+    """
+    body: dict[str, object] = {"error": exc.message, "kind": kind_of(exc), "type": type(exc).__name__}
     field = getattr(exc, "field", None)
     if field is not None:
         body["field"] = field

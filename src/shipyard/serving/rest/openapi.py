@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from shipyard import __version__
+from shipyard.errors import KINDS
 from shipyard.protocol.json_body import MAX_JSON_DEPTH
 from shipyard.serving.rest.routes import CSV, JSON, OCTETS, TEXT, Body, Endpoint
 from shipyard.types import DATATYPE_TO_NUMPY, NAME_MAX_LENGTH, NAME_PATTERN, VERSION_PATTERN
@@ -44,8 +45,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {
         "type": "object",
         "required": ["error"],
-        "description": "Every refusal and failure: a one-line message and, when known, the field it is about.",
-        "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
+        "description": "Every refusal and failure: a one-line message, what kind of failure it is, the exception "
+                       "class and, when known, the field it is about. `kind` and `type` are absent only from "
+                       "answers no shipyard error produced (no route, wrong method, an unexpected failure).",
+        "properties": {
+            "error": {"type": "string"},
+            "kind": {"type": "string", "enum": sorted(KINDS),
+                     "description": "Stable across releases; the status follows from it"},
+            "type": {"type": "string", "description": "The shipyard.errors class, e.g. ModelNotFound"},
+            "field": {"type": "string"},
+        },
     },
     "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
     "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
