@@ -33,11 +33,12 @@ from shipyard.batching.policy import BatchPolicy
 from shipyard.batching.queue import Batcher
 from shipyard.config import Settings
 from shipyard.context import RequestContext
-from shipyard.errors import InvalidInput, ModelNotReady, Overloaded, RequestTimeout
+from shipyard.errors import InvalidInput, Overloaded, RequestTimeout, ShipyardError
 from shipyard.hosting.executor import Executor, InProcessExecutor
 from shipyard.hosting.repository import ModelRepository
 from shipyard.monitoring.events import Observers, PredictionEvent
 from shipyard.monitoring.metrics import ServingMetrics
+from shipyard.protocol.status import kind_of
 from shipyard.registry import LoadedModel
 from shipyard.registry.loaded import select_outputs
 from shipyard.rollout.router import AliasRouter, Route, Router
@@ -76,16 +77,7 @@ Decoder = Callable[[Signature], InferenceRequest]
 
 def outcome_of(exc: BaseException) -> str:
     """The outcome an event records for a failure: the error's kind (``internal`` for a non-shipyard error)."""
-    kind = getattr(exc, "kind", None)
-    if isinstance(kind, str):
-        return kind
-    if isinstance(exc, InvalidInput):
-        return "invalid_input"
-    if isinstance(exc, Overloaded | ModelNotReady):
-        return "unavailable"
-    if isinstance(exc, RequestTimeout):
-        return "timeout"
-    return "internal"
+    return kind_of(exc) if isinstance(exc, ShipyardError) else "internal"
 
 
 @dataclass

@@ -286,7 +286,7 @@ async def test_an_unexpected_error_is_a_500_that_hides_details(server: Server, m
     async with serving(server) as c:
         r = await c.get("/v2", headers={"X-Request-ID": "req-9"})
         assert r.status_code == 500
-        assert r.json() == {"error": "internal server error (request id req-9)"}
+        assert r.json() == {"error": "internal server error (request id req-9)", "kind": "internal"}
 
 
 async def test_a_request_id_is_made_when_none_is_sent(server: Server) -> None:

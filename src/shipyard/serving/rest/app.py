@@ -93,7 +93,7 @@ def _guard(handler: Handler) -> Handler:
         except Exception:
             logger.exception("unexpected error on %s %s", request.method, request.url.path)
             rid = request_id_var.get()
-            return json_response({"error": f"internal server error (request id {rid})"}, 500)
+            return json_response({"error": f"internal server error (request id {rid})", "kind": "internal"}, 500)
 
     return wrapped
 
@@ -266,7 +266,7 @@ class RestApp:
         return HTMLResponse(docs_html(self.spec()))
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
-        return json_response({"error": f"no route for {request.method} {request.url.path}"}, 404)
+        return json_response({"error": f"no route for {request.method} {request.url.path}", "kind": "not_found"}, 404)
 
     async def method_not_allowed(self, request: Request, exc: Exception) -> Response:
         # RFC 9110: a 405 names the methods the path does take (Starlette puts them on the exception)

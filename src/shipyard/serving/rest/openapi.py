@@ -46,8 +46,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["error"],
         "description": "Every refusal and failure: a one-line message, what kind of failure it is, the exception "
-                       "class and, when known, the field it is about. `kind` and `type` are absent only from "
-                       "answers no shipyard error produced (no route, wrong method, an unexpected failure).",
+                       "class and, when known, the field it is about. `type` is absent from answers no shipyard "
+                       "error produced (no route: kind not_found; an unexpected failure: kind internal) and `kind` "
+                       "from a wrong method (405, which no kind stands for).",
         "properties": {
             "error": {"type": "string"},
             "kind": {"type": "string", "enum": sorted(KINDS),
