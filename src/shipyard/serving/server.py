@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +30,7 @@ from shipyard.hosting.repository import ModelRepository
 from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
 from shipyard.monitoring.events import Observers, PredictionObserver
 from shipyard.monitoring.metrics import ServingMetrics
+from shipyard.monitoring.predlog import prediction_log
 from shipyard.registry import Registry
 from shipyard.serving import deployment
 from shipyard.serving.async_requests import AsyncRequests
@@ -127,7 +129,12 @@ def build_server(
         runtimes=policies.runtimes,
     )
     metrics = ServingMetrics(settings.monitoring.metrics)
-    watched = Observers([*([metrics] if settings.monitoring.metrics.enabled else []), *(observers or ())])
+    predictions = prediction_log(settings)
+    watched = Observers([
+        *([metrics] if settings.monitoring.metrics.enabled else []),
+        *([predictions] if predictions is not None else []),
+        *(observers or ()),
+    ])
     metrics.watch(watched)
     repo.on_load(metrics.model_loaded)
     dp = DataPlane(
@@ -158,6 +165,8 @@ def build_server(
             await pool.start(versions)
 
         services.append(Hooks("workers", start_workers))
+    if predictions is not None:  # stops after the observers flushed into it: writes what is buffered, closes
+        services.append(Hooks("prediction log", on_stop=_async(predictions.close)))
     services += [
         Hooks("observers", watched.start, watched.stop),  # stops after the data plane: sees every last event
         Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor (the worker processes)
@@ -174,8 +183,10 @@ def build_server(
 
 
 def _async(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    """A blocking close (unloading models, flushing a sink) as a service hook, run off the event loop."""
+
     async def call() -> None:
-        close()
+        await anyio.to_thread.run_sync(close)
 
     return call
 
