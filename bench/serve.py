@@ -13,6 +13,8 @@ measures, with single-row requests:
   (e) onnx    shipyard with the ONNX Runtime path
   (f) b+onnx  batching plus ONNX
   (g) 2 wrk   shipyard native, no batching, two worker processes
+  (h) quiet   shipyard native with metrics off (what (c) costs over it is the metrics)
+  (i) logged  shipyard native with metrics and the prediction log on (embedded SQLite files)
 
 and prints one Markdown table per model: throughput, p50, p99 (median over rounds),
 ratio to (b), idle RSS per process of the server's process tree, and cold start
@@ -181,13 +183,19 @@ def raw_point(model: Any, row: Any, duration: float) -> Point:
     return Point(len(lat) / duration, float(np.median(arr)), float(np.percentile(arr, 99)))
 
 
-CONFIGS: dict[str, tuple[str, list[str]]] = {
-    "(b) bare endpoint": ("bare", []),
-    "(c) shipyard native": ("shipyard", ["--workers", "1"]),
-    "(d) shipyard batching": ("shipyard", ["--workers", "1", "--batching"]),
-    "(e) shipyard onnx": ("shipyard", ["--workers", "1", "--runtime", "onnx"]),
-    "(f) shipyard batching+onnx": ("shipyard", ["--workers", "1", "--batching", "--runtime", "onnx"]),
-    "(g) shipyard native, 2 workers": ("shipyard", ["--workers", "2"]),
+METRICS_OFF = {"SHIPYARD_MONITORING__METRICS__ENABLED": "false"}
+LOG_ON = {"SHIPYARD_MONITORING__PREDICTION_LOG__ENABLED": "true"}
+
+#: label -> (server kind, CLI arguments, environment)
+CONFIGS: dict[str, tuple[str, list[str], dict[str, str]]] = {
+    "(b) bare endpoint": ("bare", [], {}),
+    "(c) shipyard native": ("shipyard", ["--workers", "1"], {}),
+    "(d) shipyard batching": ("shipyard", ["--workers", "1", "--batching"], {}),
+    "(e) shipyard onnx": ("shipyard", ["--workers", "1", "--runtime", "onnx"], {}),
+    "(f) shipyard batching+onnx": ("shipyard", ["--workers", "1", "--batching", "--runtime", "onnx"], {}),
+    "(g) shipyard native, 2 workers": ("shipyard", ["--workers", "2"], {}),
+    "(h) shipyard native, metrics off": ("shipyard", ["--workers", "1"], METRICS_OFF),
+    "(i) shipyard native, metrics + prediction log": ("shipyard", ["--workers", "1"], LOG_ON),
 }
 
 
@@ -207,7 +215,8 @@ def main() -> None:
         tmp = Path(tmp_dir)
         home = tmp / "home"
         models = register_models(home)
-        env = {**os.environ, "SHIPYARD_HOME": str(home), "PYTHONPATH": str(ROOT)}
+        # this checkout's shipyard (src) and bench.bare_app (the root), whatever the venv has installed
+        env = {**os.environ, "SHIPYARD_HOME": str(home), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
         for name in args.models.split(","):
             model, row = models[name]
             record = row.to_dict(orient="records")
@@ -215,7 +224,7 @@ def main() -> None:
             results: dict[str, Result] = {"(a) raw predict": Result()}
             for _ in range(args.rounds):
                 results["(a) raw predict"].points.setdefault(1, []).append(raw_point(model, row, args.duration))
-                for label, (kind, extra) in chosen.items():
+                for label, (kind, extra, extra_env) in chosen.items():
                     port = free_port()
                     if kind == "bare":
                         cmd = [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(port),
@@ -226,7 +235,7 @@ def main() -> None:
                         cmd = [sys.executable, "-m", "shipyard", "serve", name, "--port", str(port),
                                "--log-level", "warning", *extra]
                         url = f"http://127.0.0.1:{port}/v1/models/{name}:predict"
-                        run_env = env
+                        run_env = {**env, **extra_env}
                     try:
                         if "onnx" in extra:  # compile once, as a deployment would; time the start after
                             stop(start(cmd, run_env, url, body)[0])
