@@ -31,6 +31,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from shipyard.errors import RegistryError
+
 logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -115,7 +117,7 @@ class Database:
     @staticmethod
     def head() -> str:
         """The newest schema revision this shipyard knows."""
-        head = ScriptDirectory.from_config(_config()).get_current_head()
+        head: str | None = ScriptDirectory.from_config(_config()).get_current_head()
         assert head is not None, "shipyard ships at least one schema revision"
         return head
 
@@ -125,10 +127,17 @@ class Database:
         Runs on open. Checks without a lock first, so opening a current database (even a
         read-only SQLite file) writes nothing.
         """
+        script = ScriptDirectory.from_config(_config())
         head = self.head()
         with self.connect() as conn:
-            if _current(conn) == head:
-                return
+            current = _current(conn)
+        if current == head:
+            return
+        if current is not None and current not in {s.revision for s in script.walk_revisions()}:
+            raise RegistryError(
+                f"the registry database is at schema revision {current}, newer than this shipyard knows "
+                f"(up to {head}): upgrade shipyard to open it"
+            )
         with self.transaction() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
