@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from shipyard.errors import ArtifactIntegrityError, IdenticalVersion, InvalidInput, ModelNotFound, RegistryError
 from shipyard.registry import Registry
 from shipyard.registry.artifacts import ArtifactStore
+from shipyard.registry.database import Database
 from shipyard.registry.store import SQLStore
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,7 @@ def X(iris: tuple[pd.DataFrame, pd.Series]) -> pd.DataFrame:
 
 
 def open_registry(db_url: str, artifacts: str, cache: Path) -> Registry:
-    return Registry(SQLStore(db_url), ArtifactStore(artifacts, cache))
+    return Registry(SQLStore(Database(db_url)), ArtifactStore(artifacts, cache))
 
 
 @pytest.fixture
@@ -142,9 +143,10 @@ def test_aliases_history_and_rollback_on_postgres(
     for v in (1, 2, 3):
         pg_registry.register(model, "iris", sample=X.head(5))
         pg_registry.set_alias("iris", "champion", v)
-    pg_registry.set_alias("iris", "challenger", 1)
+    pg_registry.set_alias("iris", "challenger", 1, actor="ana")
 
     assert pg_registry.aliases("iris") == {"champion": 3, "challenger": 1}
+    assert [m.actor for m in pg_registry.alias_history("iris", "challenger")] == ["ana"]
     assert pg_registry.get("iris@champion").version == 3
 
     first = pg_registry.rollback("iris", "champion")

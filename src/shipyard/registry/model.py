@@ -83,3 +83,5 @@ class AliasMove:
     action: str
     """'set', 'rollback' or 'delete'."""
     moved_at: str
+    actor: str | None = None
+    """Who moved it (the CLI records the OS user); None when not given or recorded before 0.2."""

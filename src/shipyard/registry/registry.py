@@ -25,9 +25,10 @@ from shipyard.errors import IdenticalVersion, InvalidInput, ModelFormatError, Sh
 from shipyard.registry import checkset, lineage
 from shipyard.registry.artifacts import ArtifactStore, hash_tree
 from shipyard.registry.checkset import CheckSet
+from shipyard.registry.database import Database
 from shipyard.registry.loaded import LoadedModel
 from shipyard.registry.model import AliasMove, ModelVersion, manifest_digest
-from shipyard.registry.store import SQLStore
+from shipyard.registry.store import RegistryStore, SQLStore
 from shipyard.runtime.base import Runtime
 from shipyard.runtime.loader import get_runtime, runtime_for
 from shipyard.signature import Signature, TensorSpec, head, infer_signature, sample_to_arrays
@@ -40,18 +41,37 @@ IF_IDENTICAL = ("refuse", "reuse", "new")
 
 
 class Registry:
-    """Versioned models with aliases. Build with ``Registry.from_settings()``."""
+    """Versioned models with aliases. Build with ``Registry.from_settings()``.
 
-    def __init__(self, store: SQLStore, artifacts: ArtifactStore) -> None:
+    Args:
+        store: the metadata store.
+        artifacts: the artifact files.
+        database: the SQL database other components keep their tables in (asynchronous jobs);
+            defaults to an ``SQLStore``'s own.
+    """
+
+    def __init__(self, store: RegistryStore, artifacts: ArtifactStore, database: Database | None = None) -> None:
         self.store = store
         self.artifacts = artifacts
+        if database is None and isinstance(store, SQLStore):
+            database = store.database
+        self._database = database
+
+    @property
+    def database(self) -> Database:
+        """The SQL database beside the registry, for tables of other components."""
+        if self._database is None:
+            raise RuntimeError("this registry was built without a SQL database")
+        return self._database
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Registry:
+        """Open the configured registry, upgrading its database schema if it is older than this shipyard."""
         s = settings or Settings.from_env()
         if not s.registry_url or not s.artifacts:
             s.home.mkdir(parents=True, exist_ok=True)
-        return cls(SQLStore(s.resolved_registry_url), ArtifactStore(s.resolved_artifacts, s.cache_dir))
+        database = Database(s.resolved_registry_url)
+        return cls(SQLStore(database), ArtifactStore(s.resolved_artifacts, s.cache_dir), database)
 
     def close(self) -> None:
         self.store.close()
@@ -248,15 +268,16 @@ class Registry:
 
     # -- aliases ------------------------------------------------------------------
 
-    def set_alias(self, name: str, alias: str, version: int) -> AliasMove:
+    def set_alias(self, name: str, alias: str, version: int, actor: str | None = None) -> AliasMove:
+        """Point ``alias`` at ``version``; ``actor`` (who did it) is kept in the alias's history."""
         _check_alias(alias)
-        return self.store.set_alias(name, alias, version)
+        return self.store.set_alias(name, alias, version, actor=actor)
 
-    def delete_alias(self, name: str, alias: str) -> AliasMove:
-        return self.store.delete_alias(name, alias)
+    def delete_alias(self, name: str, alias: str, actor: str | None = None) -> AliasMove:
+        return self.store.delete_alias(name, alias, actor=actor)
 
-    def rollback(self, name: str, alias: str = "champion") -> AliasMove:
-        return self.store.rollback_alias(name, alias)
+    def rollback(self, name: str, alias: str = "champion", actor: str | None = None) -> AliasMove:
+        return self.store.rollback_alias(name, alias, actor=actor)
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasMove]:
         return self.store.alias_history(name, alias)

@@ -1,6 +1,9 @@
 """Registry metadata in a SQL database: SQLite embedded, PostgreSQL in production.
 
-One implementation over SQLAlchemy Core serves both. Every write is one
+``RegistryStore`` is what the registry needs from its metadata store; ``SQLStore``
+is the one implementation, over SQLAlchemy Core, serving both databases. The
+tables below describe the newest schema for queries; the schema itself is created
+and upgraded by the migrations ``Database`` runs on open. Every write is one
 transaction; version numbers are allocated under a lock on the model's row
 (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so
 two processes registering the same name at once get two distinct versions.
@@ -12,17 +15,16 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shipyard.errors import IdenticalVersion, ModelNotFound, RegistryError, VersionConflict
+from shipyard.registry.database import Database
 from shipyard.registry.model import AliasMove, ModelVersion
 from shipyard.signature import Signature
 
@@ -67,6 +69,7 @@ alias_history_t = sa.Table(
     sa.Column("previous", sa.Integer, nullable=True),
     sa.Column("action", sa.String(16), nullable=False),
     sa.Column("moved_at", sa.String(40), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=True),  # revision 0002
 )
 
 
@@ -74,77 +77,86 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-_WRITE_FLAG = "shipyard_write"
+class RegistryStore(Protocol):
+    """Where the registry keeps model metadata: versions, aliases and alias history.
 
+    Artifact files live elsewhere (``ArtifactStore``); a store holds only records.
+    Every write is atomic, and concurrent writers never get the same version number.
+    """
 
-def _sqlite_immediate(engine: Engine) -> None:
-    """SQLite: take the write lock at BEGIN so concurrent writers queue instead of failing late."""
+    def add_version(self, record: dict[str, Any], *, allow_identical: bool = True) -> ModelVersion:
+        """Store ``record`` as the next version of ``record["name"]`` (creating the model) and return it.
 
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _rec: Any) -> None:
-        dbapi_conn.isolation_level = None  # let SQLAlchemy's 'begin' event issue BEGIN
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
+        With ``allow_identical=False``, raise ``IdenticalVersion`` when a version with the same
+        digest and runtime settings exists already.
+        """
+        ...
 
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        # Writers lock at BEGIN; readers use a plain deferred transaction (WAL lets them run
-        # beside a writer, and a read-only database file stays readable).
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(_WRITE_FLAG) else "BEGIN")
+    def get_version(self, name: str, version: int) -> ModelVersion:
+        """One version; ``ModelNotFound`` names the model or the version that is missing."""
+        ...
+
+    def latest_version(self, name: str) -> ModelVersion:
+        """The highest-numbered version of ``name``; ``ModelNotFound`` if it has none."""
+        ...
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name``, oldest first; ``ModelNotFound`` for an unknown model."""
+        ...
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """One summary per model, by name: name, latest, versions (count), aliases, created_at."""
+        ...
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """The model's aliases and the versions they point at (empty for an unknown model)."""
+        ...
+
+    def resolve_alias(self, name: str, alias: str) -> int:
+        """The version ``alias`` points at; ``ModelNotFound`` for an unknown model or alias."""
+        ...
+
+    def set_alias(
+        self, name: str, alias: str, version: int, action: str = "set", actor: str | None = None
+    ) -> AliasMove:
+        """Point ``alias`` at an existing ``version`` and append the move, by ``actor``, to its history."""
+        ...
+
+    def delete_alias(self, name: str, alias: str, actor: str | None = None) -> AliasMove:
+        """Remove ``alias`` and record the deletion; ``ModelNotFound`` if it does not exist."""
+        ...
+
+    def rollback_alias(self, name: str, alias: str, actor: str | None = None) -> AliasMove:
+        """Move ``alias`` back to its target before its latest move; ``RegistryError`` if there is none."""
+        ...
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasMove]:
+        """Every move of the model's aliases (or of one alias), oldest first."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
+        ...
 
 
 class SQLStore:
-    """Models, versions and aliases in one SQL database."""
+    """Models, versions and aliases in the tables of one ``Database``.
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        kwargs: dict[str, Any] = {"future": True}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        elif url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        try:
-            self.engine = sa.create_engine(url, **kwargs)
-        except ImportError as exc:
-            from shipyard.errors import MissingDependency
+    Args:
+        database: the open database; ``close()`` closes it.
+    """
 
-            raise MissingDependency(exc.name or "psycopg", "postgres") from exc
-        self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            _sqlite_immediate(self.engine)
-        self._create_tables()
-
-    def _create_tables(self) -> None:
-        for attempt in range(5):
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-                return
-            except (IntegrityError, OperationalError, sa.exc.ProgrammingError):
-                # two processes creating the schema at once; the loser retries and finds it there
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.url = database.url
+        self.dialect = database.dialect
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.database.close()
 
     def transaction(self) -> AbstractContextManager[Connection]:
         """A write transaction on this database, for other tables that live beside the registry's."""
-        return self._tx()
-
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        """A write transaction (on SQLite it takes the database's write lock at BEGIN)."""
-        with self.engine.connect() as conn:
-            conn.info[_WRITE_FLAG] = True  # info lives on the pooled DBAPI connection: reset below
-            try:
-                with conn.begin():
-                    yield conn
-            finally:
-                conn.info.pop(_WRITE_FLAG, None)
+        return self.database.transaction()
 
     def _lock_model(self, conn: Connection, name: str, create: bool) -> bool:
         """Lock the model's row for this transaction; create it first if asked."""
@@ -176,7 +188,7 @@ class SQLStore:
         name = record["name"]
         for attempt in range(20):
             try:
-                with self._tx() as conn:
+                with self.database.transaction() as conn:
                     self._lock_model(conn, name, create=True)
                     if not allow_identical:
                         same = self._identical(conn, record)
@@ -219,7 +231,7 @@ class SQLStore:
         return None
 
     def get_version(self, name: str, version: int) -> ModelVersion:
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             row = conn.execute(
                 sa.select(versions_t.c.record).where(versions_t.c.name == name, versions_t.c.version == version)
             ).first()
@@ -229,7 +241,7 @@ class SQLStore:
         return _to_version(row[0])
 
     def latest_version(self, name: str) -> ModelVersion:
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             row = conn.execute(
                 sa.select(versions_t.c.record)
                 .where(versions_t.c.name == name)
@@ -241,7 +253,7 @@ class SQLStore:
         return _to_version(row[0])
 
     def list_versions(self, name: str) -> list[ModelVersion]:
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             rows = conn.execute(
                 sa.select(versions_t.c.record).where(versions_t.c.name == name).order_by(versions_t.c.version)
             ).all()
@@ -251,7 +263,7 @@ class SQLStore:
 
     def list_models(self) -> list[dict[str, Any]]:
         """One summary per model: name, latest version, version count, aliases, created_at."""
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             counts = conn.execute(
                 sa.select(versions_t.c.name, sa.func.max(versions_t.c.version), sa.func.count()).group_by(
                     versions_t.c.name
@@ -274,21 +286,21 @@ class SQLStore:
         ]
 
     def _require_model(self, name: str) -> None:
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             if conn.execute(sa.select(models_t.c.name).where(models_t.c.name == name)).first() is None:
                 raise ModelNotFound(name)
 
     # -- aliases ---------------------------------------------------------------
 
     def aliases(self, name: str) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             rows = conn.execute(
                 sa.select(aliases_t.c.alias, aliases_t.c.version).where(aliases_t.c.name == name)
             ).all()
         return {a: int(v) for a, v in rows}
 
     def resolve_alias(self, name: str, alias: str) -> int:
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             v = conn.execute(
                 sa.select(aliases_t.c.version).where(aliases_t.c.name == name, aliases_t.c.alias == alias)
             ).scalar()
@@ -297,9 +309,11 @@ class SQLStore:
             raise ModelNotFound(name, alias=alias)
         return int(v)
 
-    def set_alias(self, name: str, alias: str, version: int, action: str = "set") -> AliasMove:
-        """Point ``alias`` at ``version`` and append the move to its history, atomically."""
-        with self._tx() as conn:
+    def set_alias(
+        self, name: str, alias: str, version: int, action: str = "set", actor: str | None = None
+    ) -> AliasMove:
+        """Point ``alias`` at ``version`` and append the move (by ``actor``) to its history, atomically."""
+        with self.database.transaction() as conn:
             if not self._lock_model(conn, name, create=False):
                 raise ModelNotFound(name)
             exists = conn.execute(
@@ -307,9 +321,11 @@ class SQLStore:
             ).first()
             if exists is None:
                 raise ModelNotFound(name, version=version)
-            return self._move(conn, name, alias, version, action)
+            return self._move(conn, name, alias, version, action, actor)
 
-    def _move(self, conn: Connection, name: str, alias: str, version: int | None, action: str) -> AliasMove:
+    def _move(
+        self, conn: Connection, name: str, alias: str, version: int | None, action: str, actor: str | None
+    ) -> AliasMove:
         previous = conn.execute(
             sa.select(aliases_t.c.version).where(aliases_t.c.name == name, aliases_t.c.alias == alias)
         ).scalar()
@@ -326,17 +342,18 @@ class SQLStore:
         moved_at = now_iso()
         conn.execute(
             alias_history_t.insert().values(
-                name=name, alias=alias, version=version, previous=previous, action=action, moved_at=moved_at
+                name=name, alias=alias, version=version, previous=previous, action=action, moved_at=moved_at,
+                actor=actor,
             )
         )
-        return AliasMove(name, alias, version, None if previous is None else int(previous), action, moved_at)
+        return AliasMove(name, alias, version, None if previous is None else int(previous), action, moved_at, actor)
 
-    def delete_alias(self, name: str, alias: str) -> AliasMove:
-        with self._tx() as conn:
+    def delete_alias(self, name: str, alias: str, actor: str | None = None) -> AliasMove:
+        with self.database.transaction() as conn:
             if not self._lock_model(conn, name, create=False):
                 raise ModelNotFound(name)
             self._require_alias(conn, name, alias)
-            return self._move(conn, name, alias, None, "delete")
+            return self._move(conn, name, alias, None, "delete", actor)
 
     def _require_alias(self, conn: Connection, name: str, alias: str) -> int:
         v = conn.execute(
@@ -346,13 +363,13 @@ class SQLStore:
             raise ModelNotFound(name, alias=alias)
         return int(v)
 
-    def rollback_alias(self, name: str, alias: str) -> AliasMove:
+    def rollback_alias(self, name: str, alias: str, actor: str | None = None) -> AliasMove:
         """Move ``alias`` back to the target it had before its latest move.
 
         History is replayed as a stack: a 'set' pushes, a 'rollback' pops, a
         'delete' clears; so rolling back twice walks two steps back.
         """
-        with self._tx() as conn:
+        with self.database.transaction() as conn:
             if not self._lock_model(conn, name, create=False):
                 raise ModelNotFound(name)
             self._require_alias(conn, name, alias)
@@ -361,10 +378,10 @@ class SQLStore:
                 raise RegistryError(
                     f"alias '{alias}' of '{name}' has no earlier version to roll back to"
                 )
-            return self._move(conn, name, alias, stack[-2], "rollback")
+            return self._move(conn, name, alias, stack[-2], "rollback", actor)
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasMove]:
-        with self.engine.connect() as conn:
+        with self.database.connect() as conn:
             return self._history(conn, name, alias)
 
     def _history(self, conn: Connection, name: str, alias: str | None) -> list[AliasMove]:
@@ -373,7 +390,8 @@ class SQLStore:
             q = q.where(alias_history_t.c.alias == alias)
         rows = conn.execute(q.order_by(alias_history_t.c.id)).mappings().all()
         return [
-            AliasMove(r["name"], r["alias"], r["version"], r["previous"], r["action"], r["moved_at"]) for r in rows
+            AliasMove(r["name"], r["alias"], r["version"], r["previous"], r["action"], r["moved_at"], r["actor"])
+            for r in rows
         ]
 
 

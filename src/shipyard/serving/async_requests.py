@@ -76,7 +76,7 @@ class AsyncRequests:
 
     async def start(self) -> None:
         """Open the broker ends; consumers and the collector run until ``stop``. Fails fast on a bad broker."""
-        self._store = await anyio.to_thread.run_sync(JobStore, self.registry.store)
+        self._store = await anyio.to_thread.run_sync(JobStore, self.registry.database)
         self._http = httpx.AsyncClient(timeout=10.0)
         names = self.dp.repository.names()
         for name in names:

@@ -16,8 +16,9 @@ import orjson
 import sqlalchemy as sa
 
 from shipyard.errors import JobNotFound
-from shipyard.registry.store import SQLStore
+from shipyard.registry.database import Database
 
+# The table's schema is created and upgraded by the registry's migrations (revision 0001).
 _metadata = sa.MetaData()
 jobs = sa.Table(
     "async_jobs",
@@ -48,19 +49,20 @@ class Job:
 
 
 class JobStore:
-    def __init__(self, store: SQLStore) -> None:
-        self.store = store
-        _metadata.create_all(store.engine, checkfirst=True)
+    """Asynchronous jobs in the ``async_jobs`` table of ``database``."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     def add(self, job_id: str, model: str, callback: str | None) -> None:
-        with self.store.transaction() as conn:
+        with self.database.transaction() as conn:
             conn.execute(jobs.insert().values(id=job_id, model=model, status=QUEUED, submitted_at=time.time(),
                                               callback=callback))
 
     def finish(self, job_id: str, model: str, failed: bool, result: bytes) -> Job:
         """Record a result; a result for a job this store never saw (sent by another system) is kept too."""
         status = FAILED if failed else DONE
-        with self.store.transaction() as conn:
+        with self.database.transaction() as conn:
             done = conn.execute(
                 jobs.update().where(jobs.c.id == job_id).values(status=status, finished_at=time.time(), result=result)
             )
@@ -71,11 +73,11 @@ class JobStore:
         return self.get(job_id)
 
     def set_callback_status(self, job_id: str, status: str) -> None:
-        with self.store.transaction() as conn:
+        with self.database.transaction() as conn:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(callback_status=status))
 
     def get(self, job_id: str) -> Job:
-        with self.store.engine.connect() as conn:
+        with self.database.connect() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().first()
         if row is None:
             raise JobNotFound(job_id)

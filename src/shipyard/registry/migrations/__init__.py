@@ -1,0 +1,1 @@
+"""Alembic revisions of shipyard's SQL schema, run by ``shipyard.registry.database.Database`` on open."""

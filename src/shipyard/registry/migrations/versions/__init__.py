@@ -1,0 +1,1 @@
+"""One module per schema revision, oldest first. A new table or column is a new revision."""
