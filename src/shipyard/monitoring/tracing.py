@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 from shipyard._extras import require
 from shipyard.config import TracingConfig
 from shipyard.context import RequestContext
+from shipyard.errors import ShipyardError
+from shipyard.protocol.status import kind_of
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -187,7 +189,7 @@ class Tracing:
 class _OtelRequestSpan(RequestSpan):
     """A request's server span, current in this task while it is open."""
 
-    __slots__ = ("ctx", "span", "context", "recording", "_token", "trace_id")
+    __slots__ = ("ctx", "span", "context", "recording", "_token", "trace_id", "_outcome")
 
     def __init__(self, tracer: Tracer, ctx: RequestContext) -> None:
         from opentelemetry import trace
@@ -208,12 +210,14 @@ class _OtelRequestSpan(RequestSpan):
         self.recording = self.span.is_recording()
         self.trace_id = trace.format_trace_id(self.span.get_span_context().trace_id)
         self._token: Token[_OtelRequestSpan | None] | None = None
+        self._outcome = False
 
     def routed(self, model: str, version: int, route: str) -> None:
         self.span.set_attributes({"shipyard.model": model, "shipyard.version": version, "shipyard.route": route})
 
     def finished(self, rows: int, outcome: str) -> None:
         self.span.set_attributes({"shipyard.rows": rows, "shipyard.outcome": outcome})
+        self._outcome = True
 
     def traceparent(self) -> str | None:
         sc = self.span.get_span_context()
@@ -230,6 +234,9 @@ class _OtelRequestSpan(RequestSpan):
         if exc is not None:
             from opentelemetry.trace import Status, StatusCode
 
+            if not self._outcome:  # failed before the data plane said how (routing, a transport)
+                outcome = kind_of(exc) if isinstance(exc, ShipyardError) else "internal"
+                self.span.set_attribute("shipyard.outcome", outcome)
             self.span.record_exception(exc)
             self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:500]))
         self.span.end()

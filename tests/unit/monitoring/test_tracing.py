@@ -176,6 +176,16 @@ async def test_a_failed_request_is_an_error_span_with_its_exception(batched: Tra
     assert kids[1].status.status_code == StatusCode.ERROR
 
 
+async def test_an_unknown_model_is_an_error_span_without_steps(batched: Traced) -> None:
+    async with batched.client() as c:
+        assert (await c.post("/v1/models/nope:predict", json=ROWS)).status_code == 404
+    spans = batched.spans()
+    [root] = roots(spans)
+    assert root.status.status_code == StatusCode.ERROR and children_of(spans, root) == []
+    assert dict(root.attributes or {})["shipyard.outcome"] == "not_found"
+    assert "shipyard.model" not in dict(root.attributes or {})  # never routed
+
+
 async def test_an_unbatched_request_has_no_queue_span(registry: tuple[Path, Registry]) -> None:
     async for t in traced(settings(registry[0], batching=False), registry[1]):
         async with t.client() as c:
