@@ -33,6 +33,7 @@ class _Item:
     key: Any
     future: asyncio.Future[Arrays]
     queued_at: float = field(default=0.0)
+    on_run: Callable[[float, int], None] | None = None
 
 
 class Batcher:
@@ -72,12 +73,16 @@ class Batcher:
     def queued(self) -> int:
         return self._admitted
 
-    async def submit(self, arrays: Arrays) -> Arrays:
-        """Queue one validated request; returns its own slice of the batch's outputs."""
+    async def submit(self, arrays: Arrays, on_run: Callable[[float, int], None] | None = None) -> Arrays:
+        """Queue one validated request; returns its own slice of the batch's outputs.
+
+        ``on_run(took, requests)`` hears, as it ends, of the model call that answered the
+        request (or failed it): its duration (seconds of ``clock``) and how many requests it merged.
+        """
         if self._admitted >= self.max_queue:
             raise Overloaded(self.name, self._admitted)
         loop = asyncio.get_running_loop()
-        item = _Item(arrays, rows(arrays), shape_key(arrays), loop.create_future(), self._clock())
+        item = _Item(arrays, rows(arrays), shape_key(arrays), loop.create_future(), self._clock(), on_run)
         self._queue.append(item)
         self._admitted += 1
         self._wakeup.set()
@@ -149,7 +154,13 @@ class Batcher:
     async def _execute(self, items: list[_Item]) -> None:
         started = self._clock()
         try:
-            outputs = await self._call(merge([i.arrays for i in items]))
+            try:
+                outputs = await self._call(merge([i.arrays for i in items]))
+            finally:
+                took = self._clock() - started
+                for i in items:
+                    if i.on_run is not None:
+                        i.on_run(took, len(items))
             parts = split(outputs, [i.rows for i in items])
         except BaseException as exc:
             for i in items:

@@ -38,6 +38,7 @@ from shipyard.hosting.executor import Executor, InProcessExecutor
 from shipyard.hosting.repository import ModelRepository
 from shipyard.monitoring.events import Observers, PredictionEvent
 from shipyard.monitoring.metrics import ServingMetrics
+from shipyard.monitoring.tracing import Tracing
 from shipyard.protocol.status import kind_of
 from shipyard.registry import LoadedModel
 from shipyard.registry.loaded import select_outputs
@@ -112,6 +113,7 @@ class DataPlane:
         router: Router | None = None,
         observers: Observers | None = None,
         metrics: ServingMetrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """
         Args:
@@ -119,6 +121,7 @@ class DataPlane:
             router: which version a request for a name goes to (default: ``AliasRouter``).
             observers: who sees every prediction once its response is decided (default: nobody).
             metrics: where batch sizes, queue times and in-flight counts go (what events do not carry).
+            tracing: a span per request and its steps (default: off; ``monitoring/tracing.py``).
             executor: where model calls run (default: in this process).
             batching: per-model batch policy; a name mapped to None disables batching for it.
             default_batching: the policy of models not named in ``batching`` (None: no batching).
@@ -141,6 +144,7 @@ class DataPlane:
         self.router: Router = router or AliasRouter(repository)
         self.observers = observers or Observers([])
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         repository.on_release(self._released)
 
     # -- health and metadata -----------------------------------------------------
@@ -267,55 +271,61 @@ class DataPlane:
         """
         if ctx is None:
             ctx = RequestContext.new("python", request.id if isinstance(request, InferenceRequest) else None)
-        route = self.router.route(name, version, ctx)
-        model = await self.repository.get_async(route.ref)
-        stats = self.statistics.of(model.name, model.version.version)
-        wall = time.time()
-        started = time.perf_counter_ns()
-        done = _Done()
-        if self.metrics is not None:
-            self.metrics.inflight(model.name, 1)
-        try:
-            decoded = request if isinstance(request, InferenceRequest) else request(model.signature)
-            if decoded.id is None:
-                decoded.id = ctx.request_id
-            response = await self._infer(model, decoded, stats, done)
-        except Exception as exc:
-            took = time.perf_counter_ns() - started
-            stats.failed(took)
-            if self.observers:
-                self._emit(ctx, model, route, done, wall, took, outcome_of(exc), str(exc))
-            raise
-        finally:
+        with self.tracing.request(ctx) as span:  # joins the transport's span when it opened one
+            route = self.router.route(name, version, ctx)
+            model = await self.repository.get_async(route.ref)
+            span.routed(model.name, model.version.version, route.label)
+            stats = self.statistics.of(model.name, model.version.version)
+            wall = time.time()
+            started = time.perf_counter_ns()
+            done = _Done()
             if self.metrics is not None:
-                self.metrics.inflight(model.name, -1)
-        took = time.perf_counter_ns() - started
-        stats.succeeded(done.rows, took)
-        if self.observers:
-            self._emit(ctx, model, route, done, wall, took, "ok", None)
-        return response
+                self.metrics.inflight(model.name, 1)
+            try:
+                with self.tracing.span("decode"):
+                    decoded = request if isinstance(request, InferenceRequest) else request(model.signature)
+                if decoded.id is None:
+                    decoded.id = ctx.request_id
+                response = await self._infer(model, decoded, stats, done)
+            except Exception as exc:
+                took = time.perf_counter_ns() - started
+                stats.failed(took)
+                span.finished(done.rows, outcome_of(exc))
+                if self.observers:
+                    self._emit(ctx, model, route, done, wall, took, outcome_of(exc), str(exc), span.trace_id)
+                raise
+            finally:
+                if self.metrics is not None:
+                    self.metrics.inflight(model.name, -1)
+            took = time.perf_counter_ns() - started
+            stats.succeeded(done.rows, took)
+            span.finished(done.rows, "ok")
+            if self.observers:
+                self._emit(ctx, model, route, done, wall, took, "ok", None, span.trace_id)
+            return response
 
     def _emit(self, ctx: RequestContext, model: LoadedModel, route: Route, done: _Done, wall: float,
-              took_ns: int, outcome: str, error: str | None) -> None:
+              took_ns: int, outcome: str, error: str | None, trace_id: str | None = None) -> None:
         self.observers.emit(PredictionEvent(
             context=ctx, model=model.name, version=model.version.version, route=route.label,
             inputs=done.inputs, outputs=done.outputs, started_at=wall, latency_s=took_ns / 1e9,
-            outcome=outcome, rows=done.rows, cached=done.cached, error=error,
+            outcome=outcome, rows=done.rows, cached=done.cached, error=error, trace_id=trace_id,
         ))
 
     async def _infer(
         self, model: LoadedModel, request: InferenceRequest, stats: ModelStats, done: _Done
     ) -> InferenceResponse:
-        if request.outputs:
-            model.check_outputs(request.outputs)
-        if request.declared_datatypes and not request_flag(request.parameters, CONVERT_DATATYPES):
-            check_declared_datatypes(
-                model.signature,
-                {t.name: t.datatype for t in request.inputs},
-                hint=f"send that datatype, or set the request parameter {CONVERT_DATATYPES}=true "
-                "to have values converted when they fit",
-            )
-        arrays = model.signature.validate({t.name: t.data for t in request.inputs})
+        with self.tracing.span("validate"):
+            if request.outputs:
+                model.check_outputs(request.outputs)
+            if request.declared_datatypes and not request_flag(request.parameters, CONVERT_DATATYPES):
+                check_declared_datatypes(
+                    model.signature,
+                    {t.name: t.datatype for t in request.inputs},
+                    hint=f"send that datatype, or set the request parameter {CONVERT_DATATYPES}=true "
+                    "to have values converted when they fit",
+                )
+            arrays = model.signature.validate({t.name: t.data for t in request.inputs})
         done.inputs, done.rows = arrays, _rows(arrays)
         key = None
         if self.cache is not None and model.name in self.cached_models:
@@ -372,7 +382,12 @@ class DataPlane:
         """One model call, batched when the model has a batch policy; admission is bounded."""
         batcher = self._batcher_for(model, stats)
         if batcher is not None:
-            return await batcher.submit(arrays)  # the batcher reports each call to stats
+            run = self.tracing.batch_run()  # None unless this request is traced
+            try:
+                return await batcher.submit(arrays, on_run=run)  # the batcher reports each call to stats
+            finally:
+                if run is not None:
+                    self.tracing.batched(run)  # its queue and model spans, timed by the batcher
         key = model.version.ref
         queued = self._inflight.get(key, 0)
         if queued >= self.max_queue:
@@ -380,7 +395,8 @@ class DataPlane:
         self._inflight[key] = queued + 1
         try:
             started = time.perf_counter_ns()
-            outputs = await self.executor.run(model, arrays)
+            with self.tracing.span("model"):
+                outputs = await self.executor.run(model, arrays)
             stats.executed(rows, time.perf_counter_ns() - started)
             return outputs
         finally:

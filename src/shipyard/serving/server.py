@@ -31,6 +31,7 @@ from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
 from shipyard.monitoring.events import Observers, PredictionObserver
 from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.monitoring.predlog import prediction_log
+from shipyard.monitoring.tracing import Tracing
 from shipyard.registry import Registry
 from shipyard.serving import deployment
 from shipyard.serving.async_requests import AsyncRequests
@@ -137,6 +138,7 @@ def build_server(
     ])
     metrics.watch(watched)
     repo.on_load(metrics.model_loaded)
+    tracing = Tracing(settings.monitoring.tracing)
     dp = DataPlane(
         repo,
         executor=pool,
@@ -148,6 +150,7 @@ def build_server(
         request_timeout=settings.request_timeout_seconds or None,
         observers=watched,
         metrics=metrics if settings.monitoring.metrics.enabled else None,
+        tracing=tracing,
     )
     if dp.cache is not None:
         repo.on_alias_move(dp.cache.invalidate)
@@ -167,6 +170,8 @@ def build_server(
         services.append(Hooks("workers", start_workers))
     if predictions is not None:  # stops after the observers flushed into it: writes what is buffered, closes
         services.append(Hooks("prediction log", on_stop=_async(predictions.close)))
+    if tracing.enabled:  # stops after the data plane: exports its last spans, then shuts the provider down
+        services.append(tracing)
     services += [
         Hooks("observers", watched.start, watched.stop),  # stops after the data plane: sees every last event
         Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor (the worker processes)

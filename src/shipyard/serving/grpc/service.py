@@ -161,8 +161,10 @@ class InferenceServicer:
             return request
 
         ctx = RequestContext.new("grpc", rid, traceparent=traceparent)
-        response = await self.dp.infer(msg.model_name, msg.model_version or None, decode, ctx)
-        return codec.encode_response(response, raw=not typed[0])
+        with self.dp.tracing.request(ctx):  # the data plane joins it; encode is its child too
+            response = await self.dp.infer(msg.model_name, msg.model_version or None, decode, ctx)
+            with self.dp.tracing.span("encode"):
+                return codec.encode_response(response, raw=not typed[0])
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
         traceparent = _metadata(context, "traceparent")

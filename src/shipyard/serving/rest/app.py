@@ -20,6 +20,7 @@ from shipyard import __version__
 from shipyard.context import RequestContext, new_request_id, request_id_var
 from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.monitoring.metrics import ServingMetrics
+from shipyard.monitoring.tracing import RequestSpan
 from shipyard.protocol import mlflow_scoring, oip, simple
 from shipyard.protocol.json_body import parse_json
 from shipyard.serving.async_requests import AsyncRequests, job_view
@@ -77,6 +78,12 @@ def _context(request: Request) -> RequestContext:
     """The request context of an HTTP request (its id was set by ``RequestIdMiddleware``)."""
     return RequestContext.new("rest", request.scope.get("state", {}).get("request_id") or request_id_var.get(),
                               traceparent=request.headers.get("traceparent"))
+
+
+def _traced(span: RequestSpan) -> dict[str, str] | None:
+    """The ``traceparent`` response header naming the request's span (None when tracing is off)."""
+    traceparent = span.traceparent()
+    return {"traceparent": traceparent} if traceparent is not None else None
 
 
 def _guard(handler: Handler) -> Handler:
@@ -164,14 +171,17 @@ class RestApp:
             decoded.append(oip.decode_request(body, header_len))
             return decoded[0]
 
-        resp = await self.dp.infer(p["name"], p.get("version"), decode, _context(request))
-        content, json_len = oip.encode_response(resp, decoded[0])
+        ctx = _context(request)
+        with self.dp.tracing.request(ctx) as span:  # the data plane joins it; encode is its child too
+            resp = await self.dp.infer(p["name"], p.get("version"), decode, ctx)
+            with self.dp.tracing.span("encode"):
+                content, json_len = oip.encode_response(resp, decoded[0])
         if json_len is None:
-            return Response(content, 200, media_type=JSON)
+            return Response(content, 200, _traced(span), JSON)
         return Response(
             content,
             200,
-            headers={"Inference-Header-Content-Length": str(json_len)},
+            headers={"Inference-Header-Content-Length": str(json_len), **(_traced(span) or {})},
             media_type="application/octet-stream",
         )
 
@@ -185,8 +195,12 @@ class RestApp:
             passthrough.append(extra)
             return req
 
-        resp = await self.dp.infer(request.path_params["name"], None, decode, _context(request))
-        return json_response(simple.encode_response(resp, passthrough[0]))
+        ctx = _context(request)
+        with self.dp.tracing.request(ctx) as span:
+            resp = await self.dp.infer(request.path_params["name"], None, decode, ctx)
+            with self.dp.tracing.span("encode"):
+                content = simple.encode_response(resp, passthrough[0])
+        return json_response(content, headers=_traced(span))
 
     # -- MLflow scoring protocol (clients of `mlflow models serve`) ---------------------------
 
@@ -206,7 +220,11 @@ class RestApp:
             req.id = ctx.request_id
             return req
 
-        return json_response(mlflow_scoring.encode_response(await self.dp.infer(name, None, decode, ctx)))
+        with self.dp.tracing.request(ctx) as span:
+            resp = await self.dp.infer(name, None, decode, ctx)
+            with self.dp.tracing.span("encode"):
+                content = mlflow_scoring.encode_response(resp)
+        return json_response(content, headers=_traced(span))
 
     def _only_model(self) -> str:
         """The model /invocations means: the only one served (it names none, as MLflow serves one)."""
