@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -89,6 +89,10 @@ class _Done:
     outputs: Arrays | None = None
     rows: int = 0
     cached: bool = False
+    wall: float = field(default_factory=time.time)
+    """Wall-clock time the data plane took the request (for the event)."""
+    started: int = field(default_factory=time.perf_counter_ns)
+    """The monotonic clock then (for its latency)."""
 
 
 def _rows(arrays: Arrays) -> int:
@@ -276,8 +280,6 @@ class DataPlane:
             model = await self.repository.get_async(route.ref)
             span.routed(model.name, model.version.version, route.label)
             stats = self.statistics.of(model.name, model.version.version)
-            wall = time.time()
-            started = time.perf_counter_ns()
             done = _Done()
             if self.metrics is not None:
                 self.metrics.inflight(model.name, 1)
@@ -288,27 +290,32 @@ class DataPlane:
                     decoded.id = ctx.request_id
                 response = await self._infer(model, decoded, stats, done)
             except Exception as exc:
-                took = time.perf_counter_ns() - started
-                stats.failed(took)
-                span.finished(done.rows, outcome_of(exc))
-                if self.observers:
-                    self._emit(ctx, model, route, done, wall, took, outcome_of(exc), str(exc), span.trace_id)
+                span.finished(done.rows, self._account(ctx, model, route, stats, done, exc, span.trace_id))
                 raise
             finally:
                 if self.metrics is not None:
                     self.metrics.inflight(model.name, -1)
-            took = time.perf_counter_ns() - started
-            stats.succeeded(done.rows, took)
-            span.finished(done.rows, "ok")
-            if self.observers:
-                self._emit(ctx, model, route, done, wall, took, "ok", None, span.trace_id)
+            span.finished(done.rows, self._account(ctx, model, route, stats, done, None, span.trace_id))
             return response
 
-    def _emit(self, ctx: RequestContext, model: LoadedModel, route: Route, done: _Done, wall: float,
+    def _account(self, ctx: RequestContext, model: LoadedModel, route: Route, stats: ModelStats, done: _Done,
+                 exc: Exception | None, trace_id: str | None = None) -> str:
+        """Count a finished request in the statistics and hand its event to the observers; its outcome."""
+        took = time.perf_counter_ns() - done.started
+        outcome = "ok" if exc is None else outcome_of(exc)
+        if exc is None:
+            stats.succeeded(done.rows, took)
+        else:
+            stats.failed(took)
+        if self.observers:
+            self._emit(ctx, model, route, done, took, outcome, None if exc is None else str(exc), trace_id)
+        return outcome
+
+    def _emit(self, ctx: RequestContext, model: LoadedModel, route: Route, done: _Done,
               took_ns: int, outcome: str, error: str | None, trace_id: str | None = None) -> None:
         self.observers.emit(PredictionEvent(
             context=ctx, model=model.name, version=model.version.version, route=route.label,
-            inputs=done.inputs, outputs=done.outputs, started_at=wall, latency_s=took_ns / 1e9,
+            inputs=done.inputs, outputs=done.outputs, started_at=done.wall, latency_s=took_ns / 1e9,
             outcome=outcome, rows=done.rows, cached=done.cached, error=error, trace_id=trace_id,
         ))
 
@@ -361,21 +368,13 @@ class DataPlane:
         stats = self.statistics.of(model.name, model.version.version)
         route = Route(ModelRef(model.name, version=model.version.version), str(model.version.version))
         done = _Done(inputs=arrays, rows=_rows(arrays))
-        wall = time.time()
-        started = time.perf_counter_ns()
         try:
             outputs = await self._within_deadline(model, arrays, stats, done.rows)
         except Exception as exc:
-            took = time.perf_counter_ns() - started
-            stats.failed(took)
-            if self.observers:
-                self._emit(ctx, model, route, done, wall, took, outcome_of(exc), str(exc))
+            self._account(ctx, model, route, stats, done, exc)
             raise
-        took = time.perf_counter_ns() - started
-        stats.succeeded(done.rows, took)
         done.outputs = outputs
-        if self.observers:
-            self._emit(ctx, model, route, done, wall, took, "ok", None)
+        self._account(ctx, model, route, stats, done, None)
         return outputs
 
     async def _predict(self, model: LoadedModel, arrays: Arrays, stats: ModelStats, rows: int) -> Arrays:
