@@ -57,8 +57,9 @@ def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                            "onnxruntime", "numpy"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"pip could not install onnxruntime and numpy here: {proc.stderr[-2000:]}"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of this checkout on its path
     probe = subprocess.run([str(python), "-c", "import shipyard"], capture_output=True, text=True, timeout=60,
-                           cwd=where)
+                           cwd=where, env=clean)
     assert probe.returncode != 0 and "No module named 'shipyard'" in probe.stderr
     return python
 
