@@ -26,7 +26,7 @@ from shipyard.serving.deployment import deployment_policies
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_warned", set())
+    monkeypatch.setattr(config._loading, "_warned", set())
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -14,7 +14,7 @@ from shipyard.errors import InvalidOption, UnknownOption
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_warned", set())
+    monkeypatch.setattr(config._loading, "_warned", set())
 
 
 def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:

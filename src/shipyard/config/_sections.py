@@ -1,0 +1,203 @@
+"""The per-concern configs a ``Settings`` is made of: model deployments, monitoring; shared constants."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipyard.errors import ConfigError, InvalidInput
+from shipyard.types import ModelRef, check_extra_fields
+
+logger = logging.getLogger("shipyard.config")  # one logger for the package, the name users filter on
+
+ENV_PREFIX = "SHIPYARD_"
+CONFIG_VARIABLE = "SHIPYARD_CONFIG"
+"""Names the settings file when no ``-c`` is given."""
+# Kubernetes service links for a Service named "shipyard": not ours, never warned about
+_SERVICE_LINK = re.compile(r"^SHIPYARD_(SERVICE_[A-Z0-9_]+|PORT_\d+_[A-Z]+(_[A-Z]+)?)$")
+_RUNTIMES = ("auto", "native", "onnx")
+
+
+class _Invalid(ConfigError, ValueError):
+    """A refused value inside a nested config: msgspec adds the key path of ValueErrors it sees."""
+
+
+def _reserved(name: str, value: Any) -> None:
+    if value not in (None, {}, [], ""):
+        raise _Invalid(f"{name}: not available yet (reserved for a later release); remove it or leave it empty")
+
+
+# -- one model deployment (``models:``) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Batching of one model; a key left out takes the server-wide ``batch_*`` setting."""
+
+    enabled: bool = True
+    """Merge concurrent requests into one model call (a ``batching:`` block turns it on unless false)."""
+
+    max_size: int | None = None
+    """Most rows in one batched model call; unset: ``batch_max_size``."""
+
+    max_wait_ms: float | None = None
+    """How long an idle model waits for more requests; unset: ``batch_max_wait_ms``."""
+
+    latency_target_ms: float | None = None
+    """Adapt the batch size to keep batch latency under this; unset: ``batch_latency_target_ms``."""
+
+    def __post_init__(self) -> None:
+        if self.max_size is not None and self.max_size < 1:
+            raise _Invalid(f"max_size must be at least 1, got {self.max_size}")
+        for name in ("max_wait_ms", "latency_target_ms"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise _Invalid(f"{name} must not be negative, got {value}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Response caching of one model. The server keeps one LRU cache that the cached models share."""
+
+    size: int | None = None
+    """Entries this model adds to the shared cache (0: not cached); unset: ``cache_size``."""
+
+    ttl_seconds: float | None = None
+    """How long a cached response stays valid; unset: ``cache_ttl_seconds``. The shared cache has one
+    lifetime, so every cached model must end up with the same value."""
+
+    def __post_init__(self) -> None:
+        if self.size is not None and self.size < 0:
+            raise _Invalid(f"size must not be negative, got {self.size}")
+        if self.ttl_seconds is not None and self.ttl_seconds <= 0:
+            raise _Invalid(f"ttl_seconds must be positive, got {self.ttl_seconds}")
+
+
+@dataclass(frozen=True)
+class ModelDeployment:
+    """One model the server serves, with its own batching, cache and runtime."""
+
+    ref: str
+    """The reference served: ``name``, ``name@alias`` or ``name:VERSION``."""
+
+    batching: BatchingConfig | None = None
+    """This model's batching; unset: the server-wide ``batching`` settings."""
+
+    cache: CacheConfig | None = None
+    """This model's response caching; unset: the server-wide ``cache_size``/``cache_ttl_seconds``."""
+
+    runtime: str | None = None
+    """native, onnx or auto for this model; unset: the server-wide ``runtime``."""
+
+    extra_fields: str | None = None
+    """refuse, ignore or passthrough for this model; unset: ``extra_fields``, else the version's own."""
+
+    traffic: Any = None
+    """Reserved (traffic splits): not available yet."""
+
+    retraining: Any = None
+    """Reserved (retraining triggers): not available yet."""
+
+    def __post_init__(self) -> None:
+        try:
+            ModelRef.parse(self.ref)
+        except InvalidInput as exc:
+            raise _Invalid(f"ref: {exc}") from None
+        if self.runtime is not None and self.runtime not in _RUNTIMES:
+            raise _Invalid(f"runtime must be auto, native or onnx, got {self.runtime!r}")
+        if self.extra_fields is not None:
+            try:
+                check_extra_fields(self.extra_fields, "extra_fields")
+            except InvalidInput as exc:
+                raise _Invalid(str(exc)) from None
+        _reserved("traffic", self.traffic)
+        _reserved("retraining", self.retraining)
+
+    @property
+    def name(self) -> str:
+        return ModelRef.parse(self.ref).name
+
+
+# -- monitoring (issue 13): metrics, traces, the prediction log -------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus series of the server (``/metrics``)."""
+
+    enabled: bool = True
+    """Record request, latency, batch, queue, in-flight and load-time series and serve them at /metrics."""
+
+    max_models: int = 50
+    """Distinct model:version label values kept; later ones are counted under model="other" (bounded cardinality)."""
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces: a span per request, with decode, validate, queue, model and encode children."""
+
+    enabled: bool = False
+    """Make spans and export them (off: no span is made and tracing costs nothing)."""
+
+    endpoint: str = ""
+    """OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces (empty: the OTEL_EXPORTER_OTLP_* variables)."""
+
+    service_name: str = "shipyard"
+    """The service.name resource attribute of every span."""
+
+    sample_ratio: float = 1.0
+    """Share of new traces recorded (a continued traceparent keeps its caller's decision)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise ConfigError(f"monitoring.tracing.sample_ratio must be between 0 and 1, got {self.sample_ratio}")
+
+
+@dataclass(frozen=True)
+class PredictionLogConfig:
+    """Every prediction recorded: ids, time, model, version, route, inputs, outputs, latency, trace id."""
+
+    enabled: bool = False
+    """Record predictions (off: nothing is recorded)."""
+
+    sink: str = ""
+    """Where records go: empty for size-rotated SQLite files under ``home/predictions`` (read by ``shipyard
+    logs``); a stream URL (``kafka://``, ``redis://``, ``nats://``, ``local://``; JSON keyed by prediction id);
+    or a database URL (``postgresql://``, ``sqlite:///``) whose ``shipyard_predictions`` table gets the rows."""
+
+    sample: float = 1.0
+    """Share of predictions recorded, decided per prediction id (so a replay is sampled alike)."""
+
+    redact: tuple[str, ...] = ()
+    """Input or output names whose values are replaced by ``"<redacted>"`` before they are recorded."""
+
+    max_buffer: int = 10_000
+    """Records held while the sink is slow or down; beyond it records are dropped and counted."""
+
+    max_file_bytes: int = 64 * 1024 * 1024
+    """SQLite files are rotated at this size (embedded sink)."""
+
+    max_total_bytes: int = 1024 * 1024 * 1024
+    """The oldest SQLite files are deleted beyond this total (embedded sink)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample <= 1.0:
+            raise ConfigError(f"monitoring.prediction_log.sample must be between 0 and 1, got {self.sample}")
+        if self.max_buffer < 1:
+            raise ConfigError(f"monitoring.prediction_log.max_buffer must be at least 1, got {self.max_buffer}")
+        if self.max_file_bytes < 1 or self.max_total_bytes < self.max_file_bytes:
+            raise ConfigError("monitoring.prediction_log.max_file_bytes must be positive and at most max_total_bytes, "
+                              f"got {self.max_file_bytes} and {self.max_total_bytes}")
+        if isinstance(self.redact, str):  # one name, or a comma-separated list from an environment variable
+            object.__setattr__(self, "redact", tuple(n.strip() for n in self.redact.split(",") if n.strip()))
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """What the server records about its predictions."""
+
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    prediction_log: PredictionLogConfig = field(default_factory=PredictionLogConfig)
