@@ -137,7 +137,7 @@ class FileSink:
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
         conn = self._connection()
-        rows = [(r["prediction_id"], _timestamp(r), r["model"], int(r["version"]), orjson.dumps(r)) for r in records]
+        rows = [(r["prediction_id"], _timestamp(r), r["model"], int(r["version"]), record_json(r)) for r in records]
         with conn:  # one transaction; a record already held (a retried write) is skipped
             conn.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?)", rows)
         page_count, = conn.execute("PRAGMA page_count").fetchone()
@@ -269,7 +269,7 @@ class StreamSink:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
-        messages = [Record(value=orjson.dumps(r), key=str(r["prediction_id"]),
+        messages = [Record(value=record_json(r), key=str(r["prediction_id"]),
                            headers={"model": str(r["model"]), "version": str(r["version"])}) for r in records]
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
@@ -331,7 +331,9 @@ def _engine(url: str) -> sa.Engine:
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     try:
-        return sa.create_engine(url, future=True, pool_pre_ping=True)
+        # orjson for the JSON columns: it writes NaN and infinities as null, which PostgreSQL's json needs
+        return sa.create_engine(url, future=True, pool_pre_ping=True,
+                                json_serializer=lambda value: record_json(value).decode())
     except ImportError as exc:
         raise MissingDependency(exc.name or "psycopg", "postgres") from exc
 
@@ -405,6 +407,11 @@ def _from_row(row: dict[str, Any]) -> PredictionRecord:
     record = {str(k): v for k, v in row.items()}  # plain str keys (SQLAlchemy's are a subclass)
     record["time"] = iso_time(at.timestamp())
     return record
+
+
+def record_json(record: Any) -> bytes:
+    """A record (or part of one) as JSON: NaN and infinities become null."""
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def iso_time(seconds: float) -> str:
