@@ -174,7 +174,7 @@ class ModelRepository:
     def reachable(self) -> set[tuple[str, int]]:
         """Versions a served reference leads to now (fixed versions, and aliases as last resolved)."""
         out = {(r.name, r.version) for r in self.defaults.values() if r.version is not None}
-        out |= {(ref.name, hit.version) for ref, hit in self._resolved.items()}
+        out |= {(ref.name, hit.version) for ref, hit in list(self._resolved.items())}
         return out
 
     def _release_later(self, name: str, version: int) -> None:
@@ -209,7 +209,8 @@ class ModelRepository:
     # -- resolution ---------------------------------------------------------------
 
     def loaded_versions(self) -> list[ModelVersion]:
-        return [m.version for m in self._loaded.values()]
+        # list() copies at once: loads on worker threads may add to the dict meanwhile
+        return [m.version for m in list(self._loaded.values())]
 
     def names(self) -> list[str]:
         return sorted(self.defaults)
