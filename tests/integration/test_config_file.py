@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from shipyard.demo import FEATURES
 from shipyard.testing import free_port
+from shipyard.testing._process import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -54,13 +54,7 @@ models:
             assert r.status_code == 200, r.text
             assert r.json()["model_version"] == "1"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc, "shipyard serve", grace=10)
 
 
 def test_serve_with_a_bad_file_exits_1_naming_the_key(tmp_path: Path) -> None:

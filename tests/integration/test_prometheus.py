@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from shipyard.monitoring.events import Observers, PredictionEvent
 from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.streams import StreamMetrics
 from shipyard.testing import RunningServer, free_port, run_server
+from shipyard.testing._process import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -113,13 +113,7 @@ def prometheus(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) 
             time.sleep(0.1)
         yield prom
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc, "prometheus", grace=10)
 
 
 def run_async_job(server: RunningServer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipyard.testing._ports import free_port
+from shipyard.testing._process import stop_process
 
 
 class ServerFailed(RuntimeError):
@@ -72,13 +72,7 @@ def run_server(
         _wait_ready(server, ready_timeout)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc, "shipyard serve", grace=10)
 
 
 def _wait_ready(server: RunningServer, timeout: float) -> None:
