@@ -41,8 +41,12 @@ def promtool_check(exposition: bytes) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def server(demo_home: Path) -> Iterator[RunningServer]:
-    """A server of its own, so that the request counts Prometheus sees are only this module's."""
-    with run_server(demo_home, ["demo@champion"]) as running:
+    """A server of its own, so that the request counts Prometheus sees are only this module's.
+
+    Its asynchronous requests go to a topic of their own: the session's servers share ``demo_home``'s
+    embedded broker, and one of them could otherwise predict this module's job and count it itself.
+    """
+    with run_server(demo_home, ["demo@champion"], args=["--async-broker", "local://prometheus-module"]) as running:
         yield running
 
 
