@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
@@ -40,9 +41,12 @@ class RequestContext:
     """What sticky routing hashes (a header or an input field); None routes at random."""
     traceparent: str | None = None
     """The incoming W3C ``traceparent`` header, continued by the request's span."""
+    headers: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
+    """The request's headers or gRPC metadata, lower-case names (what a sticky ``header:`` policy reads)."""
 
     @classmethod
-    def new(cls, transport: Transport, request_id: str | None = None, **fields: str | None) -> RequestContext:
+    def new(cls, transport: Transport, request_id: str | None = None,
+            **fields: str | Mapping[str, str] | None) -> RequestContext:
         """A context with the caller's request id, or a new one."""
         return cls(request_id=request_id or new_request_id(), transport=transport, **fields)  # type: ignore[arg-type]
 

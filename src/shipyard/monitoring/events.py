@@ -51,6 +51,10 @@ class PredictionEvent:
     cached: bool = False
     error: str | None = None
     trace_id: str | None = None
+    shadow: bool = False
+    """A shadow arm's prediction: a copy of the request (same request id), its answer never returned."""
+    revision: int | None = None
+    """The revision of the traffic policy that routed it (None: the name has no policy); ``route`` is its arm."""
 
 
 @runtime_checkable

@@ -92,6 +92,8 @@ def to_record(event: PredictionEvent, redact: frozenset[str] = frozenset()) -> P
         "rows": event.rows,
         "cached": event.cached,
         "trace_id": event.trace_id,
+        "shadow": event.shadow,
+        "policy_revision": event.revision,
     }
 
 

@@ -55,7 +55,7 @@ TABLE = "shipyard_predictions"
 _SQL_SCHEMES = ("postgresql", "postgres", "sqlite")
 _FILE_PREFIX = "predictions-"
 _COLUMNS = ("prediction_id", "request_id", "time", "model", "version", "route", "transport", "outcome",
-            "error", "latency_ms", "rows", "cached", "trace_id")
+            "error", "latency_ms", "rows", "cached", "trace_id", "shadow", "policy_revision")
 
 
 class PredictionSink(Protocol):
@@ -321,6 +321,8 @@ predictions_table = sa.Table(
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("cached", sa.Boolean, nullable=False),
     sa.Column("trace_id", sa.String(64), nullable=True),
+    sa.Column("shadow", sa.Boolean, nullable=False, default=False),
+    sa.Column("policy_revision", sa.Integer, nullable=True),
     sa.Column("inputs", sa.JSON, nullable=True),
     sa.Column("outputs", sa.JSON, nullable=True),
     sa.Index("shipyard_predictions_by_model", "model", "time"),
@@ -375,6 +377,7 @@ class SqlSink:
 
 def _row(record: PredictionRecord) -> dict[str, Any]:
     row = {c: record.get(c) for c in _COLUMNS}
+    row["shadow"] = bool(row["shadow"])  # records written before shadows existed have none
     row["time"] = datetime.fromtimestamp(_timestamp(record), UTC)
     row["inputs"], row["outputs"] = record.get("inputs"), record.get("outputs")
     return row

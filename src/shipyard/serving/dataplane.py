@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio.to_thread
@@ -32,7 +32,7 @@ from shipyard import __version__
 from shipyard.batching.policy import BatchPolicy
 from shipyard.batching.queue import Batcher
 from shipyard.config import Settings
-from shipyard.context import RequestContext
+from shipyard.context import RequestContext, new_request_id
 from shipyard.errors import InvalidInput, Overloaded, RequestTimeout, ShipyardError
 from shipyard.hosting.executor import Executor, InProcessExecutor
 from shipyard.hosting.repository import ModelRepository
@@ -95,6 +95,16 @@ class _Done:
     """The monotonic clock then (for its latency)."""
 
 
+def _field_key(request: InferenceRequest, name: str) -> str | None:
+    """The first row's value of input ``name``: the unit key of sticky routing by a field (None: absent)."""
+    for tensor in request.inputs:
+        if tensor.name == name:
+            data = tensor.data
+            first = data.flat[0] if hasattr(data, "flat") and data.size else (data[0] if len(data) else None)
+            return None if first is None else str(first.item() if hasattr(first, "item") else first)
+    return None
+
+
 def _rows(arrays: Arrays) -> int:
     first = next(iter(arrays.values()), None)
     return 1 if first is None or not first.ndim else int(first.shape[0])
@@ -118,6 +128,7 @@ class DataPlane:
         observers: Observers | None = None,
         metrics: ServingMetrics | None = None,
         tracing: Tracing | None = None,
+        max_shadow_tasks: int = 64,
     ) -> None:
         """
         Args:
@@ -132,6 +143,7 @@ class DataPlane:
             cache: the response cache, used for the models in ``cached_models``.
             max_queue: requests per model version waiting or running before 503s.
             request_timeout: seconds a request may take in total before it gets 504.
+            max_shadow_tasks: shadow copies running at once; more are dropped and counted.
         """
         self.repository = repository
         self.executor: Executor = executor or InProcessExecutor()
@@ -149,6 +161,12 @@ class DataPlane:
         self.observers = observers or Observers([])
         self.metrics = metrics
         self.tracing = tracing or Tracing()
+        self.max_shadow_tasks = max_shadow_tasks
+        self._shadows: set[asyncio.Task[None]] = set()
+        self.shadows_dropped = 0
+        """Shadow copies not made: ``max_shadow_tasks`` were running already."""
+        self.shadow_failures = 0
+        """Shadow copies that failed (logged as such, never seen by a caller)."""
         repository.on_release(self._released)
 
     # -- health and metadata -----------------------------------------------------
@@ -278,14 +296,25 @@ class DataPlane:
         with self.tracing.request(ctx) as span:  # joins the transport's span when it opened one
             route = self.router.route(name, version, ctx)
             model = await self.repository.get_async(route.ref)
+            decoded: InferenceRequest | None = None
+            if route.key_field is not None:  # sticky by an input field: read it, then route by its value
+                with self.tracing.span("decode"):
+                    decoded = request if isinstance(request, InferenceRequest) else request(model.signature)
+                ctx = replace(ctx, route_key=_field_key(decoded, route.key_field))
+                route = self.router.route(name, version, ctx)
+                routed = await self.repository.get_async(route.ref)
+                if routed.signature != model.signature and not isinstance(request, InferenceRequest):
+                    decoded = None  # decode again with the signature that will answer
+                model = routed
             span.routed(model.name, model.version.version, route.label)
             stats = self.statistics.of(model.name, model.version.version)
             done = _Done()
             if self.metrics is not None:
                 self.metrics.inflight(model.name, 1)
             try:
-                with self.tracing.span("decode"):
-                    decoded = request if isinstance(request, InferenceRequest) else request(model.signature)
+                if decoded is None:
+                    with self.tracing.span("decode"):
+                        decoded = request if isinstance(request, InferenceRequest) else request(model.signature)
                 if decoded.id is None:
                     decoded.id = ctx.request_id
                 response = await self._infer(model, decoded, stats, done)
@@ -296,10 +325,52 @@ class DataPlane:
                 if self.metrics is not None:
                     self.metrics.inflight(model.name, -1)
             span.finished(done.rows, self._account(ctx, model, route, stats, done, None, span.trace_id))
+            if route.shadows:
+                self._shadow(ctx, route, model.signature, done.inputs, request if decoded is None else decoded)
             return response
 
+    # -- shadow arms: copies of a request whose answers are logged, never returned -------------------
+
+    def _shadow(self, ctx: RequestContext, route: Route, signature: Signature, inputs: Arrays | None,
+                request: InferenceRequest | Decoder) -> None:
+        """Start one task per shadow arm; past ``max_shadow_tasks`` running, the copy is dropped and counted."""
+        for label, ref in route.shadows:
+            if len(self._shadows) >= self.max_shadow_tasks:
+                self.shadows_dropped += 1
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._shadow_one(ctx, Route(ref, label, revision=route.revision), signature, inputs, request))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    async def _shadow_one(self, ctx: RequestContext, route: Route, signature: Signature, inputs: Arrays | None,
+                          request: InferenceRequest | Decoder) -> None:
+        # the caller's request id; a prediction id of its own (the log and feedback key on it)
+        ctx = replace(ctx, prediction_id=new_request_id())
+        done = _Done()
+        try:
+            model = await self.repository.get_async(route.ref)
+        except Exception:
+            logger.warning("shadow %s of %s: cannot resolve %s", route.label, route.ref.name, route.ref, exc_info=True)
+            self.shadow_failures += 1
+            return
+        stats = self.statistics.of(model.name, model.version.version)
+        try:
+            if inputs is not None and model.signature == signature:
+                arrays = inputs  # validated already, against the same signature
+            else:
+                decoded = request if isinstance(request, InferenceRequest) else request(model.signature)
+                arrays = model.signature.validate({t.name: t.data for t in decoded.inputs})
+            done.inputs, done.rows = arrays, _rows(arrays)
+            done.outputs = await self._within_deadline(model, arrays, stats, done.rows, shadow=True)
+        except Exception as exc:
+            self.shadow_failures += 1
+            self._account(ctx, model, route, stats, done, exc, shadow=True)
+            return
+        self._account(ctx, model, route, stats, done, None, shadow=True)
+
     def _account(self, ctx: RequestContext, model: LoadedModel, route: Route, stats: ModelStats, done: _Done,
-                 exc: Exception | None, trace_id: str | None = None) -> str:
+                 exc: Exception | None, trace_id: str | None = None, shadow: bool = False) -> str:
         """Count a finished request in the statistics and hand its event to the observers; its outcome."""
         took = time.perf_counter_ns() - done.started
         outcome = "ok" if exc is None else outcome_of(exc)
@@ -308,15 +379,17 @@ class DataPlane:
         else:
             stats.failed(took)
         if self.observers:
-            self._emit(ctx, model, route, done, took, outcome, None if exc is None else str(exc), trace_id)
+            self._emit(ctx, model, route, done, took, outcome, None if exc is None else str(exc), trace_id, shadow)
         return outcome
 
     def _emit(self, ctx: RequestContext, model: LoadedModel, route: Route, done: _Done,
-              took_ns: int, outcome: str, error: str | None, trace_id: str | None = None) -> None:
+              took_ns: int, outcome: str, error: str | None, trace_id: str | None = None,
+              shadow: bool = False) -> None:
         self.observers.emit(PredictionEvent(
             context=ctx, model=model.name, version=model.version.version, route=route.label,
             inputs=done.inputs, outputs=done.outputs, started_at=done.wall, latency_s=took_ns / 1e9,
             outcome=outcome, rows=done.rows, cached=done.cached, error=error, trace_id=trace_id,
+            shadow=shadow, revision=route.revision,
         ))
 
     async def _infer(
@@ -350,12 +423,13 @@ class DataPlane:
         done.outputs = outputs
         return self._response(model, outputs, request)
 
-    async def _within_deadline(self, model: LoadedModel, arrays: Arrays, stats: ModelStats, rows: int) -> Arrays:
+    async def _within_deadline(self, model: LoadedModel, arrays: Arrays, stats: ModelStats, rows: int,
+                               shadow: bool = False) -> Arrays:
         if self.request_timeout is None:
-            return await self._predict(model, arrays, stats, rows)
+            return await self._predict(model, arrays, stats, rows, shadow)
         try:
             async with asyncio.timeout(self.request_timeout):  # in place; wait_for would add a task
-                return await self._predict(model, arrays, stats, rows)
+                return await self._predict(model, arrays, stats, rows, shadow)
         except TimeoutError:
             raise RequestTimeout(self.request_timeout) from None
 
@@ -377,9 +451,16 @@ class DataPlane:
         self._account(ctx, model, route, stats, done, None)
         return outputs
 
-    async def _predict(self, model: LoadedModel, arrays: Arrays, stats: ModelStats, rows: int) -> Arrays:
-        """One model call, batched when the model has a batch policy; admission is bounded."""
+    async def _predict(self, model: LoadedModel, arrays: Arrays, stats: ModelStats, rows: int,
+                       shadow: bool = False) -> Arrays:
+        """One model call, batched when the model has a batch policy; admission is bounded.
+
+        A shadow copy is admitted only while its version's queue is under half full: it never
+        takes the places the version's own callers need (it is dropped, counted, instead).
+        """
         batcher = self._batcher_for(model, stats)
+        if shadow and self._inflight.get(model.version.ref, 0) * 2 >= self.max_queue:
+            raise Overloaded(model.version.ref, self._inflight.get(model.version.ref, 0))
         if batcher is not None:
             run = self.tracing.batch_run()  # None unless this request is traced
             try:
@@ -434,6 +515,8 @@ class DataPlane:
             task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        if self._shadows:  # copies already started finish (their events are logged), within the deadline
+            await asyncio.wait(list(self._shadows), timeout=self.request_timeout or 30.0)
         for b in self._batchers.values():
             await b.close()
         for task in list(self._closing):

@@ -17,6 +17,7 @@ from shipyard.errors import RegistryError
 from shipyard.registry import Registry
 from shipyard.registry import store as registry_store
 from shipyard.registry.database import VERSION_TABLE, Database
+from shipyard.rollout import tables as rollout_tables
 from shipyard.serving import job_store
 from shipyard.serving.job_store import JobStore
 
@@ -50,7 +51,8 @@ def columns(url: str, table: str) -> dict[str, bool]:
 def schema_diff(db: Database) -> list[object]:
     """What separates the migrated schema from the tables the code queries (empty when they agree)."""
     wanted = sa.MetaData()
-    for table in (*registry_store.metadata.tables.values(), *job_store.jobs.metadata.tables.values()):
+    for table in (*registry_store.metadata.tables.values(), *job_store.jobs.metadata.tables.values(),
+                  *rollout_tables.metadata.tables.values()):
         table.to_metadata(wanted)
     with db.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
@@ -68,7 +70,7 @@ def test_a_0_1_registry_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path,
         registry = Registry.from_settings(Settings(home=home))
     try:
         registry_v01.check(registry)
-        assert registry.database.revision == Database.head() == "0002"
+        assert registry.database.revision == Database.head() == "0003"
         assert columns(sqlite_url(home), "shipyard_alias_history")["actor"] is True  # nullable
         assert JobStore(registry.database).get("job-1").result == {"ok": True}
         # the old history still drives rollback, and new moves record who made them

@@ -154,7 +154,8 @@ async def _predict(info: Info, model: str, records: JSON, version: str | None = 
         )
     body = orjson.dumps({"instances": records})
     found: list[Any] = []
-    ctx = RequestContext.new("graphql", request_id_var.get())
+    ctx = RequestContext.new("graphql", request_id_var.get(),
+                             headers=getattr(info.context.request, "headers", None))
 
     def decode(signature: Signature) -> InferenceRequest:
         try:
@@ -168,7 +169,7 @@ async def _predict(info: Info, model: str, records: JSON, version: str | None = 
         return request
 
     response = await dp.infer(model, version, decode, ctx)
-    passthrough = found[0]
+    passthrough = found[-1]  # decoded again when sticky routing read a field: the last one answered
     doc = simple.encode_response(response)
     return PredictionType(
         model_name=response.model_name,

@@ -152,7 +152,8 @@ class InferenceServicer:
 
     # -- inference -------------------------------------------------------------------------
 
-    async def _infer(self, msg: pb.ModelInferRequest, rid: str, traceparent: str | None) -> pb.ModelInferResponse:
+    async def _infer(self, msg: pb.ModelInferRequest, rid: str, traceparent: str | None,
+                     headers: dict[str, str] | None = None) -> pb.ModelInferResponse:
         typed: list[bool] = []
 
         def decode(signature: Signature) -> InferenceRequest:
@@ -160,15 +161,16 @@ class InferenceServicer:
             typed.append(request_flag(request.parameters, TYPED_OUTPUT_CONTENTS))
             return request
 
-        ctx = RequestContext.new("grpc", rid, traceparent=traceparent)
+        ctx = RequestContext.new("grpc", rid, traceparent=traceparent, headers=headers)
         with self.dp.tracing.request(ctx):  # the data plane joins it; encode is its child too
             response = await self.dp.infer(msg.model_name, msg.model_version or None, decode, ctx)
             with self.dp.tracing.span("encode"):
-                return codec.encode_response(response, raw=not typed[0])
+                return codec.encode_response(response, raw=not typed[-1])
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
         traceparent = _metadata(context, "traceparent")
-        return await self._guarded(context, "ModelInfer", lambda rid: self._infer(request, rid, traceparent))
+        headers = {str(k): str(v) for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        return await self._guarded(context, "ModelInfer", lambda rid: self._infer(request, rid, traceparent, headers))
 
     async def ModelStreamInfer(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any

@@ -77,7 +77,7 @@ class RequestIdMiddleware:
 def _context(request: Request) -> RequestContext:
     """The request context of an HTTP request (its id was set by ``RequestIdMiddleware``)."""
     return RequestContext.new("rest", request.scope.get("state", {}).get("request_id") or request_id_var.get(),
-                              traceparent=request.headers.get("traceparent"))
+                              traceparent=request.headers.get("traceparent"), headers=request.headers)
 
 
 def _traced(span: RequestSpan) -> dict[str, str] | None:
@@ -199,7 +199,7 @@ class RestApp:
         with self.dp.tracing.request(ctx) as span:
             resp = await self.dp.infer(request.path_params["name"], None, decode, ctx)
             with self.dp.tracing.span("encode"):
-                content = simple.encode_response(resp, passthrough[0])
+                content = simple.encode_response(resp, passthrough[-1])
         return json_response(content, headers=_traced(span))
 
     # -- MLflow scoring protocol (clients of `mlflow models serve`) ---------------------------
