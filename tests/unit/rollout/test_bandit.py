@@ -145,6 +145,21 @@ def test_gaussian_arms_with_fewer_than_two_rewards_are_explored() -> None:
         assert weights["b"] > 10 * weights["a"]
 
 
+def test_gaussian_arm_without_rewards_has_the_documented_wide_prior() -> None:
+    """An arm without rewards: t with 2 degrees of freedom around the pooled mean, ten pooled deviations wide."""
+    data = np.random.default_rng(15)
+    xa, xb = data.normal(0.0, 1.0, 1000), data.normal(3.0, 1.0, 1000)
+    draws = 100_000
+    weights = thompson_gaussian([from_samples("a", xa), from_samples("b", xb), ArmRewards("new", 0, 0.0, 0.0)],
+                                draws=draws, rng=np.random.default_rng(16))
+    pooled = np.concatenate([xa, xb])
+    prior = stats.t(2, loc=pooled.mean(), scale=10 * pooled.std(ddof=1))
+    # arm b's own posterior is a hundred times narrower than the prior: treat its mean as known
+    expected = float(prior.sf(xb.mean()))
+    assert 0.4 < expected < 0.5
+    assert abs(weights["new"] - expected) < mc_tolerance(expected, draws) + 0.005
+
+
 def test_gaussian_weights_do_not_depend_on_the_unit_of_the_reward() -> None:
     data = np.random.default_rng(9)
     raw = [data.normal(1.0, 1.0, 50), data.normal(1.2, 1.0, 30), data.normal(0.9, 1.0, 1)]
