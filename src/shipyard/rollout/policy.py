@@ -277,6 +277,23 @@ def _check_canary(plan: CanaryPlan, arms: list[str]) -> None:
         raise _invalid(f"canary on_failure must be one of {', '.join(ON_FAILURE)}, got {plan.on_failure!r}")
 
 
+def same_spec(a: TrafficPolicy, b: TrafficPolicy) -> bool:
+    """Whether two policies declare the same experiment: what a person writes, not where it has got to.
+
+    Revision, state, step and reason are progress; so are the weights of a canary or a bandit,
+    which the controller moves.
+    """
+    def spec(p: TrafficPolicy) -> dict[str, Any]:
+        d = p.to_dict()
+        for progress in ("revision", "state", "step", "reason"):
+            d.pop(progress)
+        if p.kind in ("canary", "bandit"):
+            d["arms"] = [{**arm, "weight": None} for arm in d["arms"]]
+        return d
+
+    return spec(a) == spec(b)
+
+
 def canary_weights(policy: TrafficPolicy) -> dict[str, float]:
     """The primary weights a canary's current step means (the candidate's share, the rest on stable)."""
     plan = policy.canary
