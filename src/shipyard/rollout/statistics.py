@@ -42,6 +42,7 @@ Alternative = Literal["two-sided", "greater", "less"]
 """Alternative hypothesis about treatment minus control: ``greater`` means treatment is larger."""
 
 Decision = Literal["pass", "fail", "undecided"]
+"""A non-inferiority gate's answer at one look."""
 
 _NAN = float("nan")
 _INF = float("inf")
@@ -113,6 +114,7 @@ class Mean:
 
 
 Arm = Proportion | Mean
+"""One arm's aggregate; the sequential functions accept either (both arms of the same kind)."""
 
 
 @dataclass(frozen=True)
@@ -456,7 +458,7 @@ def sequential_test(
     """Always-valid test and confidence sequence for treatment minus control (mSPRT).
 
     The mixture sequential probability ratio test of Johari, Pekelis and Walsh ("Always Valid
-    Inference: Continuous Monitoring of A/B Tests", Operations Research 70(3), 2022) for a
+    Inference: Continuous Monitoring of A/B Tests", arXiv:1512.04922; Operations Research, 2022) for a
     difference of means under a normal approximation, with a normal mixing distribution
     N(theta0, tau^2). The p-value min(previous_p, 1 / Lambda) and the confidence sequence
     {theta : Lambda(theta) < 1 / alpha} hold their level however often they are looked at:
@@ -484,6 +486,8 @@ def sequential_test(
     """
     if tau <= 0:
         raise ValueError("tau must be positive")
+    if type(control) is not type(treatment):
+        raise TypeError("control and treatment must both be Proportion or both be Mean")
     if not (_usable(control) and _usable(treatment)):
         return SequentialResult(_NAN, previous_p, -_INF, _INF, previous_p <= alpha)
     s2 = _plugin_variance(treatment) / treatment.n + _plugin_variance(control) / control.n
