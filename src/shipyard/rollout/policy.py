@@ -258,7 +258,7 @@ def _arm(data: Any, role: Role) -> Arm:
     extra = set(data) - {"name", "target", "alias", "version", "weight", "percent", "role"}
     if extra:
         raise _invalid(f"arm {name}: unknown keys {sorted(extra)}")
-    return Arm(name, target, weight, role)
+    return Arm(name, target, weight, data.get("role", role))  # stored policies keep shadows among arms
 
 
 def _check_canary(plan: CanaryPlan, arms: list[str]) -> None:
