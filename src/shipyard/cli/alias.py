@@ -58,16 +58,16 @@ def alias(ctx: click.Context, name: str, alias_name: str | None, version: int | 
                    for m in reg.alias_history(name)])
             return
         if delete:
-            move = reg.delete_alias(name, alias_name, actor=_actor())
+            move = reg.delete_alias(name, alias_name, actor=current_actor())
             console.print(f"deleted {name}@{alias_name} (was version {move.previous})")
             return
         if version is None:
             raise click.UsageError("give the VERSION to point the alias at (or --delete)")
-        actor = _actor()
+        actor = current_actor()
         report = promotion_gates(reg, name, alias_name, version, accuracy_margin=accuracy_margin,
                                  latency_budget_ms=latency_budget_ms, metric=metric)
         log_outcome(report, actor=actor, forced=force and not report.passed)
-        _print_report(report)
+        print_report(report)
         if not report.passed and not force:
             fail(f"{name}@{alias_name} was not moved to version {version}: "
                  f"{len(report.failures)} promotion gate(s) failed (--force moves it anyway)")
@@ -87,13 +87,13 @@ def rollback(ctx: click.Context, name: str, alias_name: str) -> None:
     """Move NAME's alias back to the version it pointed to before its latest move."""
     reg = Registry.from_settings(settings_from(ctx))
     try:
-        move = reg.rollback(name, alias_name, actor=_actor())
+        move = reg.rollback(name, alias_name, actor=current_actor())
     finally:
         reg.close()
     console.print(f"rolled back {name}@{alias_name}: version {move.previous} -> {move.version}")
 
 
-def _print_report(report: GateReport) -> None:
+def print_report(report: GateReport) -> None:
     """One line per gate; failures go to stderr, where the refusal is printed too."""
     for r in report.results:
         if not r.passed:
@@ -103,7 +103,7 @@ def _print_report(report: GateReport) -> None:
                           f"{r.detail.removeprefix('skipped: ')}", highlight=False, soft_wrap=True)
 
 
-def _actor() -> str | None:
+def current_actor() -> str | None:
     """The OS user, recorded in the alias history as who moved it (None where it cannot be told)."""
     try:
         return getpass.getuser()

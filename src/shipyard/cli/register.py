@@ -7,13 +7,15 @@ from typing import Any
 
 import click
 
-from shipyard.cli._output import console, handle_errors, settings_from
+from shipyard.cli._output import console, fail, handle_errors, settings_from
+from shipyard.cli.alias import current_actor, print_report
 from shipyard.datafiles import read_data
 from shipyard.errors import InvalidInput, ModelNotFound
 from shipyard.options import type_name
 from shipyard.registry import Registry
 from shipyard.registry.checkset import MIN_ROWS
 from shipyard.registry.registry import HOLDOUT_MAX_ROWS, IF_IDENTICAL
+from shipyard.rollout.gates import log_outcome, promotion_gates
 from shipyard.runtime.loader import declared_options, runtime_for
 from shipyard.signature import sample_to_arrays
 from shipyard.types import EXTRA_FIELDS, check_name
@@ -112,7 +114,9 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
     Up to 1,000 rows of --sample (or of --check-data) are kept with the version
     as its check set. Identical files (same sha256 digest and runtime options;
     tags, metrics and description do not count) are refused unless
-    --if-identical says otherwise.
+    --if-identical says otherwise. An --alias that already points at another
+    version moves only if the new one passes the promotion gates (see
+    `shipyard alias`); otherwise the version stays registered and unaliased.
     """
     if (holdout is None) != (label_column is None):
         raise click.UsageError("--holdout and --label-column go together: the file, and which of its columns "
@@ -131,6 +135,8 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
     reg = Registry.from_settings(settings_from(ctx))
     try:
         before = _versions(reg, name)
+        # an alias that points somewhere already moves only past the promotion gates
+        replaces = reg.aliases(name).get(alias_name) if alias_name else None
         mv = reg.register(
             path, name,
             sample=read_data(sample) if sample else None,
@@ -141,24 +147,40 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
             metrics=metric_values,
             training_data=read_data(training_data) if training_data else None,
             parent=parent,
-            alias=alias_name,
+            alias=alias_name if replaces is None else None,
             check_data=read_data(check_data) if check_data else None,
             if_identical=if_identical,
             extra_fields=extra_fields,
             holdout=labelled,
             **options,
         )
+        what = "identical to" if mv.version in before else "registered"
+        console.print(f"{what} [bold]{mv.ref}[/] ({mv.flavor}, sha256 {mv.digest[:12]})", highlight=False)
+        console.print(_check_set_line(mv.check_set), highlight=False)
+        if labelled is not None:
+            rows = min(len(labelled[1]), HOLDOUT_MAX_ROWS)
+            console.print(f"holdout set: {rows} rows, labels from '{label_column}'"
+                          + (f" (chosen at random from {len(labelled[1])})" if rows < len(labelled[1]) else ""),
+                          highlight=False)
+        if alias_name and replaces is not None and replaces != mv.version:
+            _move_past_gates(reg, mv.name, alias_name, mv.version)
     finally:
         reg.close()
-    what = "identical to" if mv.version in before else "registered"
-    console.print(f"{what} [bold]{mv.ref}[/] ({mv.flavor}, sha256 {mv.digest[:12]})"
-                  + (f", alias {alias_name} -> {mv.version}" if alias_name else ""), highlight=False)
-    console.print(_check_set_line(mv.check_set), highlight=False)
-    if labelled is not None:
-        rows = min(len(labelled[1]), HOLDOUT_MAX_ROWS)
-        console.print(f"holdout set: {rows} rows, labels from '{label_column}'"
-                      + (f" (chosen at random from {len(labelled[1])})" if rows < len(labelled[1]) else ""),
-                      highlight=False)
+    if alias_name:
+        console.print(f"alias {alias_name} -> {mv.version}", highlight=False)
+
+
+def _move_past_gates(reg: Registry, name: str, alias_name: str, version: int) -> None:
+    """Point the alias at the new version when the promotion gates pass; otherwise exit 1 and say how to force."""
+    actor = current_actor()
+    report = promotion_gates(reg, name, alias_name, version)
+    log_outcome(report, actor=actor, forced=False)
+    print_report(report)
+    if not report.passed:
+        fail(f"{name}:{version} is registered, but {name}@{alias_name} was not moved to it: "
+             f"{len(report.failures)} promotion gate(s) failed "
+             f"(`shipyard alias {name} {alias_name} {version} --force` moves it anyway)")
+    reg.set_alias(name, alias_name, version, actor=actor)
 
 
 def _holdout(path: Path, label_column: str) -> tuple[Any, Any]:

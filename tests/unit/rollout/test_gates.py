@@ -321,7 +321,7 @@ def test_the_cli_refuses_a_failed_gate_and_says_why(home: Path, gate_log: pytest
 def test_force_moves_the_alias_and_logs_who_forced_it(
     home: Path, gate_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("shipyard.cli.alias._actor", lambda: "alice")
+    monkeypatch.setattr("shipyard.cli.alias.current_actor", lambda: "alice")
 
     result = run(home, "alias", "iris", "champion", "2", "--force")
 
@@ -341,3 +341,22 @@ def test_a_passing_move_goes_ahead_without_force(home: Path, gate_log: pytest.Lo
     assert "gate latency passed" in result.output
     assert champion(home) == 2
     assert not [r for r in gate_log.records if r.levelno >= logging.WARNING]
+
+
+def test_register_with_an_alias_that_exists_moves_it_only_past_the_gates(
+    home: Path, tmp_path: Path, split: dict[str, Any], dummy: DummyClassifier, gate_log: pytest.LogCaptureFixture
+) -> None:
+    import skops.io as sio
+
+    sio.dump(dummy, tmp_path / "dummy.skops")
+    split["X"].head(5).to_csv(tmp_path / "sample.csv", index=False)
+    args = ["register", "iris", str(tmp_path / "dummy.skops"), "--sample", str(tmp_path / "sample.csv")]
+
+    refused = run(home, *args, "--alias", "champion", "--if-identical", "new")
+
+    assert refused.exit_code == 1
+    assert "registered iris:3" in refused.output and "gate holdout failed" in refused.output
+    assert "`shipyard alias iris champion 3 --force` moves it anyway" in refused.output
+    assert champion(home) == 1
+    moved = run(home, *args, "--alias", "shadow", "--if-identical", "new")  # a new alias has nothing to replace
+    assert moved.exit_code == 0 and "alias shadow -> 4" in moved.output
