@@ -325,12 +325,14 @@ def promotion_gates(
             loaded[mv.version] = registry.load(mv)
         return loaded[mv.version]
 
+    if current is None:
+        signature = signature_gate(None, candidate.signature)
+    else:
+        signature = signature_gate(current.signature, candidate.signature,
+                                   current_ref=f"{name}@{target_alias} ({current.ref})")
     try:
         results = (
-            signature_gate(None if current is None else current.signature, candidate.signature,
-                           current_ref=f"{name}@{target_alias} ({current.ref})" if current else "")
-            if current is None or current.version != candidate.version
-            else GateResult("signature", True, f"{name}@{target_alias} already points at {candidate.ref}"),
+            signature,
             _run_holdout(registry, load, current, candidate, metric, accuracy_margin),
             _run_latency(registry, load, candidate, latency_budget_ms, latency_runs, clock),
         )
