@@ -7,14 +7,17 @@ from typing import Any
 
 import click
 
-from shipyard.cli._output import console, handle_errors, settings_from
+from shipyard.cli._output import console, fail, handle_errors, settings_from
+from shipyard.cli.alias import current_actor, print_report
 from shipyard.datafiles import read_data
 from shipyard.errors import InvalidInput, ModelNotFound
 from shipyard.options import type_name
 from shipyard.registry import Registry
 from shipyard.registry.checkset import MIN_ROWS
-from shipyard.registry.registry import IF_IDENTICAL
+from shipyard.registry.registry import HOLDOUT_MAX_ROWS, IF_IDENTICAL
+from shipyard.rollout.gates import log_outcome, promotion_gates
 from shipyard.runtime.loader import declared_options, runtime_for
+from shipyard.signature import sample_to_arrays
 from shipyard.types import EXTRA_FIELDS, check_name
 
 
@@ -91,13 +94,18 @@ def _flags(command: click.Command) -> dict[str, str]:
 @click.option("--if-identical", type=click.Choice(IF_IDENTICAL), default="refuse", show_default=True,
               help="When these exact files already are a version of NAME: refuse, reuse that version "
                    "(--alias still moves), or register a new copy.")
+@click.option("--holdout", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=f"Labelled rows (.csv/.parquet/.json/.jsonl) the promotion gates score this version on "
+                   f"when an alias moves (`shipyard alias`); up to {HOLDOUT_MAX_ROWS:,} are kept. "
+                   "Needs --label-column.")
+@click.option("--label-column", help="The --holdout column that holds the labels; the other columns are inputs.")
 @click.pass_context
 @handle_errors
 def register(ctx: click.Context, name: str, path: Path, sample: Path | None, flavor: str | None,
              trust_pickle: bool, description: str, tags: tuple[str, ...], metrics: tuple[str, ...],
              training_data: Path | None, parent: str | None, alias_name: str | None,
              option_pairs: tuple[str, ...], extra_fields: str,
-             check_data: Path | None, if_identical: str) -> None:
+             check_data: Path | None, if_identical: str, holdout: Path | None, label_column: str | None) -> None:
     """Register the model at PATH as the next version of NAME.
 
     PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, or
@@ -106,8 +114,13 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
     Up to 1,000 rows of --sample (or of --check-data) are kept with the version
     as its check set. Identical files (same sha256 digest and runtime options;
     tags, metrics and description do not count) are refused unless
-    --if-identical says otherwise.
+    --if-identical says otherwise. An --alias that already points at another
+    version moves only if the new one passes the promotion gates (see
+    `shipyard alias`); otherwise the version stays registered and unaliased.
     """
+    if (holdout is None) != (label_column is None):
+        raise click.UsageError("--holdout and --label-column go together: the file, and which of its columns "
+                               "holds the labels")
     options = {}
     if option_pairs:
         check_name("model name", name)  # the same first complaint as without --option
@@ -118,9 +131,12 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
             metric_values[k] = float(v)
         except ValueError:
             raise InvalidInput(f"--metric {k}={v}: the value must be a number", field="metric") from None
+    labelled = _holdout(holdout, label_column) if holdout and label_column else None
     reg = Registry.from_settings(settings_from(ctx))
     try:
         before = _versions(reg, name)
+        # an alias that points somewhere already moves only past the promotion gates
+        replaces = reg.aliases(name).get(alias_name) if alias_name else None
         mv = reg.register(
             path, name,
             sample=read_data(sample) if sample else None,
@@ -131,18 +147,50 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
             metrics=metric_values,
             training_data=read_data(training_data) if training_data else None,
             parent=parent,
-            alias=alias_name,
+            alias=alias_name if replaces is None else None,
             check_data=read_data(check_data) if check_data else None,
             if_identical=if_identical,
             extra_fields=extra_fields,
+            holdout=labelled,
             **options,
         )
+        what = "identical to" if mv.version in before else "registered"
+        console.print(f"{what} [bold]{mv.ref}[/] ({mv.flavor}, sha256 {mv.digest[:12]})", highlight=False)
+        console.print(_check_set_line(mv.check_set), highlight=False)
+        if labelled is not None:
+            rows = min(len(labelled[1]), HOLDOUT_MAX_ROWS)
+            console.print(f"holdout set: {rows} rows, labels from '{label_column}'"
+                          + (f" (chosen at random from {len(labelled[1])})" if rows < len(labelled[1]) else ""),
+                          highlight=False)
+        if alias_name and replaces is not None and replaces != mv.version:
+            _move_past_gates(reg, mv.name, alias_name, mv.version)
     finally:
         reg.close()
-    what = "identical to" if mv.version in before else "registered"
-    console.print(f"{what} [bold]{mv.ref}[/] ({mv.flavor}, sha256 {mv.digest[:12]})"
-                  + (f", alias {alias_name} -> {mv.version}" if alias_name else ""), highlight=False)
-    console.print(_check_set_line(mv.check_set), highlight=False)
+    if alias_name:
+        console.print(f"alias {alias_name} -> {mv.version}", highlight=False)
+
+
+def _move_past_gates(reg: Registry, name: str, alias_name: str, version: int) -> None:
+    """Point the alias at the new version when the promotion gates pass; otherwise exit 1 and say how to force."""
+    actor = current_actor()
+    report = promotion_gates(reg, name, alias_name, version)
+    log_outcome(report, actor=actor, forced=False)
+    print_report(report)
+    if not report.passed:
+        fail(f"{name}:{version} is registered, but {name}@{alias_name} was not moved to it: "
+             f"{len(report.failures)} promotion gate(s) failed "
+             f"(`shipyard alias {name} {alias_name} {version} --force` moves it anyway)")
+    reg.set_alias(name, alias_name, version, actor=actor)
+
+
+def _holdout(path: Path, label_column: str) -> tuple[Any, Any]:
+    """(input columns, labels) from a labelled file."""
+    columns, _ = sample_to_arrays(read_data(path))
+    if label_column not in columns:
+        raise InvalidInput(f"--label-column '{label_column}' is not a column of '{path.name}', which has "
+                           f"{', '.join(repr(c) for c in columns)}", field="label_column", got=label_column)
+    labels = columns.pop(label_column)
+    return columns, labels
 
 
 def _versions(reg: Registry, name: str) -> set[int]:

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import tempfile
+import zipfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.config import Settings
-from shipyard.errors import IdenticalVersion, InvalidInput, ModelFormatError, ShipyardError
+from shipyard.errors import IdenticalVersion, InvalidInput, ModelFormatError, RegistryError, ShipyardError
 from shipyard.registry import checkset, lineage
 from shipyard.registry.artifacts import ArtifactStore, hash_tree
 from shipyard.registry.checkset import CheckSet
@@ -37,6 +38,10 @@ from shipyard.types import ModelRef, check_extra_fields, check_name
 logger = logging.getLogger(__name__)
 
 INPUT_EXAMPLE = "input_example.json"
+HOLDOUT = "holdout.npz"
+HOLDOUT_MAX_ROWS = 10_000
+"""Rows of a holdout set kept at most; above it a seeded random choice is kept, in order."""
+HOLDOUT_SEED = 0
 IF_IDENTICAL = ("refuse", "reuse", "new")
 
 
@@ -95,6 +100,7 @@ class Registry:
         extra_fields: str = "refuse",
         check_data: Any = None,
         if_identical: str = "refuse",
+        holdout: tuple[Any, Any] | None = None,
         **options: Any,
     ) -> ModelVersion:
         """Store a model object, or a file/folder path, as the next version of ``name``.
@@ -123,6 +129,10 @@ class Registry:
                 options) already are a version of ``name``: ``refuse`` (raise
                 ``IdenticalVersion``), ``reuse`` (return that version, still moving ``alias``)
                 or ``new`` (register a copy). Tags, metrics and description do not count.
+            holdout: labelled rows ``(inputs, labels)`` the promotion gates score this version
+                and the version it would replace on (``shipyard.rollout.gates``): inputs in the
+                same forms as ``sample``, labels one per row. Up to ``HOLDOUT_MAX_ROWS`` rows are
+                kept in the version folder, covered by the digest like the check set.
             **options: the runtime's own options, e.g. ``methods=["predict_proba"]`` for
                 scikit-learn (each runtime's ``option_specs`` lists them). An unknown name or
                 a value of the wrong type is refused before anything is written.
@@ -157,6 +167,8 @@ class Registry:
                 arrays, _ = sample_to_arrays(sample)
                 (work / INPUT_EXAMPLE).write_bytes(json.dumps(head(arrays), default=_json_default).encode())
             check_info = _write_check_set(work, signature, sample, check_data)
+            if holdout is not None:
+                _write_holdout(work, signature, holdout)
             files = hash_tree(work)
             digest = manifest_digest(files)
             uri = self.artifacts.put(work, name, digest)
@@ -314,6 +326,21 @@ class Registry:
                     "re-register it with a larger sample or check_data")
         return CheckSet(inputs, note)
 
+    def holdout(self, mv: ModelVersion) -> tuple[dict[str, np.ndarray[Any, Any]], np.ndarray[Any, Any]] | None:
+        """The labelled holdout rows registered with ``mv``: (inputs validated by its signature,
+        labels); None when it was registered without one."""
+        if HOLDOUT not in mv.files:
+            return None
+        path = self.fetch(mv) / HOLDOUT
+        try:
+            stored = checkset.decode(_holdout_signature(mv.signature), path.read_bytes())
+            labels = stored.pop(_LABEL)
+            inputs = mv.signature.validate(stored)
+        except (OSError, ValueError, zipfile.BadZipFile, InvalidInput) as exc:
+            # the sha256 matched, so the file is as registered: a reader/writer mismatch
+            raise RegistryError(f"the holdout set of {mv.ref} ('{HOLDOUT}') cannot be read: {exc}") from exc
+        return inputs, labels
+
     def input_example(self, mv: ModelVersion) -> dict[str, list[Any]] | None:
         """The first rows of the registration sample, if one was given."""
         if INPUT_EXAMPLE not in mv.files:
@@ -358,6 +385,51 @@ def _write_check_set(work: Path, signature: Signature, sample: Any, check_data: 
     kept, info = checkset.choose(valid, source)
     checkset.write(work, signature, kept)
     return info
+
+
+# The holdout file is a check-set file (``checkset.encode``) whose last entry holds the labels.
+_LABEL = "\0label"
+
+
+def _holdout_signature(signature: Signature, labels: np.ndarray[Any, Any] | None = None) -> Signature:
+    """The signature's inputs plus one for the labels (its datatype only decides how it is encoded)."""
+    text = labels is not None and labels.dtype.kind in ("O", "U", "S")
+    label = TensorSpec(_LABEL, "BYTES" if text else "FP64", (-1,))
+    return Signature(inputs=(*signature.inputs, label), format="tensors")
+
+
+def _write_holdout(work: Path, signature: Signature, holdout: tuple[Any, Any]) -> None:
+    """Keep the labelled holdout rows in the version folder (before hashing), validated by the signature."""
+    try:
+        data, labels = holdout
+    except (TypeError, ValueError):
+        raise InvalidInput("holdout must be a pair (inputs, labels)", field="holdout") from None
+    arrays, _ = sample_to_arrays(data)
+    try:
+        valid = signature.validate(checkset.named(signature, arrays))
+    except InvalidInput as exc:
+        raise InvalidInput(f"the holdout inputs do not fit the signature: {exc}", field="holdout",
+                           expected=exc.expected, got=exc.got) from None
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    rows = checkset.rows_of(valid)
+    if y.ndim != 1 or len(y) != rows:
+        raise InvalidInput(f"the holdout needs one label per row: {rows} rows of inputs, labels of shape "
+                           f"{list(y.shape)}", field="holdout", expected=rows, got=list(y.shape))
+    if y.dtype.kind == "U":
+        y = y.astype(object)
+    if rows > HOLDOUT_MAX_ROWS:
+        keep = np.sort(np.random.default_rng(HOLDOUT_SEED).choice(rows, size=HOLDOUT_MAX_ROWS, replace=False))
+        valid = {k: v[keep] for k, v in valid.items()}
+        y = y[keep]
+        logger.info("the holdout has %d rows; keeping %d chosen at random (seed %d)", rows, HOLDOUT_MAX_ROWS,
+                    HOLDOUT_SEED)
+    try:
+        encoded = checkset.encode(_holdout_signature(signature, y), {**valid, _LABEL: y})
+    except InvalidInput:
+        raise InvalidInput("the holdout labels must all be numbers or all be strings", field="holdout") from None
+    (work / HOLDOUT).write_bytes(encoded)
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
