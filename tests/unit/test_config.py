@@ -178,11 +178,13 @@ def test_an_unknown_nested_variable_is_only_warned_about(caplog: pytest.LogCaptu
     ("models:\n  - fraud\n  - fraud@challenger\n", "models[1]: model 'fraud' is listed twice"),
     ("models:\n  - ref: fraud\n    runtime: tensorrt\n", "models[0]: runtime must be auto, native or onnx"),
     ("auth:\n  tokens: [x]\n", "auth: not available yet"),
-    ("models:\n  - ref: fraud\n    traffic: {canary: 10}\n", "models[0]: traffic: not available yet"),
+    ("models:\n  - ref: fraud\n    traffic: {canary: 10}\n", "models[0]: traffic: canary must be a mapping"),
+    ("models:\n  - ref: fraud\n    traffic: {arms: [{alias: a, weight: 1}], sticky: user}\n",
+     "models[0]: traffic: sticky must be 'header:NAME' or 'field:NAME'"),
     ("models:\n  - ref: a\n    cache: {size: 5, ttl_seconds: 10}\n  - ref: b\n    cache: {size: 5}\n",
      "cache ttl_seconds differ"),
 ])
-def test_references_reserved_keys_and_conflicts_are_refused(tmp_path: Path, text: str, message: str) -> None:
+def test_references_reserved_keys_bad_traffic_and_conflicts_are_refused(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.load(write(tmp_path, text), {})
 

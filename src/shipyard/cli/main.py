@@ -7,7 +7,20 @@ from pathlib import Path
 import click
 
 from shipyard import __version__
-from shipyard.cli import alias, batch, config, export, logs, models, predict, quickstart, register, serve, stream
+from shipyard.cli import (
+    alias,
+    batch,
+    config,
+    export,
+    logs,
+    models,
+    predict,
+    quickstart,
+    register,
+    rollout,
+    serve,
+    stream,
+)
 from shipyard.cli._output import handle_errors
 from shipyard.config import Settings
 
@@ -43,6 +56,7 @@ cli.add_command(register.register)
 cli.add_command(models.models)
 cli.add_command(alias.alias)
 cli.add_command(alias.rollback)
+cli.add_command(rollout.rollout)
 cli.add_command(serve.serve)
 cli.add_command(predict.predict)
 cli.add_command(batch.batch)

@@ -95,7 +95,8 @@ class ModelDeployment:
     """refuse, ignore or passthrough for this model; unset: ``extra_fields``, else the version's own."""
 
     traffic: Any = None
-    """Reserved (traffic splits): not available yet."""
+    """This model's traffic policy (``rollout/policy.py``): ``arms`` (aliases or versions with weights),
+    ``shadow``, ``sticky``, ``canary`` or ``bandit``; unset: the name goes to ``ref`` alone."""
 
     retraining: Any = None
     """Reserved (retraining triggers): not available yet."""
@@ -112,12 +113,26 @@ class ModelDeployment:
                 check_extra_fields(self.extra_fields, "extra_fields")
             except InvalidInput as exc:
                 raise _Invalid(str(exc)) from None
-        _reserved("traffic", self.traffic)
+        if self.traffic not in (None, {}):
+            self.traffic_policy()  # refused now, naming what is wrong, rather than at the first request
         _reserved("retraining", self.retraining)
 
     @property
     def name(self) -> str:
         return ModelRef.parse(self.ref).name
+
+    def traffic_policy(self) -> Any:
+        """The ``traffic:`` block as a ``TrafficPolicy`` (None without one)."""
+        if self.traffic in (None, {}):
+            return None
+        from shipyard.rollout.policy import TrafficPolicy  # the policy's own rules, kept in one place
+
+        if not isinstance(self.traffic, dict):
+            raise _Invalid(f"traffic must be a mapping, got {type(self.traffic).__name__}")
+        try:
+            return TrafficPolicy.from_dict({**self.traffic, "model": self.name})
+        except ConfigError as exc:
+            raise _Invalid(str(exc)) from None
 
 
 # -- monitoring (issue 13): metrics, traces, the prediction log -------------------------------------------

@@ -258,7 +258,7 @@ def _arm(data: Any, role: Role) -> Arm:
     extra = set(data) - {"name", "target", "alias", "version", "weight", "percent", "role"}
     if extra:
         raise _invalid(f"arm {name}: unknown keys {sorted(extra)}")
-    return Arm(name, target, weight, role)
+    return Arm(name, target, weight, data.get("role", role))  # stored policies keep shadows among arms
 
 
 def _check_canary(plan: CanaryPlan, arms: list[str]) -> None:
@@ -275,6 +275,23 @@ def _check_canary(plan: CanaryPlan, arms: list[str]) -> None:
         raise _invalid(f"canary interval_seconds must be positive, got {plan.interval_seconds}")
     if plan.on_failure not in ON_FAILURE:
         raise _invalid(f"canary on_failure must be one of {', '.join(ON_FAILURE)}, got {plan.on_failure!r}")
+
+
+def same_spec(a: TrafficPolicy, b: TrafficPolicy) -> bool:
+    """Whether two policies declare the same experiment: what a person writes, not where it has got to.
+
+    Revision, state, step and reason are progress; so are the weights of a canary or a bandit,
+    which the controller moves.
+    """
+    def spec(p: TrafficPolicy) -> dict[str, Any]:
+        d = p.to_dict()
+        for progress in ("revision", "state", "step", "reason"):
+            d.pop(progress)
+        if p.kind in ("canary", "bandit"):
+            d["arms"] = [{**arm, "weight": None} for arm in d["arms"]]
+        return d
+
+    return spec(a) == spec(b)
 
 
 def canary_weights(policy: TrafficPolicy) -> dict[str, float]:

@@ -94,8 +94,8 @@ def _activate(policy: TrafficPolicy) -> _Active:
     primaries = policy.primaries
     if policy.kind == "canary":
         primaries = policy.with_weights(canary_weights(policy)).primaries
-    elif policy.state in ("aborted", "rolled_back"):
-        # everything back on the first arm, the one the experiment started from
+    elif policy.state in ("aborted", "rolled_back", "promoted"):
+        # everything on the first arm: the one the experiment started from (promoted: its alias was moved)
         primaries = tuple(replace(a, weight=1.0 if i == 0 else 0.0) for i, a in enumerate(primaries))
     shadows = policy.shadows if policy.state in ("running", "paused") else ()
     return _Active(policy, primaries, shadows, {a.name: a.ref(policy.model) for a in policy.arms})

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from shipyard.batching.policy import BatchPolicy
 from shipyard.config import Settings
+from shipyard.rollout.policy import TrafficPolicy
 from shipyard.serving.cache import CachePolicy
 from shipyard.types import ModelRef
 
-__all__ = ["DeploymentPolicies", "batch_policy", "deployment_policies"]
+__all__ = ["DeploymentPolicies", "batch_policy", "deployment_policies", "traffic_policies"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,8 @@ def deployment_policies(settings: Settings, served: Iterable[str]) -> Deployment
         cache = CachePolicy(max_entries=entries, ttl_seconds=next(iter(cached.values()))[1])
     runtimes = {m.name: m.runtime for m in settings.models if m.runtime is not None and m.runtime != settings.runtime}
     return DeploymentPolicies(batch_policy(settings), batching, cache, set(cached), runtimes)
+
+
+def traffic_policies(settings: Settings) -> list[TrafficPolicy]:
+    """The traffic policies ``shipyard.yaml`` declares (``models[].traffic``)."""
+    return [p for p in (m.traffic_policy() for m in settings.models) if p is not None]

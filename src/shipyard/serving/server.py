@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,9 @@ from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.monitoring.predlog import prediction_log
 from shipyard.monitoring.tracing import Tracing
 from shipyard.registry import Registry
+from shipyard.rollout.policy import TrafficPolicy, same_spec
+from shipyard.rollout.router import PolicyRouter
+from shipyard.rollout.store import TrafficStore
 from shipyard.serving import deployment
 from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import ResponseCache
@@ -139,6 +142,9 @@ def build_server(
     metrics.watch(watched)
     repo.on_load(metrics.model_loaded)
     tracing = Tracing(settings.monitoring.tracing)
+    traffic = TrafficStore(reg.database)
+    router = PolicyRouter(repo, traffic, refresh_seconds=settings.alias_refresh_seconds)
+    declared = deployment.traffic_policies(settings)
     dp = DataPlane(
         repo,
         executor=pool,
@@ -151,6 +157,7 @@ def build_server(
         observers=watched,
         metrics=metrics if settings.monitoring.metrics.enabled else None,
         tracing=tracing,
+        router=router,
     )
     if dp.cache is not None:
         repo.on_alias_move(dp.cache.invalidate)
@@ -160,6 +167,12 @@ def build_server(
     # The order things start in; they stop in reverse. Models load first (readiness waits for them),
     # then the processes that run them; the gRPC listener opens last and drains first.
     services: list[Service] = [Hooks("models", repo.start, _async(repo.close))]
+
+    async def start_traffic() -> None:
+        for policy in declared:
+            await anyio.to_thread.run_sync(_declare, traffic, policy)
+        await router.refresh()  # every policy's arms loaded before the server is ready
+
     if pool is not None:
 
         async def start_workers() -> None:
@@ -168,6 +181,7 @@ def build_server(
             await pool.start(versions)
 
         services.append(Hooks("workers", start_workers))
+    services.append(Hooks("traffic policies", start_traffic))  # after the workers: arms preload on them
     if predictions is not None:  # stops after the observers flushed into it: writes what is buffered, closes
         services.append(Hooks("prediction log", on_stop=_async(predictions.close)))
     if tracing.enabled:  # stops after the data plane: exports its last spans, then shuts the provider down
@@ -175,7 +189,8 @@ def build_server(
     services += [
         Hooks("observers", watched.start, watched.stop),  # stops after the data plane: sees every last event
         Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor (the worker processes)
-        _AliasWatcher(repo),
+        _Loop("alias watcher", repo.watch),
+        _Loop("traffic-policy watcher", router.watch),
     ]
     if async_requests is not None:
         services.append(Hooks("asynchronous requests", async_requests.start, async_requests.stop))
@@ -196,18 +211,24 @@ def _async(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:
     return call
 
 
-class _AliasWatcher:
-    """Follows alias moves: preloads the new version everywhere, then switches (``ModelRepository.watch``)."""
+def _declare(store: TrafficStore, policy: TrafficPolicy) -> None:
+    """Store a policy shipyard.yaml declares, unless the stored one is the same experiment (maybe further on)."""
+    stored = store.get(policy.model)
+    if stored is None or not same_spec(stored, policy):
+        store.put(policy, actor="shipyard.yaml", reason="declared in shipyard.yaml")
 
-    name = "alias watcher"
 
-    def __init__(self, repository: ModelRepository) -> None:
-        self.repository = repository
+class _Loop:
+    """A background loop as a service: ``run(stop)`` until stop is set (alias moves, policy changes)."""
+
+    def __init__(self, name: str, run: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+        self.name = name
+        self.run = run
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.repository.watch(self._stop), name=self.name)
+        self._task = asyncio.get_running_loop().create_task(self.run(self._stop), name=self.name)
 
     async def stop(self) -> None:
         self._stop.set()
