@@ -23,6 +23,10 @@ again from it on its next tick. Writes are idempotent in effect: a tick that
 repeats after a crash finds the state it left and decides the same.
 
 The loop never dies: an error is logged and the next tick tries again.
+
+The controller's ``clock`` and the times the store writes into the history must be
+the same clock (both the wall clock in a server): a step's age is ``clock()`` minus
+the history time of the change that entered the step.
 """
 
 from __future__ import annotations
@@ -194,7 +198,11 @@ class RolloutController:
         return applied
 
     def _totals(self, model: str, revisions: Sequence[int]) -> dict[str, ArmTotals]:
-        """Per-arm totals summed over revisions (each revision's counters hold only its own requests)."""
+        """Per-arm totals summed over revisions (each revision's counters hold only its own requests).
+
+        No ``since``: a revision's counters are all of the step already, and a time filter would
+        drop the window the step started in (windows are whole minutes).
+        """
         out: dict[str, ArmTotals] = {}
         for revision in revisions:
             for arm, totals in self.read_totals(model, revision, None).items():
