@@ -7,13 +7,11 @@ the policy writes go through ``SELECT ... FOR UPDATE``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from tests.unit.rollout.test_controller import Clock, register_two_versions, two_controllers_share_one_rollout
 
-import shipyard.rollout.store as store_module
 from shipyard.config import Settings
 from shipyard.registry import Registry
 
@@ -23,8 +21,6 @@ pytestmark = pytest.mark.integration
 def test_two_controllers_on_postgresql_one_acts_and_the_other_resumes_the_same_step(
         pg_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr(store_module, "now_iso",
-                        lambda: datetime.fromtimestamp(clock(), UTC).isoformat(timespec="microseconds"))
     settings = Settings(home=tmp_path / "home", registry_url=pg_database_url)
     registry_a = Registry.from_settings(settings)
     try:

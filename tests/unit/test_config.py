@@ -184,7 +184,7 @@ def test_an_unknown_nested_variable_is_only_warned_about(caplog: pytest.LogCaptu
     ("models:\n  - ref: a\n    cache: {size: 5, ttl_seconds: 10}\n  - ref: b\n    cache: {size: 5}\n",
      "cache ttl_seconds differ"),
 ])
-def test_references_reserved_keys_bad_traffic_and_conflicts_are_refused(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_references_keys_traffic_and_conflicts_are_refused(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.load(write(tmp_path, text), {})
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from shipyard.errors import RegistryError
 from shipyard.registry.database import Database
-from shipyard.registry.store import now_iso
 from shipyard.rollout.policy import TrafficPolicy
 from shipyard.rollout.tables import leases_t, traffic_history_t, traffic_t
 
@@ -57,6 +57,10 @@ class TrafficStore:
         self.database = database
         self._clock = clock
 
+    def _now(self) -> str:
+        """The store's clock as the ISO time history entries keep (the controller reads step starts from it)."""
+        return datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds")
+
     def _locked(self, query: Any) -> Any:
         """``SELECT ... FOR UPDATE`` on PostgreSQL (SQLite's write transactions are serialized already)."""
         return query.with_for_update() if self.database.dialect == "postgresql" else query
@@ -89,7 +93,7 @@ class TrafficStore:
             stored = replace(policy, revision=int(current or 0) + 1, reason=reason or policy.reason)
             body = stored.to_dict()
             values = {"policy": body, "revision": stored.revision, "state": stored.state,
-                      "updated_at": now_iso(), "actor": actor}
+                      "updated_at": self._now(), "actor": actor}
             if current is None:
                 conn.execute(traffic_t.insert().values(model=policy.model, **values))
             else:
@@ -110,7 +114,7 @@ class TrafficStore:
             conn.execute(traffic_t.delete().where(traffic_t.c.model == model))
             conn.execute(traffic_history_t.insert().values(
                 model=model, revision=int(policy.get("revision", 0)), policy=policy, state="removed",
-                reason=reason, at=now_iso(), actor=actor,
+                reason=reason, at=self._now(), actor=actor,
             ))
         return True
 

@@ -10,6 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.fixtures.arm_counts import (
+    CALLER_SIDE,
+    SERVER_SIDE,
+    START,
+    assert_totals_equal,
+    check_concurrent_recorders_sum_exactly,
+    check_failed_flush_is_retried,
+    expected_totals,
+    make_events,
+)
 
 from shipyard.context import RequestContext
 from shipyard.monitoring.events import PredictionEvent
@@ -21,16 +31,6 @@ from shipyard.rollout.arm_stats import (
     add_rewards,
     first_window,
     read_totals,
-)
-from tests.fixtures.arm_counts import (
-    CALLER_SIDE,
-    SERVER_SIDE,
-    START,
-    assert_totals_equal,
-    check_concurrent_recorders_sum_exactly,
-    check_failed_flush_is_retried,
-    expected_totals,
-    make_events,
 )
 
 

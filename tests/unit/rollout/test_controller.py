@@ -7,9 +7,9 @@ rewards and log-normal latencies in the ``LATENCY_BOUNDS`` buckets. The controll
 those counts through its injected ``read_totals``. Nothing sleeps: the clock is a number
 the test moves, and ``tick()`` is called directly.
 
-The store stamps history entries with the wall clock (``now_iso``); the tests point it at
-the simulated clock, so a step's start read from the history and the controller's ``now``
-are on the same clock, as they are in production.
+The store stamps history entries with its own clock, the simulated one here, so a step's
+start read from the history and the controller's ``now`` are on the same clock, as they
+are in production.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from scipy import stats
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-import shipyard.rollout.store as store_module
 from shipyard.config import Settings
 from shipyard.registry import Registry
 from shipyard.rollout.arm_stats import LATENCY_BOUNDS, ArmTotals
@@ -57,8 +56,6 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(store_module, "now_iso",
-                        lambda: datetime.fromtimestamp(clock(), UTC).isoformat(timespec="microseconds"))
     return clock
 
 
