@@ -18,6 +18,7 @@ knows HTTP.
     │   │   └── ModelNotServed       registered, but this server does not serve it
     │   ├── VersionConflict          [conflict] a concurrent write won; retry
     │   ├── IdenticalVersion         [conflict] these exact files already are a version of the model
+    │   ├── PromotionRefused         [conflict] a promotion gate failed; the alias did not move
     │   └── ArtifactIntegrityError   a file's sha256 differs from the record
     ├── ModelFormatError
     │   ├── UnsupportedModel         no runtime knows this object or file
@@ -209,6 +210,18 @@ class IdenticalVersion(RegistryError):
             f"identical to {name}:{version} (same files, sha256 {digest[:12]}); pass if_identical='reuse' "
             "to get that version back (CLI --if-identical reuse) or 'new' to register a copy"
         )
+
+
+class PromotionRefused(RegistryError):
+    """A promotion gate failed, so the alias was not moved (``--force`` moves it anyway, audited)."""
+
+    kind: ClassVar[Kind] = "conflict"
+
+    def __init__(self, target: str, version: int, reasons: str) -> None:
+        self.target = target
+        self.version = version
+        self.reasons = reasons
+        super().__init__(f"{target} not moved to version {version}: promotion gates failed:\n{reasons}")
 
 
 class ArtifactIntegrityError(RegistryError):

@@ -231,13 +231,20 @@ _state_command("abort", "aborted", "End MODEL's rollout: all traffic back on the
 @click.argument("model")
 @click.option("--arm", help="The arm to promote (default: the canary's candidate, or the only other arm).")
 @click.option("--reason", default="", help="Why; kept in the policy's history.")
+@click.option("--force", is_flag=True, help="Move the alias even when a promotion gate fails (logged as forced).")
 @click.pass_context
 @handle_errors
-def promote(ctx: click.Context, model: str, arm: str | None, reason: str) -> None:
-    """Move the stable arm's alias to ARM's version and end the rollout (`shipyard rollback` undoes the move)."""
+def promote(ctx: click.Context, model: str, arm: str | None, reason: str, force: bool) -> None:
+    """Move the stable arm's alias to ARM's version and end the rollout (`shipyard rollback` undoes the move).
+
+    The promotion gates run first (signature, holdout accuracy, latency budget: see `shipyard alias`);
+    a failed gate refuses the promotion unless --force.
+    """
     registry, store = _open(ctx)
     try:
-        stored, move = actions.promote(store, registry, model, arm, actor=_actor(), reason=reason)
+        stored, move = actions.promote(store, registry, model, arm, actor=_actor(), reason=reason, force=force)
     finally:
         registry.close()
-    console.print(f"{model}@{move.alias} -> version {move.version} (was {move.previous}); rollout {stored.state}")
+    if move is not None:
+        console.print(f"{model}@{move.alias} -> version {move.version} (was {move.previous})")
+    console.print(f"{model}: rollout {stored.state} (revision {stored.revision}): {stored.reason}")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from shipyard.errors import ConfigError, ModelNotFound
+from shipyard.errors import ConfigError, ModelNotFound, PromotionRefused
 from shipyard.registry import Registry
 from shipyard.registry.model import AliasMove
-from shipyard.rollout.policy import State, TrafficPolicy
-from shipyard.rollout.store import TrafficStore
+from shipyard.rollout.policy import Arm, State, TrafficPolicy
+from shipyard.rollout.store import PolicyConflict, TrafficStore
 from shipyard.types import is_version_number
 
 
@@ -53,7 +53,7 @@ def set_state(store: TrafficStore, model: str, state: State, *, actor: str | Non
 
 
 def promote(store: TrafficStore, registry: Registry, model: str, arm: str | None = None, *,
-            actor: str | None = None, reason: str = "") -> tuple[TrafficPolicy, AliasMove]:
+            actor: str | None = None, reason: str = "", force: bool = False) -> tuple[TrafficPolicy, AliasMove | None]:
     """Move the stable arm's alias to ``arm``'s version (a canary's candidate by default); state promoted.
 
     The stable arm is the canary's, else the first primary arm; it must name an alias.
@@ -61,19 +61,57 @@ def promote(store: TrafficStore, registry: Registry, model: str, arm: str | None
     policy = current(store, model)
     if policy.state in ("promoted", "aborted", "rolled_back"):
         raise ConfigError(f"{model}'s rollout is {policy.state} already")
-    stable = policy.arm(policy.canary.stable if policy.canary else policy.primaries[0].name)
-    winner = policy.arm(arm or (policy.canary.candidate if policy.canary else _only_other(policy, stable.name)))
-    if winner.name == stable.name:
-        raise ConfigError(f"{winner.name} is the stable arm already; name the arm to promote")
+    winner = arm or (policy.canary.candidate if policy.canary else _only_other(policy, _stable(policy).name))
+    return promote_policy(store, registry, policy, winner, actor=actor, reason=reason, force=force)
+
+
+def promote_policy(store: TrafficStore, registry: Registry, policy: TrafficPolicy, winner: str, *,
+                   actor: str | None, reason: str = "", force: bool = False,
+                   ) -> tuple[TrafficPolicy, AliasMove | None]:
+    """Promote ``winner`` of ``policy`` as read at its revision: gates, alias move, then the promoted state.
+
+    The promotion gates (``rollout/gates.py``) run first; a failure raises PromotionRefused
+    unless ``force`` (the outcome is logged either way). The alias moves before the state
+    is written, so a promoted policy (all traffic on the stable arm) always serves the winner;
+    a repeat after a crash finds the alias there already and does not move it again, and a
+    change made meanwhile (the write's PolicyConflict) moves it back.
+    """
+    from shipyard.rollout.gates import log_outcome, promotion_gates  # loads models: only when promoting
+
+    stable = _stable(policy)
+    chosen = policy.arm(winner)
+    if chosen.name == stable.name:
+        raise ConfigError(f"{chosen.name} is the stable arm already; name the arm to promote")
     if is_version_number(stable.target):
         raise ConfigError(f"the stable arm {stable.name} is the fixed version {stable.target}: there is no "
                           "alias to move")
-    version = registry.resolve(winner.ref(model))
-    move = registry.set_alias(model, stable.target, version, actor=actor)
-    stored = store.put(replace(policy, state="promoted"), actor=actor,
-                       reason=reason or f"promoted {winner.name} (version {version}) to {stable.target}",
-                       expected_revision=policy.revision)
+    alias = stable.target
+    version = registry.resolve(chosen.ref(policy.model))
+    report = promotion_gates(registry, policy.model, alias, version)
+    log_outcome(report, actor=actor, forced=force)
+    if not report.passed and not force:
+        raise PromotionRefused(f"{policy.model}@{alias}", version, report.reasons())
+    latest = store.get(policy.model)
+    if latest is None or latest.revision != policy.revision:
+        # changed since it was read (a pause, say): no alias moves on a stale decision
+        raise PolicyConflict(policy.model, policy.revision, 0 if latest is None else latest.revision)
+    before = registry.aliases(policy.model).get(alias)
+    move = registry.set_alias(policy.model, alias, version, actor=actor) if before != version else None
+    note = reason or f"promoted {chosen.name}"
+    try:
+        stored = store.put(replace(policy, state="promoted"), actor=actor,
+                           reason=f"{note}: {alias} moved from version {before} to {version}"
+                           + (" (gates failed, forced)" if not report.passed else ""),
+                           expected_revision=policy.revision)
+    except PolicyConflict:
+        if move is not None and before is not None:
+            registry.set_alias(policy.model, alias, before, actor=actor)
+        raise
     return stored, move
+
+
+def _stable(policy: TrafficPolicy) -> Arm:
+    return policy.arm(policy.canary.stable if policy.canary else policy.primaries[0].name)
 
 
 def _only_other(policy: TrafficPolicy, stable: str) -> str:

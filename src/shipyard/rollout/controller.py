@@ -43,8 +43,9 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
-from shipyard.errors import ConfigError
+from shipyard.errors import ConfigError, PromotionRefused
 from shipyard.registry import Registry
+from shipyard.rollout import actions
 from shipyard.rollout.arm_stats import ArmTotals
 from shipyard.rollout.bandit import ArmRewards, BanditConfig, bandit_weights
 from shipyard.rollout.canary import Decision, next_canary_step
@@ -237,31 +238,19 @@ class RolloutController:
         return Applied(policy.model, decision.action, stored.revision, decision.reason, decision)
 
     def _promote(self, policy: TrafficPolicy, reason: str) -> TrafficPolicy:
-        """Move the stable alias to the candidate's version, then record the promotion.
+        """Promote the candidate (``actions.promote_policy``: gates, then the alias, then the state).
 
-        The alias moves first so that a promoted policy (which sends the stable arm all
-        traffic) always serves the candidate. A repeat after a crash between the two finds
-        the alias already there and does not move it again; a person's change in between
-        (the write's conflict) moves it back.
+        A failed promotion gate pauses the rollout with the gates' reasons, for a person to
+        decide (``shipyard rollout promote --force`` or ``abort``).
         """
         plan = policy.canary
         assert plan is not None
-        alias = policy.arm(plan.stable).target
-        version = self.registry.resolve(policy.arm(plan.candidate).ref(policy.model))
-        before = self.registry.aliases(policy.model).get(alias)
-        current = self.store.get(policy.model)
-        if current is None or current.revision != policy.revision:
-            # changed since it was read (a pause, say): do not move the alias on a stale decision
-            raise PolicyConflict(policy.model, policy.revision, 0 if current is None else current.revision)
-        if before != version:
-            self.registry.set_alias(policy.model, alias, version, actor=ACTOR)
         try:
-            return self._put(replace(policy, state="promoted"),
-                             f"{reason}: {alias} moved from version {before} to {version}", policy.revision)
-        except PolicyConflict:
-            if before is not None and before != version:
-                self.registry.set_alias(policy.model, alias, before, actor=ACTOR)
-            raise
+            stored, _ = actions.promote_policy(self.store, self.registry, policy, plan.candidate, actor=ACTOR,
+                                               reason=reason)
+        except PromotionRefused as exc:
+            return self._put(replace(policy, state="paused"), str(exc), policy.revision)
+        return stored
 
     def _bandit(self, policy: TrafficPolicy) -> Applied:
         config, cadence = bandit_config(policy.bandit or {})
