@@ -44,7 +44,11 @@ class Settings:
     """Largest request body accepted; larger ones get 413."""
 
     alias_refresh_seconds: float = 2.0
-    """How long a server trusts a resolved alias before asking the registry again."""
+    """How long a server trusts a resolved alias (and a traffic policy) before asking the registry again."""
+
+    rollout_tick_seconds: float = 5.0
+    """How often the rollout controller steps canaries and bandits (one replica at a time holds its lease;
+    0: this server runs no controller)."""
 
     workers: int = 0
     """Model worker processes: 0 means one per CPU core; 1 runs the model inside the server process."""
@@ -138,6 +142,8 @@ class Settings:
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.alias_refresh_seconds < 0:
             raise ConfigError("alias_refresh_seconds must not be negative")
+        if self.rollout_tick_seconds < 0:
+            raise ConfigError("rollout_tick_seconds must not be negative")
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 (one per core) or more, got {self.workers}")
         if self.runtime not in ("auto", "native", "onnx"):

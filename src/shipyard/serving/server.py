@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -192,6 +194,8 @@ def build_server(
         _Loop("alias watcher", repo.watch),
         _Loop("traffic-policy watcher", router.watch),
     ]
+    if settings.rollout_tick_seconds > 0:
+        services.append(_RolloutControllerService(settings, reg, traffic))
     if async_requests is not None:
         services.append(Hooks("asynchronous requests", async_requests.start, async_requests.stop))
     if grpc_port is not None:
@@ -234,6 +238,53 @@ class _Loop:
         self._stop.set()
         if self._task is not None:
             await self._task
+
+
+class _RolloutControllerService:
+    """The rollout controller of this replica, reading the fleet's per-arm counters.
+
+    The controller brings SciPy, so it is imported and started in the background once the
+    server is up: a server's cold start does not pay for it.
+    """
+
+    name = "rollout controller"
+
+    def __init__(self, settings: Settings, registry: Registry, traffic: TrafficStore) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.traffic = traffic
+        self.controller: Any = None
+        self._starting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._starting = asyncio.get_running_loop().create_task(self._start(), name="rollout controller start")
+
+    async def _start(self) -> None:
+        try:
+            self.controller = await anyio.to_thread.run_sync(self._build)
+            await self.controller.start()
+        except Exception:
+            logger.exception("the rollout controller did not start; canaries and bandits will not move")
+
+    def _build(self) -> Any:
+        from shipyard.rollout.arm_stats import read_totals
+        from shipyard.rollout.controller import RolloutController
+
+        database = self.registry.database
+
+        def totals(model: str, revision: int, since: float | None) -> Any:
+            return read_totals(database, model, revision, since=since)
+
+        tick = self.settings.rollout_tick_seconds
+        return RolloutController(self.traffic, self.registry, totals,
+                                 holder=f"{socket.gethostname()}:{os.getpid()}",
+                                 interval_seconds=tick, lease_seconds=3 * tick)
+
+    async def stop(self) -> None:
+        if self._starting is not None:
+            await self._starting
+        if self.controller is not None:
+            await self.controller.stop()
 
 
 def _grpc_server(dp: DataPlane, settings: Settings, port: int) -> GrpcServer:
