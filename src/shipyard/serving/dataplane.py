@@ -128,7 +128,7 @@ class DataPlane:
         observers: Observers | None = None,
         metrics: ServingMetrics | None = None,
         tracing: Tracing | None = None,
-        max_shadow_tasks: int = 64,
+        max_shadow_tasks: int | None = None,
     ) -> None:
         """
         Args:
@@ -143,7 +143,9 @@ class DataPlane:
             cache: the response cache, used for the models in ``cached_models``.
             max_queue: requests per model version waiting or running before 503s.
             request_timeout: seconds a request may take in total before it gets 504.
-            max_shadow_tasks: shadow copies running at once; more are dropped and counted.
+            max_shadow_tasks: shadow copies running at once; more are dropped and counted (default: 16 in
+                process, where slow calls take threads; half the worker processes otherwise, so shadows
+                never hold every worker the callers need).
         """
         self.repository = repository
         self.executor: Executor = executor or InProcessExecutor()
@@ -161,6 +163,9 @@ class DataPlane:
         self.observers = observers or Observers([])
         self.metrics = metrics
         self.tracing = tracing or Tracing()
+        if max_shadow_tasks is None:
+            in_process = isinstance(self.executor, InProcessExecutor)
+            max_shadow_tasks = 16 if in_process else max(1, self.executor.capacity // 2)
         self.max_shadow_tasks = max_shadow_tasks
         self._shadows: set[asyncio.Task[None]] = set()
         self.shadows_dropped = 0
