@@ -10,6 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.fixtures.arm_counts import (
+    CALLER_SIDE,
+    SERVER_SIDE,
+    START,
+    assert_totals_equal,
+    check_concurrent_recorders_sum_exactly,
+    check_failed_flush_is_retried,
+    expected_totals,
+    make_events,
+)
 
 from shipyard.context import RequestContext
 from shipyard.monitoring.events import PredictionEvent
@@ -21,16 +31,6 @@ from shipyard.rollout.arm_stats import (
     add_rewards,
     first_window,
     read_totals,
-)
-from tests.fixtures.arm_counts import (
-    CALLER_SIDE,
-    SERVER_SIDE,
-    START,
-    assert_totals_equal,
-    check_concurrent_recorders_sum_exactly,
-    check_failed_flush_is_retried,
-    expected_totals,
-    make_events,
 )
 
 
@@ -89,7 +89,8 @@ def test_totals_add_field_by_field_and_refuse_another_arm() -> None:
     first, second = expected_totals(events[:half])["a"], expected_totals(events[half:])["a"]
     assert_totals_equal({"a": first + second}, expected_totals(events))
     whole = first + second
-    assert whole.error_rate == whole.errors / whole.requests and whole.mean_latency == whole.latency_sum / whole.requests
+    assert whole.error_rate == whole.errors / whole.requests
+    assert whole.mean_latency == whole.latency_sum / whole.requests
     assert whole.reward.n == whole.reward_n
     with pytest.raises(ValueError, match="arm"):
         first + ArmTotals("b")
