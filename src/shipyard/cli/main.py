@@ -11,6 +11,7 @@ from shipyard.cli import (
     alias,
     batch,
     config,
+    experiment,
     export,
     logs,
     models,
@@ -65,6 +66,7 @@ cli.add_command(export.export)
 cli.add_command(export.bundle)
 cli.add_command(config.config)
 cli.add_command(logs.logs)
+cli.add_command(experiment.experiment)
 
 
 def main() -> None:

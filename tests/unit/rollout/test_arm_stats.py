@@ -89,7 +89,8 @@ def test_totals_add_field_by_field_and_refuse_another_arm() -> None:
     first, second = expected_totals(events[:half])["a"], expected_totals(events[half:])["a"]
     assert_totals_equal({"a": first + second}, expected_totals(events))
     whole = first + second
-    assert whole.error_rate == whole.errors / whole.requests and whole.mean_latency == whole.latency_sum / whole.requests
+    assert whole.error_rate == whole.errors / whole.requests
+    assert whole.mean_latency == whole.latency_sum / whole.requests
     assert whole.reward.n == whole.reward_n
     with pytest.raises(ValueError, match="arm"):
         first + ArmTotals("b")

@@ -8,7 +8,7 @@ protocol's ``error`` field, its status chosen in ``rest/errors.py``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -28,11 +28,15 @@ from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.graphql import graphql_endpoints
 from shipyard.serving.rest.body import check_json_type, read_body
 from shipyard.serving.rest.errors import error_body, retry_headers, status_for
+from shipyard.serving.rest.experiments import experiment_endpoints
 from shipyard.serving.rest.extensions import extension_endpoints
 from shipyard.serving.rest.openapi import docs_html, openapi_spec
 from shipyard.serving.rest.routes import Endpoint, Handler, rest_endpoints, starlette_routes
 from shipyard.signature import Signature
 from shipyard.types import InferenceRequest
+
+if TYPE_CHECKING:
+    from shipyard.rollout.experiments import Experiments
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +114,10 @@ class RestApp:
 
     def __init__(
         self, dataplane: DataPlane, *, max_body_bytes: int, async_requests: AsyncRequests | None = None,
-        metrics: ServingMetrics | None = None,
+        metrics: ServingMetrics | None = None, experiments: Experiments | None = None,
     ) -> None:
         self.dp = dataplane
+        self._experiments = experiments
         self.max_body_bytes = max_body_bytes
         self.async_requests = async_requests
         self.serving_metrics = metrics or ServingMetrics()
@@ -122,6 +127,7 @@ class RestApp:
         self.endpoints: list[Endpoint] = [
             *extension_endpoints(self),  # first: /v2/models/stats before /v2/models/{name}
             *rest_endpoints(self),
+            *experiment_endpoints(self),
             *graphql_endpoints(dataplane, max_body_bytes),
         ]
         """The route table: what ``build`` routes and ``/openapi.json`` documents."""
@@ -133,6 +139,14 @@ class RestApp:
         return await read_body(request, self.max_body_bytes)
 
     _check_json_type = staticmethod(check_json_type)
+
+    def experiments(self) -> Experiments:
+        """What the experiment routes read: the one given, else the registry database's (made when first asked)."""
+        if self._experiments is None:
+            from shipyard.rollout.experiments import Experiments  # statistics (scipy) only once asked for
+
+            self._experiments = Experiments(self.dp.repository.registry.database)
+        return self._experiments
 
     # -- health and metadata ---------------------------------------------------------
 

@@ -304,6 +304,53 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    # rollouts (rest/experiments.py, rollout/report.py): numbers a report cannot estimate yet are null
+    "ExperimentList": {
+        "type": "object",
+        "required": ["experiments"],
+        "properties": {"experiments": {"type": "array", "items": {"$ref": "#/components/schemas/Experiment"}}},
+    },
+    "Experiment": {
+        "type": "object",
+        "required": ["model", "kind", "state", "revision", "step", "arms"],
+        "properties": {
+            "model": {"type": "string"},
+            "kind": {"type": "string", "enum": ["split", "canary", "bandit"]},
+            "state": {"type": "string"},
+            "revision": {"type": "integer"},
+            "step": {"type": "integer"},
+            "reason": {"type": "string"},
+            "arms": {"type": "array", "items": {
+                "type": "object",
+                "required": ["name", "target", "weight", "role"],
+                "properties": {"name": {"type": "string"}, "target": {"type": "string"},
+                               "weight": {"type": "number"}, "role": {"type": "string", "enum": ["primary", "shadow"]}},
+            }},
+        },
+    },
+    "ExperimentReport": {
+        "type": "object",
+        "description": "One traffic policy revision: each arm's numbers, each arm against the control "
+                       "(fixed-horizon and always-valid p-values, Benjamini-Hochberg adjusted), the sample "
+                       "ratio check and how far a decision is. Numbers not estimable yet are null.",
+        "required": ["model", "kind", "state", "revision", "step", "control", "alpha", "arms", "comparisons",
+                     "srm", "planning"],
+        "properties": {
+            "model": {"type": "string"},
+            "kind": {"type": "string"},
+            "state": {"type": "string"},
+            "revision": {"type": "integer"},
+            "step": {"type": "integer"},
+            "control": {"type": "string"},
+            "alpha": {"type": "number"},
+            "elapsed_seconds": {"type": ["number", "null"]},
+            "arms": {"type": "array", "items": {"type": "object", "required": ["arm", "role", "n", "share"]}},
+            "comparisons": {"type": "array", "items": {
+                "type": "object", "required": ["arm", "metric", "p_value", "sequential_p_value"]}},
+            "srm": {"type": ["object", "null"]},
+            "planning": {"type": "array", "items": {"type": "object"}},
+        },
+    },
 }
 
 
