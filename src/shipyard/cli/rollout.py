@@ -17,7 +17,7 @@ import yaml
 from shipyard.cli._output import console, handle_errors, print_json, settings_from, table
 from shipyard.registry import Registry
 from shipyard.rollout import actions
-from shipyard.rollout.policy import TrafficPolicy, canary_weights
+from shipyard.rollout.policy import TrafficPolicy, effective_weights
 from shipyard.rollout.store import TrafficStore
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -159,15 +159,8 @@ def start(ctx: click.Context, model: str, split: str | None, canary: str | None,
     _show(stored)
 
 
-def _weights(policy: TrafficPolicy) -> dict[str, float]:
-    if policy.kind == "canary":
-        return canary_weights(policy)
-    total = sum(a.weight for a in policy.primaries) or 1.0
-    return {a.name: a.weight / total for a in policy.primaries}
-
-
 def _show(policy: TrafficPolicy) -> None:
-    weights = _weights(policy)
+    weights = effective_weights(policy)
     rows = [[a.name, a.target, a.role, f"{100 * (weights.get(a.name, 0.0) if a.role == 'primary' else a.weight):.1f}%"]
             for a in policy.arms]
     table(f"{policy.model}: {policy.kind}, {policy.state}, revision {policy.revision}",

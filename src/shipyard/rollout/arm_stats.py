@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -39,8 +39,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from shipyard.monitoring.events import PredictionEvent
 from shipyard.protocol.status import STATUSES
 from shipyard.registry.database import Database
-from shipyard.rollout.statistics import Mean, Proportion
 from shipyard.rollout.tables import arm_latency_t, arm_stats_t
+
+if TYPE_CHECKING:  # statistics brings SciPy: a server records counters without it
+    from shipyard.rollout.statistics import Mean, Proportion
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +122,20 @@ class ArmTotals:
 
     @property
     def error_proportion(self) -> Proportion:
+        from shipyard.rollout.statistics import Proportion
+
         return Proportion(self.errors, self.requests)
 
     @property
     def latency(self) -> Mean:
+        from shipyard.rollout.statistics import Mean
+
         return Mean.from_sums(self.requests, self.latency_sum, self.latency_sumsq)
 
     @property
     def reward(self) -> Mean:
+        from shipyard.rollout.statistics import Mean
+
         return Mean.from_sums(self.reward_n, self.reward_sum, self.reward_sumsq)
 
     def latency_quantile(self, q: float) -> float:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,10 +23,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from shipyard.errors import Kind, ShipyardError
 from shipyard.registry.database import Database
 from shipyard.rollout.arm_stats import first_window, read_totals
-from shipyard.rollout.policy import STATES, TrafficPolicy
-from shipyard.rollout.report import SRM_ALPHA, ExperimentReport, experiment_report, planned_weights
-from shipyard.rollout.statistics import sample_ratio_mismatch
+from shipyard.rollout.policy import STATES, TrafficPolicy, effective_weights
 from shipyard.rollout.store import TrafficStore
+
+if TYPE_CHECKING:  # the report and its statistics bring SciPy: imported when a report or an SRM is computed
+    from shipyard.rollout.report import ExperimentReport
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class Experiments:
         totals = read_totals(self.database, model, policy.revision, since=since)
         start = first_window(self.database, model, policy.revision, since=since)
         elapsed = None if start is None else max(self._clock() - max(start, since or start), 0.0)
+        from shipyard.rollout.report import experiment_report
+
         return experiment_report(policy, totals, alpha=alpha, elapsed_seconds=elapsed)
 
 
@@ -169,10 +172,13 @@ class ExperimentCollector:
                 snap.units[(model, a.name)] = n
                 if a.role == "primary":
                     snap.shares[(model, a.name)] = n / primary_n if primary_n else 0.0
-            weights = planned_weights(policy)
+            weights = effective_weights(policy)
             names = [a.name for a in policy.primaries]
             if sum(1 for n in names if weights[n] > 0) >= 2:
                 observed = [totals[n].requests if n in totals else 0 for n in names]
+                from shipyard.rollout.report import SRM_ALPHA
+                from shipyard.rollout.statistics import sample_ratio_mismatch
+
                 snap.srm[model] = sample_ratio_mismatch(observed, [weights[n] for n in names], SRM_ALPHA).p_value
             snap.steps[model] = policy.step
             snap.states[model] = policy.state

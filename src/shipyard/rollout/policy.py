@@ -308,6 +308,23 @@ def canary_weights(policy: TrafficPolicy) -> dict[str, float]:
     return weights
 
 
+def effective_weights(policy: TrafficPolicy) -> dict[str, float]:
+    """The primary arms' shares as the router applies them now, normalized.
+
+    A canary's come from its step; an aborted, rolled-back or promoted split or bandit sends
+    everything to its first arm (promoted: that arm's alias was moved to the winner). Every
+    change of weights is a new revision, so within one revision these shares are fixed.
+    """
+    if policy.kind == "canary":
+        weights = canary_weights(policy)
+    elif policy.state in ("aborted", "rolled_back", "promoted"):
+        weights = {a.name: 1.0 if i == 0 else 0.0 for i, a in enumerate(policy.primaries)}
+    else:
+        weights = {a.name: a.weight for a in policy.primaries}
+    total = sum(weights.values())
+    return {k: (v / total if total > 0 else 0.0) for k, v in weights.items()}
+
+
 # -- choosing an arm ----------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from shipyard.rollout.arm_stats import ArmTotals
-from shipyard.rollout.policy import TrafficPolicy, canary_weights
+from shipyard.rollout.policy import TrafficPolicy, effective_weights
 from shipyard.rollout.statistics import (
     Estimate,
     Mean,
@@ -171,21 +171,8 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def planned_weights(policy: TrafficPolicy) -> dict[str, float]:
-    """The primary arms' shares at this revision, normalized, as the router applies them.
-
-    A canary's come from its step; an aborted or rolled-back split or bandit sends everything
-    to its first arm. Every change of weights is a new revision (``TrafficStore.put``), and
-    counters are kept per revision, so within one revision these shares are fixed.
-    """
-    if policy.kind == "canary":
-        weights = canary_weights(policy)
-    elif policy.state in ("aborted", "rolled_back"):
-        weights = {a.name: 1.0 if i == 0 else 0.0 for i, a in enumerate(policy.primaries)}
-    else:
-        weights = {a.name: a.weight for a in policy.primaries}
-    total = sum(weights.values())
-    return {k: (v / total if total > 0 else 0.0) for k, v in weights.items()}
+planned_weights = effective_weights
+"""The primary arms' shares at this revision (``policy.effective_weights``)."""
 
 
 def control_arm(policy: TrafficPolicy) -> str:

@@ -13,13 +13,13 @@ import asyncio
 import logging
 import random as _random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import anyio.to_thread
 
 from shipyard.context import RequestContext
-from shipyard.rollout.policy import Arm, TrafficPolicy, canary_weights, choose, copied
+from shipyard.rollout.policy import Arm, TrafficPolicy, choose, copied, effective_weights
 from shipyard.types import ModelRef
 
 if TYPE_CHECKING:
@@ -91,12 +91,7 @@ class _Active:
 
 
 def _activate(policy: TrafficPolicy) -> _Active:
-    primaries = policy.primaries
-    if policy.kind == "canary":
-        primaries = policy.with_weights(canary_weights(policy)).primaries
-    elif policy.state in ("aborted", "rolled_back", "promoted"):
-        # everything on the first arm: the one the experiment started from (promoted: its alias was moved)
-        primaries = tuple(replace(a, weight=1.0 if i == 0 else 0.0) for i, a in enumerate(primaries))
+    primaries = policy.with_weights(effective_weights(policy)).primaries
     shadows = policy.shadows if policy.state in ("running", "paused") else ()
     return _Active(policy, primaries, shadows, {a.name: a.ref(policy.model) for a in policy.arms})
 
@@ -130,6 +125,13 @@ class PolicyRouter:
 
     def policies(self) -> dict[str, TrafficPolicy]:
         return {m: a.policy for m, a in list(self._active.items())}
+
+    def reward_of(self, model: str) -> str | None:
+        """Where a bandit's rewards come from: ``output:NAME`` (a metric of the prediction), else None
+        (feedback labels, added to the counters by the feedback API)."""
+        policy = self.policy(model)
+        source = (policy.bandit or {}).get("reward_from") if policy is not None else None
+        return str(source) if source else None
 
     def route(self, name: str, version: str | None, ctx: RequestContext) -> Route:
         active = self._active.get(name)  # a bare served name; name@alias and name:N are not keys here

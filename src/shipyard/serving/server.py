@@ -35,6 +35,8 @@ from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.monitoring.predlog import prediction_log
 from shipyard.monitoring.tracing import Tracing
 from shipyard.registry import Registry
+from shipyard.rollout.arm_stats import ArmStatsRecorder
+from shipyard.rollout.experiments import ExperimentCollector, Experiments
 from shipyard.rollout.policy import TrafficPolicy, same_spec
 from shipyard.rollout.router import PolicyRouter
 from shipyard.rollout.store import TrafficStore
@@ -136,16 +138,19 @@ def build_server(
     )
     metrics = ServingMetrics(settings.monitoring.metrics)
     predictions = prediction_log(settings)
+    traffic = TrafficStore(reg.database)
+    router = PolicyRouter(repo, traffic, refresh_seconds=settings.alias_refresh_seconds)
+    # the fleet-wide per-arm counters canary gates, bandits and experiment reports read
+    arm_counters = ArmStatsRecorder(reg.database, reward_of=router.reward_of)
     watched = Observers([
         *([metrics] if settings.monitoring.metrics.enabled else []),
         *([predictions] if predictions is not None else []),
+        arm_counters,
         *(observers or ()),
     ])
     metrics.watch(watched)
     repo.on_load(metrics.model_loaded)
     tracing = Tracing(settings.monitoring.tracing)
-    traffic = TrafficStore(reg.database)
-    router = PolicyRouter(repo, traffic, refresh_seconds=settings.alias_refresh_seconds)
     declared = deployment.traffic_policies(settings)
     dp = DataPlane(
         repo,
@@ -164,7 +169,11 @@ def build_server(
     if dp.cache is not None:
         repo.on_alias_move(dp.cache.invalidate)
     async_requests = AsyncRequests(dp, reg, settings) if settings.async_broker else None
-    rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics)
+    experiments = Experiments(reg.database)
+    if settings.monitoring.metrics.enabled:
+        metrics.include(ExperimentCollector(experiments).registry())
+    rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
+                       experiments=experiments)
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them),
     # then the processes that run them; the gRPC listener opens last and drains first.
