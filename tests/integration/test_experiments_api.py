@@ -45,6 +45,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setting
         TrafficStore(reg.database).put(TrafficPolicy.from_dict({
             "model": "m", "arms": [{"name": "champion", "alias": "champion", "weight": 0.5},
                                    {"name": "challenger", "alias": "challenger", "weight": 0.5}],
+            "reward": "output:predict",
         }), actor="test")
         yield settings, reg
     finally:
@@ -52,16 +53,19 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setting
 
 
 @pytest.fixture
-def recorder(registry: tuple[Settings, Registry]) -> ArmStatsRecorder:
-    return ArmStatsRecorder(registry[1].database, flush_seconds=0.0, reward_of=lambda m: "output:predict")
+async def server(registry: tuple[Settings, Registry]) -> AsyncIterator[Server]:
+    settings, reg = registry
+    server = build_server(settings, ["m"], registry=reg)
+    async with started(server):
+        yield server
 
 
 @pytest.fixture
-async def server(registry: tuple[Settings, Registry], recorder: ArmStatsRecorder) -> AsyncIterator[Server]:
-    settings, reg = registry
-    server = build_server(settings, ["m"], registry=reg, observers=[recorder])
-    async with started(server):
-        yield server
+def recorder(server: Server) -> ArmStatsRecorder:
+    """The server's own per-arm counters (an observer every server has)."""
+    found = [o for o in server.dataplane.observers.observers if isinstance(o, ArmStatsRecorder)]
+    assert len(found) == 1
+    return found[0]
 
 
 @pytest.fixture

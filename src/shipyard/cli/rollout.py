@@ -129,6 +129,8 @@ def _gate(text: str) -> tuple[str, float]:
 @click.option("--reward", type=click.Choice(["binary", "gaussian"]), default="binary", show_default=True,
               help="Bandit: binary rewards (feedback labels) or real-valued ones.")
 @click.option("--floor", type=float, default=0.05, show_default=True, help="Bandit: the least share of an arm.")
+@click.option("--reward-from", help="Where arms' rewards come from: output:NAME (a metric of each prediction) or "
+              "feedback (labels sent later); reported per arm, and what a bandit maximizes.")
 @click.option("--cadence", default="60s", show_default=True, help="Bandit: how often weights are recomputed.")
 @click.option("--file", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A YAML traffic block (as under models[].traffic in shipyard.yaml) instead of the flags.")
@@ -137,8 +139,8 @@ def _gate(text: str) -> tuple[str, float]:
 @handle_errors
 def start(ctx: click.Context, model: str, split: str | None, canary: str | None, bandit: str | None,
           shadow: tuple[str, ...], sticky: str | None, steps: str | None, interval: str | None,
-          gate: tuple[str, ...], on_failure: str, algorithm: str, reward: str, floor: float, cadence: str,
-          policy_file: Path | None, reason: str) -> None:
+          gate: tuple[str, ...], on_failure: str, algorithm: str, reward: str, floor: float,
+          reward_from: str | None, cadence: str, policy_file: Path | None, reason: str) -> None:
     """Give MODEL a traffic policy (replacing the one it has); servers switch to it within seconds."""
     if policy_file is not None:
         data = yaml.safe_load(policy_file.read_text()) or {}
@@ -148,6 +150,7 @@ def start(ctx: click.Context, model: str, split: str | None, canary: str | None,
     else:
         data = _policy_from_flags(model, split, canary, bandit, shadow, sticky, steps, interval, gate,
                                   on_failure, algorithm, reward, floor, cadence)
+        data["reward"] = reward_from
     policy = TrafficPolicy.from_dict(data)
     registry, store = _open(ctx)
     try:

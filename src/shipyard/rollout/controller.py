@@ -335,10 +335,9 @@ def bandit_revisions(history: Sequence[PolicyChange], policy: TrafficPolicy) -> 
 def bandit_config(settings: Mapping[str, Any]) -> tuple[BanditConfig, float]:
     """The ``BanditConfig`` and the cadence (seconds) of a policy's ``bandit`` settings."""
     known = {f.name for f in fields(BanditConfig)}
-    unknown = sorted(set(settings) - known - {"cadence_seconds", "reward_from"})
+    unknown = sorted(set(settings) - known - {"cadence_seconds"})
     if unknown:
-        raise ConfigError(f"bandit: unknown settings {unknown} (known: {', '.join(sorted(known))}, "
-                          "cadence_seconds, reward_from)")
+        raise ConfigError(f"bandit: unknown settings {unknown} (known: {', '.join(sorted(known))}, cadence_seconds)")
     values = {k: v for k, v in settings.items() if k in known}
     if "prior" in values:
         values["prior"] = tuple(float(x) for x in values["prior"])

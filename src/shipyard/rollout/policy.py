@@ -103,6 +103,9 @@ class TrafficPolicy:
     """Bandit settings (algorithm, reward, floor, cadence_seconds), read by the controller."""
     reason: str = ""
     """Why the policy is in its state (a gate's verdict, a person's note)."""
+    reward: str | None = None
+    """Where the arms' rewards come from: ``output:NAME`` (the mean of each prediction's output NAME: a
+    business metric of the prediction itself) or ``feedback`` (labels sent later); None: no rewards."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -134,6 +137,9 @@ class TrafficPolicy:
             if is_version_number(self.arm(self.canary.stable).target):
                 raise _invalid(f"canary: the stable arm {self.canary.stable} must name an alias (promotion "
                                "moves it to the candidate's version), not a fixed version")
+        if self.reward is not None and not (self.reward == "feedback" or
+                                            (self.reward.startswith("output:") and len(self.reward) > 7)):
+            raise _invalid(f"reward must be 'output:NAME' or 'feedback', got {self.reward!r}")
         if self.kind == "bandit" and len(self.primaries) < 2:
             raise _invalid(f"{self.model}: a bandit needs at least two primary arms")
 
@@ -169,6 +175,7 @@ class TrafficPolicy:
         out: dict[str, Any] = {
             "model": self.model, "kind": self.kind, "state": self.state, "step": self.step,
             "revision": self.revision, "salt": self.salt, "sticky": self.sticky, "reason": self.reason,
+            "reward": self.reward,
             "arms": [{"name": a.name, "target": a.target, "weight": a.weight, "role": a.role} for a in self.arms],
         }
         if self.canary is not None:
@@ -186,7 +193,7 @@ class TrafficPolicy:
         if not isinstance(data, Mapping):
             raise _invalid(f"expected a mapping, got {type(data).__name__}")
         known = {"model", "kind", "state", "step", "revision", "salt", "sticky", "reason", "arms", "canary",
-                 "bandit", "shadow"}
+                 "bandit", "shadow", "reward"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise _invalid(f"unknown keys {unknown} (known: {', '.join(sorted(known))})")
@@ -222,7 +229,7 @@ class TrafficPolicy:
                 sticky=data.get("sticky"), salt=str(data.get("salt") or model),
                 revision=int(data.get("revision") or 0), state=str(data.get("state") or "running"),  # type: ignore[arg-type]
                 step=int(data.get("step") or 0), canary=plan, bandit=dict(bandit) if bandit else None,
-                reason=str(data.get("reason") or ""),
+                reason=str(data.get("reason") or ""), reward=data.get("reward"),
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):

@@ -127,11 +127,10 @@ class PolicyRouter:
         return {m: a.policy for m, a in list(self._active.items())}
 
     def reward_of(self, model: str) -> str | None:
-        """Where a bandit's rewards come from: ``output:NAME`` (a metric of the prediction), else None
-        (feedback labels, added to the counters by the feedback API)."""
+        """Where a model's arms' rewards come from (``TrafficPolicy.reward``): ``output:NAME`` is counted
+        from each prediction; feedback labels are added to the counters by the feedback API."""
         policy = self.policy(model)
-        source = (policy.bandit or {}).get("reward_from") if policy is not None else None
-        return str(source) if source else None
+        return None if policy is None else policy.reward
 
     def route(self, name: str, version: str | None, ctx: RequestContext) -> Route:
         active = self._active.get(name)  # a bare served name; name@alias and name:N are not keys here
