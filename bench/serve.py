@@ -15,6 +15,8 @@ measures, with single-row requests:
   (g) 2 wrk   shipyard native, no batching, two worker processes
   (h) quiet   shipyard native with metrics off (what (c) costs over it is the metrics)
   (i) logged  shipyard native with metrics and the prediction log on (embedded SQLite files)
+  (j) split   shipyard native with a traffic policy: 50/50 over two versions (the same model twice)
+  (k) sticky  as (j), sticky by a header wrk sends (each request hashes its key)
 
 and prints one Markdown table per model: throughput, p50, p99 (median over rounds),
 ratio to (b), idle RSS per process of the server's process tree, and cold start
@@ -100,12 +102,14 @@ def parse_ms(text: str) -> float:
     return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
 
 
-def wrk(url: str, body: bytes, concurrency: int, duration: float, tmp: Path) -> Point:
+def wrk(url: str, body: bytes, concurrency: int, duration: float, tmp: Path,
+        headers: dict[str, str] | None = None) -> Point:
     script = tmp / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = [[{body.decode()}]]\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
+        + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
     )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency", "--timeout", "10s",
@@ -168,6 +172,9 @@ def register_models(home: Path) -> dict[str, tuple[Any, Any]]:
     X_lr = pd.DataFrame(Xa, columns=[f"f{i}" for i in range(20)])
     lr = LogisticRegression(max_iter=1000).fit(X_lr, y)
     reg.register(lr, "lr", sample=X_lr.head(5))
+    # second versions, identical, so (j) and (k) route between two versions doing the same work
+    reg.register(rf, "rf", sample=X_rf.head(5), if_identical="new")
+    reg.register(lr, "lr", sample=X_lr.head(5), if_identical="new")
     reg.close()
     return {"rf": (rf, X_rf.iloc[[0]]), "lr": (lr, X_lr.iloc[[0]])}
 
@@ -196,7 +203,20 @@ CONFIGS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "(g) shipyard native, 2 workers": ("shipyard", ["--workers", "2"], {}),
     "(h) shipyard native, metrics off": ("shipyard", ["--workers", "1"], METRICS_OFF),
     "(i) shipyard native, metrics + prediction log": ("shipyard", ["--workers", "1"], LOG_ON),
+    "(j) shipyard native, 50/50 split": ("shipyard-split", ["--workers", "1"], {}),
+    "(k) shipyard native, sticky 50/50 split": ("shipyard-sticky", ["--workers", "1"], {}),
 }
+
+STICKY_HEADER = {"X-User": "user-1234"}
+
+
+def traffic_file(tmp: Path, name: str, sticky: bool) -> Path:
+    """A shipyard.yaml giving ``name`` a 50/50 split over its versions 1 and 2."""
+    path = tmp / f"{name}-{'sticky' if sticky else 'split'}.yaml"
+    sticky_line = "      sticky: header:x-user\n" if sticky else ""
+    path.write_text(f"models:\n  - ref: {name}\n    traffic:\n{sticky_line}      arms:\n"
+                    "        - {version: 1, percent: 50}\n        - {version: 2, percent: 50}\n")
+    return path
 
 
 def main() -> None:
@@ -232,8 +252,11 @@ def main() -> None:
                         url = f"http://127.0.0.1:{port}/predict"
                         run_env = {**env, "BARE_MODEL": name}
                     else:
+                        policy = []
+                        if kind != "shipyard":
+                            policy = ["-c", str(traffic_file(tmp, name, kind == "shipyard-sticky"))]
                         cmd = [sys.executable, "-m", "shipyard", "serve", name, "--port", str(port),
-                               "--log-level", "warning", *extra]
+                               "--log-level", "warning", *policy, *extra]
                         url = f"http://127.0.0.1:{port}/v1/models/{name}:predict"
                         run_env = {**env, **extra_env}
                     try:
@@ -250,7 +273,8 @@ def main() -> None:
                         res.cold_s.append(cold)
                         res.rss_mb.append(rss / max(1, procs))
                         for c in levels:
-                            res.points.setdefault(c, []).append(wrk(url, body, c, args.duration, tmp))
+                            headers = STICKY_HEADER if kind == "shipyard-sticky" else None
+                            res.points.setdefault(c, []).append(wrk(url, body, c, args.duration, tmp, headers))
                     finally:
                         stop(proc)
             print_table(name, results, levels)
