@@ -91,6 +91,9 @@ def report(ctx: click.Context, name: str, as_json: bool, since: str | None, alph
     if result.srm is not None:
         verdict = "MISMATCH: the split is off, comparisons are suspect" if result.srm.mismatch else "ok"
         console.print(f"sample ratio: p = {_num(result.srm.p_value, 4)} ({verdict})", highlight=False)
+    if result.regret is not None:
+        console.print(f"regret (estimated): {result.regret:.4g} rewards lost against always playing the "
+                      "best-looking arm", highlight=False)
     for p in result.planning:
         if p.n_needed is None:
             console.print(f"{p.arm} {p.metric}: no baseline to plan from yet", highlight=False)

@@ -151,6 +151,9 @@ class ExperimentReport:
     srm: SRMCheck | None
     """None when the primary arms have no planned split to check (every weight on one arm)."""
     planning: tuple[Planning, ...]
+    regret: float | None = None
+    """Rewards lost against always playing the best-looking arm (``bandit.empirical_regret``: an estimate,
+    high while arms have few rewards); None without rewards."""
 
     def arm(self, name: str) -> ArmReport:
         return next(a for a in self.arms if a.arm == name)
@@ -255,7 +258,16 @@ def experiment_report(
         model=policy.model, kind=policy.kind, state=policy.state, revision=policy.revision, step=policy.step,
         control=control, alpha=alpha, elapsed_seconds=elapsed_seconds, arms=tuple(arms),
         comparisons=comparisons, srm=_srm(policy, planned, got), planning=tuple(planning),
+        regret=_regret(policy, totals),
     )
+
+
+def _regret(policy: TrafficPolicy, totals: Mapping[str, ArmTotals]) -> float | None:
+    from shipyard.rollout.bandit import ArmRewards, empirical_regret
+
+    rewards = [ArmRewards(a.name, t.reward_n, t.reward_sum, t.reward_sumsq)
+               for a in policy.primaries if (t := totals.get(a.name)) is not None and t.reward_n > 0]
+    return empirical_regret(rewards) if rewards else None
 
 
 def _tau(control: Proportion | Mean, relative: float, alpha: float, power: float) -> float | None:

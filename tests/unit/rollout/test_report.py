@@ -230,3 +230,17 @@ def test_cli_report_of_a_model_without_a_policy_exits_1(settings: Settings, regi
     result = CliRunner().invoke(cli, ["--home", str(Path(settings.home)), "experiment", "report", "nope"],
                                 catch_exceptions=False)
     assert result.exit_code == 1 and "nope has no traffic policy" in result.stderr and result.stdout == ""
+
+
+def test_regret_is_reported_from_the_arms_rewards() -> None:
+    from shipyard.rollout.arm_stats import ArmTotals
+    from shipyard.rollout.policy import TrafficPolicy
+    from shipyard.rollout.report import experiment_report
+
+    policy = TrafficPolicy.from_dict({"model": "m", "arms": ["a", "b"], "bandit": {}, "reward": "output:y"})
+    totals = {"a": ArmTotals("a", 1, requests=100, reward_n=100, reward_sum=10.0, reward_sumsq=10.0),
+              "b": ArmTotals("b", 2, requests=300, reward_n=300, reward_sum=60.0, reward_sumsq=60.0)}
+    report = experiment_report(policy, totals)
+    # best observed mean 0.2 (b) over 400 rewards, 70 earned: 400 * 0.2 - 70
+    assert report.regret == pytest.approx(10.0)
+    assert experiment_report(policy, {"a": ArmTotals("a", 1, requests=5)}).regret is None
