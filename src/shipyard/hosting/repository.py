@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import anyio.to_thread
 
+from shipyard._periodic import every
 from shipyard.errors import InvalidInput, ModelNotFound, ModelNotServed
 from shipyard.hosting.compiled import CompiledCache, load_for_serving
 from shipyard.registry import LoadedModel, ModelVersion, Registry
@@ -136,16 +137,7 @@ class ModelRepository:
             return  # every request re-reads its aliases
         self._watching = True
         try:
-            while not stop.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), self.alias_refresh_seconds)
-                    return
-                except TimeoutError:
-                    pass
-                try:
-                    await self.refresh()
-                except Exception:
-                    logger.exception("re-reading aliases failed; trying again in %.1fs", self.alias_refresh_seconds)
+            await every(self.alias_refresh_seconds, stop, self.refresh, "re-reading aliases", logger)
         finally:
             self._watching = False
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio.to_thread
 
+from shipyard._periodic import every
 from shipyard.context import RequestContext
 from shipyard.rollout.policy import Arm, TrafficPolicy, choose, copied, effective_weights
 from shipyard.types import ModelRef
@@ -161,19 +162,9 @@ class PolicyRouter:
     # -- following the store -------------------------------------------------------------
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Re-read the policies every ``refresh_seconds`` until ``stop`` is set. Never dies."""
-        if self.store is None or self.refresh_seconds <= 0:
-            return
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.refresh_seconds)
-                return
-            except TimeoutError:
-                pass
-            try:
-                await self.refresh()
-            except Exception:
-                logger.exception("re-reading traffic policies failed; trying again in %.1fs", self.refresh_seconds)
+        """Re-read the policies every ``refresh_seconds`` (2 s when 0) until ``stop`` is set. Never dies."""
+        if self.store is not None:
+            await every(self.refresh_seconds or 2.0, stop, self.refresh, "re-reading traffic policies", logger)
 
     async def refresh(self) -> None:
         """Switch in every changed policy of a served name (its arms loaded first); drop removed ones."""
