@@ -145,6 +145,36 @@ async def test_a_sticky_header_split_keeps_each_user_on_one_version(serve: Any) 
         assert r.status_code == 200
 
 
+async def test_a_sticky_header_is_read_from_grpc_metadata_and_graphql_headers_too(serve: Any) -> None:
+    from shipyard.protocol.grpc import codec
+    from shipyard.serving.grpc.service import InferenceServicer
+    from shipyard.types import InferenceRequest, Tensor
+
+    server, _ = await serve({"arms": [{"alias": "champion", "percent": 50}, {"alias": "challenger", "percent": 50}],
+                             "sticky": "header:x-user"})
+    request = codec.encode_request(InferenceRequest([Tensor("x1", np.array([1.0])), Tensor("x2", np.array([0.0]))]),
+                                   "m")
+
+    def grpc_context(user: str) -> Any:
+        class Ctx:
+            def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+                return (("x-user", user),)
+
+            def set_trailing_metadata(self, md: Any) -> None:
+                pass
+
+        return Ctx()
+
+    servicer = InferenceServicer(server.dataplane)
+    query = {"query": 'query { predict(model: "m", records: [{x1: 1.0, x2: 0.0}]) { modelVersion } }'}
+    async with client(server) as c:
+        for user in (f"u{i}" for i in range(30)):
+            rest = await version_of(c, body(1.0, 0.0), headers={"X-User": user})
+            grpc = (await servicer.ModelInfer(request, grpc_context(user))).model_version
+            graphql = (await c.post("/graphql", json=query, headers={"X-User": user})).json()
+            assert rest == grpc == graphql["data"]["predict"]["modelVersion"], user
+
+
 async def test_a_sticky_field_routes_by_the_inputs_value(serve: Any) -> None:
     server, recorder = await serve({"arms": [{"alias": "champion", "percent": 50},
                                              {"alias": "challenger", "percent": 50}], "sticky": "field:x2"})
