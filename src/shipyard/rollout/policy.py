@@ -123,7 +123,8 @@ class TrafficPolicy:
             if not (arm.weight >= 0 and math.isfinite(arm.weight)):
                 raise _invalid(f"arm {arm.name}: weight must be a finite number >= 0, got {arm.weight}")
             if arm.role == "shadow" and arm.weight > 1:
-                raise _invalid(f"shadow arm {arm.name}: weight is the share copied, 0..1, got {arm.weight}")
+                raise _invalid(f"shadow arm {arm.name}: the share copied is 0..1 as a weight (0..100 as a percent), "
+                               f"got {arm.weight:g}")
             if arm.role not in ("primary", "shadow"):
                 raise _invalid(f"arm {arm.name}: role must be primary or shadow, got {arm.role!r}")
         if self.state == "running" and sum(a.weight for a in self.primaries) <= 0:

@@ -123,7 +123,7 @@ def test_a_traffic_block_round_trips_through_json() -> None:
     ({"arms": ["a", "a"]}, "arm names must be unique"),
     ({"arms": [{"alias": "a", "weight": -1}]}, "weight must be a finite number >= 0"),
     ({"arms": [{"alias": "a", "version": 2}]}, "exactly one of target, alias or version"),
-    ({"arms": ["a"], "shadow": [{"alias": "b", "weight": 2}]}, "the share copied, 0..1"),
+    ({"arms": ["a"], "shadow": [{"alias": "b", "weight": 2}]}, "the share copied is 0..1 as a weight"),
     ({"arms": ["a"], "sticky": "cookie"}, "sticky must be 'header:NAME' or 'field:NAME'"),
     ({"arms": ["a", "b"], "canary": {"stable": "a", "candidate": "c"}}, "canary arm 'c' is not one of"),
     ({"arms": ["a", "b"], "canary": {"stable": "a", "candidate": "b", "steps": [0.5, 0.2]}}, "steps must rise"),
