@@ -53,8 +53,8 @@ def alias(ctx: click.Context, name: str, alias_name: str | None, version: int | 
             current = reg.aliases(name)
             reg.versions(name)  # raises ModelNotFound for an unknown name
             table(f"aliases of {name}", ["alias", "version"], sorted(current.items()))
-            table("history", ["when", "alias", "action", "from", "to", "by"],
-                  [[m.moved_at[:19], m.alias, m.action, m.previous, m.version, m.actor or ""]
+            table("history", ["when", "alias", "action", "from", "to", "by", "note"],
+                  [[m.moved_at[:19], m.alias, m.action, m.previous, m.version, m.actor or "", m.note or ""]
                    for m in reg.alias_history(name)])
             return
         if delete:
@@ -71,7 +71,7 @@ def alias(ctx: click.Context, name: str, alias_name: str | None, version: int | 
         if not report.passed and not force:
             fail(f"{name}@{alias_name} was not moved to version {version}: "
                  f"{len(report.failures)} promotion gate(s) failed (--force moves it anyway)")
-        move = reg.set_alias(name, alias_name, version, actor=actor)
+        move = reg.set_alias(name, alias_name, version, actor=actor, note=report.note(forced=force))
     finally:
         reg.close()
     was = f" (was {move.previous})" if move.previous is not None else ""

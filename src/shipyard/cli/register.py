@@ -180,7 +180,7 @@ def _move_past_gates(reg: Registry, name: str, alias_name: str, version: int) ->
         fail(f"{name}:{version} is registered, but {name}@{alias_name} was not moved to it: "
              f"{len(report.failures)} promotion gate(s) failed "
              f"(`shipyard alias {name} {alias_name} {version} --force` moves it anyway)")
-    reg.set_alias(name, alias_name, version, actor=actor)
+    reg.set_alias(name, alias_name, version, actor=actor, note=report.note(forced=False))
 
 
 def _holdout(path: Path, label_column: str) -> tuple[Any, Any]:

@@ -85,3 +85,5 @@ class AliasMove:
     moved_at: str
     actor: str | None = None
     """Who moved it (the CLI records the OS user); None when not given or recorded before 0.2."""
+    note: str | None = None
+    """Why, when the mover said: the promotion gates' outcome (``gates passed``, ``gates failed: ...; forced``)."""

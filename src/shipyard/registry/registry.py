@@ -280,10 +280,11 @@ class Registry:
 
     # -- aliases ------------------------------------------------------------------
 
-    def set_alias(self, name: str, alias: str, version: int, actor: str | None = None) -> AliasMove:
-        """Point ``alias`` at ``version``; ``actor`` (who did it) is kept in the alias's history."""
+    def set_alias(self, name: str, alias: str, version: int, actor: str | None = None,
+                  note: str | None = None) -> AliasMove:
+        """Point ``alias`` at ``version``; ``actor`` (who did it) and ``note`` (why) are kept in its history."""
         _check_alias(alias)
-        return self.store.set_alias(name, alias, version, actor=actor)
+        return self.store.set_alias(name, alias, version, actor=actor, note=note)
 
     def delete_alias(self, name: str, alias: str, actor: str | None = None) -> AliasMove:
         return self.store.delete_alias(name, alias, actor=actor)

@@ -70,6 +70,7 @@ alias_history_t = sa.Table(
     sa.Column("action", sa.String(16), nullable=False),
     sa.Column("moved_at", sa.String(40), nullable=False),
     sa.Column("actor", sa.String(128), nullable=True),  # revision 0002
+    sa.Column("note", sa.Text, nullable=True),  # revision 0004
 )
 
 
@@ -117,7 +118,8 @@ class RegistryStore(Protocol):
         ...
 
     def set_alias(
-        self, name: str, alias: str, version: int, action: str = "set", actor: str | None = None
+        self, name: str, alias: str, version: int, action: str = "set", actor: str | None = None,
+        note: str | None = None,
     ) -> AliasMove:
         """Point ``alias`` at an existing ``version`` and append the move, by ``actor``, to its history."""
         ...
@@ -310,9 +312,10 @@ class SQLStore:
         return int(v)
 
     def set_alias(
-        self, name: str, alias: str, version: int, action: str = "set", actor: str | None = None
+        self, name: str, alias: str, version: int, action: str = "set", actor: str | None = None,
+        note: str | None = None,
     ) -> AliasMove:
-        """Point ``alias`` at ``version`` and append the move (by ``actor``) to its history, atomically."""
+        """Point ``alias`` at ``version`` and append the move (by ``actor``, with ``note``) to its history."""
         with self.database.transaction() as conn:
             if not self._lock_model(conn, name, create=False):
                 raise ModelNotFound(name)
@@ -321,10 +324,11 @@ class SQLStore:
             ).first()
             if exists is None:
                 raise ModelNotFound(name, version=version)
-            return self._move(conn, name, alias, version, action, actor)
+            return self._move(conn, name, alias, version, action, actor, note)
 
     def _move(
-        self, conn: Connection, name: str, alias: str, version: int | None, action: str, actor: str | None
+        self, conn: Connection, name: str, alias: str, version: int | None, action: str, actor: str | None,
+        note: str | None = None,
     ) -> AliasMove:
         previous = conn.execute(
             sa.select(aliases_t.c.version).where(aliases_t.c.name == name, aliases_t.c.alias == alias)
@@ -343,10 +347,11 @@ class SQLStore:
         conn.execute(
             alias_history_t.insert().values(
                 name=name, alias=alias, version=version, previous=previous, action=action, moved_at=moved_at,
-                actor=actor,
+                actor=actor, note=note,
             )
         )
-        return AliasMove(name, alias, version, None if previous is None else int(previous), action, moved_at, actor)
+        return AliasMove(name, alias, version, None if previous is None else int(previous), action, moved_at, actor,
+                         note)
 
     def delete_alias(self, name: str, alias: str, actor: str | None = None) -> AliasMove:
         with self.database.transaction() as conn:
@@ -390,7 +395,8 @@ class SQLStore:
             q = q.where(alias_history_t.c.alias == alias)
         rows = conn.execute(q.order_by(alias_history_t.c.id)).mappings().all()
         return [
-            AliasMove(r["name"], r["alias"], r["version"], r["previous"], r["action"], r["moved_at"], r["actor"])
+            AliasMove(r["name"], r["alias"], r["version"], r["previous"], r["action"], r["moved_at"], r["actor"],
+                      r["note"])
             for r in rows
         ]
 

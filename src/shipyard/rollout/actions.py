@@ -96,7 +96,8 @@ def promote_policy(store: TrafficStore, registry: Registry, policy: TrafficPolic
         # changed since it was read (a pause, say): no alias moves on a stale decision
         raise PolicyConflict(policy.model, policy.revision, 0 if latest is None else latest.revision)
     before = registry.aliases(policy.model).get(alias)
-    move = registry.set_alias(policy.model, alias, version, actor=actor) if before != version else None
+    move = (registry.set_alias(policy.model, alias, version, actor=actor, note=report.note(forced=force))
+            if before != version else None)
     note = reason or f"promoted {chosen.name}"
     try:
         stored = store.put(replace(policy, state="promoted"), actor=actor,
@@ -105,7 +106,7 @@ def promote_policy(store: TrafficStore, registry: Registry, policy: TrafficPolic
                            expected_revision=policy.revision)
     except PolicyConflict:
         if move is not None and before is not None:
-            registry.set_alias(policy.model, alias, before, actor=actor)
+            registry.set_alias(policy.model, alias, before, actor=actor, note="promotion undone: the rollout changed")
         raise
     return stored, move
 

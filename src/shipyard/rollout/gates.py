@@ -103,6 +103,13 @@ class GateReport:
     def failures(self) -> tuple[GateResult, ...]:
         return tuple(r for r in self.results if not r.passed)
 
+    def note(self, *, forced: bool) -> str:
+        """What the alias history keeps of this report: ``gates passed``, or which failed and that it was forced."""
+        if self.passed:
+            return "gates passed"
+        failed = ", ".join(r.name for r in self.failures)
+        return f"gates failed ({failed}){'; forced' if forced else ''}: " + self.reasons().replace("\n", "; ")
+
     def reasons(self) -> str:
         """The failed gates' reasons on one line each (empty when every gate passed)."""
         return "\n".join(f"{r.name}: {r.detail}" for r in self.failures)

@@ -82,6 +82,12 @@ def test_promote_moves_the_alias_once_and_gates_refuse_a_worse_model_unless_forc
     forced = run(home, "promote", "m", "--force", "--reason", "we know")
     assert forced.exit_code == 0, forced.output
     assert aliases(home)["champion"] == 3 and "(gates failed, forced)" in forced.output
+    registry = Registry.from_settings(Settings(home=home))
+    try:
+        move = registry.alias_history("m")[-1]
+    finally:
+        registry.close()
+    assert move.note is not None and move.note.startswith("gates failed (holdout); forced: holdout: ")
     assert run(home, "promote", "m").exit_code == 1  # promoted already
 
 
@@ -97,5 +103,6 @@ def test_a_canary_promotes_its_candidate(home: Path) -> None:
         policy = TrafficStore(registry.database).get("m")
         assert policy is not None and policy.state == "promoted"
         assert registry.alias_history("m")[-1].actor is not None
+        assert registry.alias_history("m")[-1].note == "gates passed"
     finally:
         registry.close()
