@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from tests.fixtures import registry_v01
+from tests.fixtures.schema import schema_diff
 
 from shipyard.config import Settings
 from shipyard.registry import Registry
-from shipyard.registry import store as registry_store
-from shipyard.registry.database import VERSION_TABLE, Database
-from shipyard.serving import job_store
+from shipyard.registry.database import Database
 from shipyard.serving.job_store import JobStore
 
 pytestmark = pytest.mark.integration
@@ -39,16 +36,6 @@ def open_registry(url: str, tmp_path: Path) -> Registry:
                                            artifacts=str(tmp_path / "artifacts")))
 
 
-def schema_diff(db: Database) -> list[object]:
-    wanted = sa.MetaData()
-    for table in (*registry_store.metadata.tables.values(), *job_store.jobs.metadata.tables.values()):
-        table.to_metadata(wanted)
-    with db.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        diff: list[object] = compare_metadata(ctx, wanted)
-    return diff
-
-
 def test_a_0_1_postgres_registry_is_upgraded_in_place(pg_database_url: str, tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     make_v01(pg_database_url)
@@ -66,7 +53,7 @@ def test_a_0_1_postgres_registry_is_upgraded_in_place(pg_database_url: str, tmp_
         assert schema_diff(registry.database) == []
     finally:
         registry.close()
-    assert "registry schema upgraded from 1 to 2" in [r.getMessage() for r in caplog.records if r.name == DB_LOGGER]
+    assert "registry schema upgraded from 1 to 4" in [r.getMessage() for r in caplog.records if r.name == DB_LOGGER]
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=DB_LOGGER):

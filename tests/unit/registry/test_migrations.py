@@ -8,17 +8,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from tests.fixtures import registry_v01
+from tests.fixtures.schema import schema_diff
 
 from shipyard.config import Settings
 from shipyard.errors import RegistryError
 from shipyard.registry import Registry
-from shipyard.registry import store as registry_store
 from shipyard.registry.database import VERSION_TABLE, Database
-from shipyard.rollout import tables as rollout_tables
-from shipyard.serving import job_store
 from shipyard.serving.job_store import JobStore
 
 DB_LOGGER = "shipyard.registry.database"
@@ -46,18 +42,6 @@ def columns(url: str, table: str) -> dict[str, bool]:
         return {c["name"]: c["nullable"] for c in sa.inspect(engine).get_columns(table)}
     finally:
         engine.dispose()
-
-
-def schema_diff(db: Database) -> list[object]:
-    """What separates the migrated schema from the tables the code queries (empty when they agree)."""
-    wanted = sa.MetaData()
-    for table in (*registry_store.metadata.tables.values(), *job_store.jobs.metadata.tables.values(),
-                  *rollout_tables.metadata.tables.values()):
-        table.to_metadata(wanted)
-    with db.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        diff: list[object] = compare_metadata(ctx, wanted)
-    return diff
 
 
 def test_a_0_1_registry_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path,
