@@ -1,6 +1,16 @@
-"""Which version answers a request for a served name.
+"""Which version answers a request for a served name, and how a fleet moves from one version to the next.
 
-* ``router``  the ``Router`` protocol and ``AliasRouter``, today's behaviour: a
-              name goes to what it was served as (an alias, a fixed version or
-              the newest), ``name@alias`` and ``/versions/N`` go where they say
+* ``policy``       traffic policies (pure): arms, weights, sticky keys, shadows, canary plans; choosing an arm
+* ``store``        policies in the registry database, their history, leases
+* ``router``       the ``Router`` protocol, ``AliasRouter`` (a name goes where it was served) and
+                   ``PolicyRouter`` (names with a policy go by it)
+* ``tables``       the rollout tables (created by registry migration 0003)
+* ``arm_stats``    per-arm counters every replica adds to: the fleet's numbers
+* ``statistics``   tests, intervals, always-valid inference, SRM, power (pure, SciPy)
+* ``bandit``       Thompson sampling and epsilon-greedy weights (pure)
+* ``canary``       a canary step's gates and decision (pure)
+* ``gates``        promotion gates: signature, holdout score, latency budget
+* ``actions``      start, pause, resume, abort, promote
+* ``controller``   the loop that steps canaries and bandits, one replica at a time
+* ``report``       an experiment's report (pure); ``experiments`` reads it for the API, CLI and /metrics
 """
