@@ -6,7 +6,8 @@
                    ``PolicyRouter`` (names with a policy go by it)
 * ``tables``       the rollout tables (created by registry migration 0003)
 * ``arm_stats``    per-arm counters every replica adds to: the fleet's numbers
-* ``statistics``   tests, intervals, always-valid inference, SRM, power (pure, SciPy)
+* ``statistics``   estimates, fixed-horizon tests and intervals, SRM, power, FDR (pure, SciPy)
+* ``sequential``   always-valid inference: mSPRT p-values, confidence sequences, non-inferiority (pure)
 * ``bandit``       Thompson sampling and epsilon-greedy weights (pure)
 * ``canary``       a canary step's gates and decision (pure)
 * ``gates``        promotion gates: signature, holdout score, latency budget

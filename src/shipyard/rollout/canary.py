@@ -63,13 +63,11 @@ import numpy as np
 from shipyard.errors import ConfigError
 from shipyard.rollout.arm_stats import LATENCY_BOUNDS, ArmTotals
 from shipyard.rollout.policy import TrafficPolicy, canary_weights
+from shipyard.rollout.sequential import mixing_scale, non_inferior, sequential_test
 from shipyard.rollout.statistics import (
     Mean,
     Proportion,
-    mixing_scale,
-    non_inferior,
     sample_ratio_mismatch,
-    sequential_test,
 )
 
 __all__ = ["CanaryGates", "Decision", "GateResult", "canary_gates", "next_canary_step", "slower_than"]

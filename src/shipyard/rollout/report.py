@@ -23,6 +23,7 @@ from typing import Any
 
 from shipyard.rollout.arm_stats import ArmTotals
 from shipyard.rollout.policy import TrafficPolicy, effective_weights
+from shipyard.rollout.sequential import mixing_scale, sequential_test
 from shipyard.rollout.statistics import (
     Estimate,
     Mean,
@@ -32,10 +33,8 @@ from shipyard.rollout.statistics import (
     compare_proportions,
     estimate,
     minimum_detectable_effect,
-    mixing_scale,
     required_sample_size,
     sample_ratio_mismatch,
-    sequential_test,
     time_to_decision,
 )
 

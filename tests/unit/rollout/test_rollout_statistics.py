@@ -24,10 +24,10 @@ from statsmodels.stats.proportion import (
 )
 from statsmodels.stats.weightstats import DescrStatsW
 
+from shipyard.rollout.sequential import NonInferiority, mixing_scale, non_inferior, sequential_test
 from shipyard.rollout.statistics import (
     Alternative,
     Mean,
-    NonInferiority,
     Proportion,
     benjamini_hochberg,
     compare_means,
@@ -35,11 +35,8 @@ from shipyard.rollout.statistics import (
     estimate,
     mann_whitney,
     minimum_detectable_effect,
-    mixing_scale,
-    non_inferior,
     required_sample_size,
     sample_ratio_mismatch,
-    sequential_test,
     time_to_decision,
 )
 
