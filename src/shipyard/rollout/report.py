@@ -11,7 +11,7 @@ requests a decision on the error rate needs, and how long that takes at the curr
 The unit counted is the request. With sticky routing a unit of assignment is a key (a user),
 and requests per key vary, so request counts spread more than independent units would: the
 intervals and the SRM test then understate the noise, and their results are a first look, not
-a verdict. The statistics themselves are in ``rollout/statistics.py``.
+a verdict. The statistics themselves are in ``rollout/statistics.py`` and ``rollout/sequential.py``.
 """
 
 from __future__ import annotations
