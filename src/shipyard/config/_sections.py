@@ -210,9 +210,110 @@ class PredictionLogConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    """Labels and rewards sent after the fact (``POST /v1/feedback``, a feedback stream), joined to predictions."""
+
+    enabled: bool = True
+    """Keep each predicted row (model, version, arm, time, prediction) for the join window so labels can
+    join it; off: /v1/feedback answers 404 for every id and no realized metric is computed."""
+
+    join_window_days: float = 14.0
+    """Labels observed later than this after their prediction count as late: stored, never in a metric.
+    Predictions older than this are pruned."""
+
+    stream: str = ""
+    """A stream URL (``kafka://``, ``redis://``, ``nats://``, ``local://``) the server consumes feedback
+    messages from, each a JSON object like one item of /v1/feedback; empty: no feedback stream."""
+
+    dead_letter: str = ""
+    """Where feedback messages that cannot be applied (unknown id, bad body) go; empty: the stream's topic
+    with ``.dead`` appended."""
+
+    output: str = ""
+    """The output compared with labels; empty: the first output with one value per row."""
+
+    def __post_init__(self) -> None:
+        if not self.join_window_days > 0:
+            raise ConfigError(f"monitoring.feedback.join_window_days must be positive, got {self.join_window_days}")
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Drift and data quality of each served version's inputs and outputs against its reference profile."""
+
+    enabled: bool = True
+    """Bin every prediction's inputs and outputs into windows and compare each closed window with the
+    version's profile (a version registered without one is not monitored)."""
+
+    window_seconds: float = 60.0
+    """Length of a window; the replicas' windows of the same period are summed before comparing."""
+
+    min_rows: int = 200
+    """Windows with fewer rows are not compared: small windows never alarm."""
+
+    false_alarms: float = 0.001
+    """Target share of windows with any false alarm when nothing drifted (sets each test's threshold)."""
+
+    min_effect: float = 0.1
+    """Smallest effect that counts as drift (Wasserstein distance in reference standard deviations,
+    Jensen-Shannon distance): very large windows never alarm on trivial shifts."""
+
+    drift_share: float = 0.5
+    """Share of input features that must drift for the dataset to count as drifted."""
+
+    tests: dict[str, str] = field(default_factory=dict)
+    """A test per feature name (ks, chi_square, z, wasserstein, jensen_shannon, psi, hellinger, cvm);
+    unset features take the default for their kind and the reference's size."""
+
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """A threshold on the statistic per feature name, for the distance tests."""
+
+    multivariate: bool = True
+    """Also compare PCA reconstruction error and MMD over the numeric features together."""
+
+    def __post_init__(self) -> None:
+        if not self.window_seconds > 0:
+            raise ConfigError(f"monitoring.drift.window_seconds must be positive, got {self.window_seconds}")
+        if self.min_rows < 1:
+            raise ConfigError(f"monitoring.drift.min_rows must be at least 1, got {self.min_rows}")
+        if not 0.0 < self.false_alarms < 1.0:
+            raise ConfigError(f"monitoring.drift.false_alarms must be between 0 and 1, got {self.false_alarms}")
+        if self.min_effect < 0:
+            raise ConfigError(f"monitoring.drift.min_effect must not be negative, got {self.min_effect}")
+        if not 0.0 < self.drift_share <= 1.0:
+            raise ConfigError(f"monitoring.drift.drift_share must be in (0, 1], got {self.drift_share}")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Alert rules over drift, realized metrics, data quality and label coverage, and where they go."""
+
+    rules: Any = ()
+    """The rules (``monitoring/alerts``): each a name, a signal, a condition, debounce and cool-down, and the
+    notifiers and triggers it sends to."""
+
+    notifiers: Any = ()
+    """Named notifiers and retraining triggers: ``log``, ``webhook`` (URL), ``command``, ``stream`` (URL)."""
+
+    evaluate_seconds: float = 10.0
+    """How often one replica (the one holding the lease) evaluates the rules; 0 turns alerting off."""
+
+    def __post_init__(self) -> None:
+        if self.evaluate_seconds < 0:
+            raise ConfigError(f"monitoring.alerts.evaluate_seconds must not be negative, got {self.evaluate_seconds}")
+        for name in ("rules", "notifiers"):  # a YAML list loads as a list; compare and hash as a tuple
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+
+
+@dataclass(frozen=True)
 class MonitoringConfig:
     """What the server records about its predictions."""
 
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     prediction_log: PredictionLogConfig = field(default_factory=PredictionLogConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
