@@ -17,6 +17,7 @@ measures, with single-row requests:
   (i) logged  shipyard native with metrics and the prediction log on (embedded SQLite files)
   (j) split   shipyard native with a traffic policy: 50/50 over two versions (the same model twice)
   (k) sticky  as (j), sticky by a header wrk sends (each request hashes its key)
+  (l) nodrift shipyard native with drift monitoring off ((c) monitors lr's drift: it has a profile)
 
 and prints one Markdown table per model: throughput, p50, p99 (median over rounds),
 ratio to (b), idle RSS per process of the server's process tree, and cold start
@@ -171,10 +172,11 @@ def register_models(home: Path) -> dict[str, tuple[Any, Any]]:
     Xa, y = make_classification(n_samples=2000, n_features=20, random_state=0)
     X_lr = pd.DataFrame(Xa, columns=[f"f{i}" for i in range(20)])
     lr = LogisticRegression(max_iter=1000).fit(X_lr, y)
-    reg.register(lr, "lr", sample=X_lr.head(5))
+    # training_data gives lr a reference profile, so (c) monitors its drift and (l) shows what that costs
+    reg.register(lr, "lr", sample=X_lr.head(5), training_data=X_lr)
     # second versions, identical, so (j) and (k) route between two versions doing the same work
     reg.register(rf, "rf", sample=X_rf.head(5), if_identical="new")
-    reg.register(lr, "lr", sample=X_lr.head(5), if_identical="new")
+    reg.register(lr, "lr", sample=X_lr.head(5), training_data=X_lr, if_identical="new")
     reg.close()
     return {"rf": (rf, X_rf.iloc[[0]]), "lr": (lr, X_lr.iloc[[0]])}
 
@@ -192,6 +194,7 @@ def raw_point(model: Any, row: Any, duration: float) -> Point:
 
 METRICS_OFF = {"SHIPYARD_MONITORING__METRICS__ENABLED": "false"}
 LOG_ON = {"SHIPYARD_MONITORING__PREDICTION_LOG__ENABLED": "true"}
+DRIFT_OFF = {"SHIPYARD_MONITORING__DRIFT__ENABLED": "false"}
 
 #: label -> (server kind, CLI arguments, environment)
 CONFIGS: dict[str, tuple[str, list[str], dict[str, str]]] = {
@@ -205,6 +208,7 @@ CONFIGS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "(i) shipyard native, metrics + prediction log": ("shipyard", ["--workers", "1"], LOG_ON),
     "(j) shipyard native, 50/50 split": ("shipyard-split", ["--workers", "1"], {}),
     "(k) shipyard native, sticky 50/50 split": ("shipyard-sticky", ["--workers", "1"], {}),
+    "(l) shipyard native, drift off": ("shipyard", ["--workers", "1"], DRIFT_OFF),
 }
 
 STICKY_HEADER = {"X-User": "user-1234"}

@@ -16,6 +16,7 @@ from shipyard.cli import (
     logs,
     models,
     predict,
+    profile,
     quickstart,
     register,
     rollout,
@@ -67,6 +68,7 @@ cli.add_command(export.bundle)
 cli.add_command(config.config)
 cli.add_command(logs.logs)
 cli.add_command(experiment.experiment)
+cli.add_command(profile.profile)
 
 
 def main() -> None:

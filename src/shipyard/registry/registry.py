@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import math
+import shutil
 import tempfile
 import zipfile
 from functools import cache
@@ -23,7 +24,7 @@ import numpy as np
 
 from shipyard.config import Settings
 from shipyard.errors import IdenticalVersion, InvalidInput, ModelFormatError, RegistryError, ShipyardError
-from shipyard.registry import checkset, lineage
+from shipyard.registry import checkset, lineage, reference
 from shipyard.registry.artifacts import ArtifactStore, hash_tree
 from shipyard.registry.checkset import CheckSet
 from shipyard.registry.database import Database
@@ -169,6 +170,7 @@ class Registry:
             check_info = _write_check_set(work, signature, sample, check_data)
             if holdout is not None:
                 _write_holdout(work, signature, holdout)
+            _write_profile(runtime_cls, work, meta, signature, [("training_data", training_data), ("sample", sample)])
             files = hash_tree(work)
             digest = manifest_digest(files)
             uri = self.artifacts.put(work, name, digest)
@@ -342,6 +344,56 @@ class Registry:
             raise RegistryError(f"the holdout set of {mv.ref} ('{HOLDOUT}') cannot be read: {exc}") from exc
         return inputs, labels
 
+    def profile(self, mv: ModelVersion) -> Any:
+        """The reference profile registered with ``mv`` (a ``monitoring.drift.profile.Profile``), or None."""
+        if reference.PROFILE not in mv.files:
+            return None
+        found = reference.read(self.fetch(mv))
+        return None if found is None else found[0]
+
+    def reprofile(self, ref: str | ModelRef, data: Any, *, alias: str | None = None,
+                  actor: str | None = None) -> ModelVersion:
+        """A new version of ``ref`` with the same files and a reference profile made from ``data``.
+
+        Versions are immutable, so the new reference makes a new version (its parent
+        is ``ref``'s version; tags, metrics, description and runtime settings carry
+        over). ``data`` takes the forms of ``register``'s ``sample``.
+
+        Raises:
+            InvalidInput: ``data`` does not fit the signature or has fewer than
+                ``reference.MIN_ROWS`` rows.
+        """
+        mv = self.get(ref)
+        rows = reference.reference_rows(mv.signature, [("data", data)])
+        if rows is None:
+            raise InvalidInput(f"the data gives no reference profile for {mv.ref}: it needs at least "
+                               f"{reference.MIN_ROWS} rows that fit the signature", field="data")
+        if alias is not None:
+            _check_alias(alias)
+        with tempfile.TemporaryDirectory(prefix="shipyard-profile-") as tmp:
+            work = Path(tmp) / "model"
+            shutil.copytree(self.fetch(mv), work)
+            loaded = get_runtime(mv.flavor).load(work, mv.flavor_meta)
+            try:
+                reference.write(work, reference.build(loaded, *rows))
+            finally:
+                loaded.unload()
+            files = hash_tree(work)
+            digest = manifest_digest(files)
+            uri = self.artifacts.put(work, mv.name, digest)
+        record = {
+            "name": mv.name, "flavor": mv.flavor, "digest": digest, "files": files,
+            "signature": mv.signature.to_dict(), "flavor_meta": mv.flavor_meta, "description": mv.description,
+            "tags": dict(mv.tags), "metrics": dict(mv.metrics),
+            "lineage": {**mv.lineage, "parent": mv.ref}, "packages": mv.packages, "artifact_uri": uri,
+            "check_set": mv.check_set,
+        }
+        new = self.store.add_version(record)
+        logger.info("registered %s: %s with a reference profile of %s rows", new.ref, mv.ref, rows[1])
+        if alias is not None:
+            self.set_alias(mv.name, alias, new.version, actor=actor, note=f"reference profile from {mv.ref}")
+        return new
+
     def input_example(self, mv: ModelVersion) -> dict[str, list[Any]] | None:
         """The first rows of the registration sample, if one was given."""
         if INPUT_EXAMPLE not in mv.files:
@@ -367,6 +419,25 @@ def _model_path(model: Any) -> Path | None:
     if not path.exists():
         raise ModelFormatError(f"model path '{path}' does not exist")
     return path
+
+
+def _write_profile(cls: type[Runtime], work: Path, meta: dict[str, Any], signature: Signature,
+                   candidates: list[tuple[str, Any]]) -> None:
+    """Keep the reference profile in the version folder (before hashing) when some data makes one."""
+    rows = reference.reference_rows(signature, candidates)
+    if rows is None:
+        return
+    runtime = cls.load(work, meta)
+    try:
+        document = reference.build(runtime, *rows)
+    except ShipyardError:
+        raise
+    except Exception as exc:  # the model ran on the sample already; a failure here is on the larger data
+        raise ModelFormatError(f"the model failed on the {rows[1].replace('_', ' ')} while profiling it: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        runtime.unload()
+    reference.write(work, document)
 
 
 def _write_check_set(work: Path, signature: Signature, sample: Any, check_data: Any) -> dict[str, Any]:

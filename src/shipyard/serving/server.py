@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from shipyard.config import Settings
 from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
+from shipyard.monitoring.drift_monitor import DriftCollector, DriftMonitor, DriftRecorder
 from shipyard.monitoring.events import Observers, PredictionObserver
 from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.monitoring.predlog import prediction_log
@@ -142,10 +144,12 @@ def build_server(
     router = PolicyRouter(repo, traffic, refresh_seconds=settings.alias_refresh_seconds)
     # the fleet-wide per-arm counters canary gates, bandits and experiment reports read
     arm_counters = ArmStatsRecorder(reg.database, reward_of=router.reward_of)
+    drift = _drift_monitor(settings, reg, traffic)
     watched = Observers([
         *([metrics] if settings.monitoring.metrics.enabled else []),
         *([predictions] if predictions is not None else []),
         arm_counters,
+        *([drift.recorder] if drift is not None else []),
         *(observers or ()),
     ])
     metrics.watch(watched)
@@ -172,6 +176,8 @@ def build_server(
     experiments = Experiments(reg.database)
     if settings.monitoring.metrics.enabled:
         metrics.include(ExperimentCollector(experiments).registry())
+        if drift is not None:
+            metrics.include(DriftCollector(reg.database).registry())
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
                        experiments=experiments)
 
@@ -197,6 +203,8 @@ def build_server(
         services.append(Hooks("prediction log", on_stop=_async(predictions.close)))
     if tracing.enabled:  # stops after the data plane: exports its last spans, then shuts the provider down
         services.append(tracing)
+    if drift is not None:  # stops after the observers: writes the windows of their last events
+        services.append(drift)
     services += [
         Hooks("observers", watched.start, watched.stop),  # stops after the data plane: sees every last event
         Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor (the worker processes)
@@ -222,6 +230,37 @@ def _async(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:
         await anyio.to_thread.run_sync(close)
 
     return call
+
+
+def _replica() -> str:
+    """This process's name in leases and per-replica rows."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Profiles:
+    """Reference profiles of (model, version), read from the registry once each."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._known: dict[tuple[str, int], Any] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str, version: int) -> Any:
+        key = (model, version)
+        with self._lock:
+            if key not in self._known:
+                self._known[key] = self.registry.profile(self.registry.get(f"{model}:{version}"))
+            return self._known[key]
+
+
+def _drift_monitor(settings: Settings, registry: Registry, traffic: TrafficStore) -> DriftMonitor | None:
+    """The drift recorder (an observer) and monitor (a service) ``monitoring.drift`` asks for."""
+    config = settings.monitoring.drift
+    if not config.enabled:
+        return None
+    profiles = _Profiles(registry)
+    recorder = DriftRecorder(profiles, window_seconds=config.window_seconds)
+    return DriftMonitor(registry.database, recorder, profiles, config, traffic, _replica())
 
 
 def _declare(store: TrafficStore, policy: TrafficPolicy) -> None:
@@ -286,7 +325,7 @@ class _RolloutControllerService:
 
         tick = self.settings.rollout_tick_seconds
         return RolloutController(self.traffic, self.registry, totals,
-                                 holder=f"{socket.gethostname()}:{os.getpid()}",
+                                 holder=_replica(),
                                  interval_seconds=tick, lease_seconds=3 * tick)
 
     async def stop(self) -> None:
