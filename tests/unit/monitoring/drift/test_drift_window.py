@@ -84,13 +84,16 @@ def test_quality_counts_nulls_range_and_type_failures() -> None:
     assert window.counts("x[0]").sum() == 4
     c = window.quality("city")
     assert (c.n, c.nulls, c.type_failures, c.unseen) == (6, 1, 1, 0)
-    assert window.quality("y").to_dict() == {"n": 6, "nulls": 6, "below_min": 0, "above_max": 0, "unseen": 0,
-                                            "type_failures": 0}  # no outputs: every row null
+    assert window.quality("y").n == 0  # outputs not given: not observed
+    window.add({"x": x[:2]}, {"other": np.zeros(2)})  # city and y missing from what was given: nulls
+    assert window.quality("city").nulls == 3
+    assert window.quality("y").to_dict() == {"n": 2, "nulls": 2, "below_min": 0, "above_max": 0, "unseen": 0,
+                                            "type_failures": 0}
 
     strings = np.array(["1.5", "a", "2"], dtype=object)
     window.add({"x": np.column_stack([strings, np.zeros(3), np.zeros(3)]), "city": np.array(["oslo"] * 3)})
     assert window.quality("x[0]").type_failures == 3  # strings are no numbers, even when they parse
-    assert window.quality("x[1]").type_failures == 0 and window.rows == 9
+    assert window.quality("x[1]").type_failures == 0 and window.rows == 11
 
 
 def test_moments_cover_finite_values() -> None:
