@@ -2,11 +2,12 @@
 
 Three parts, each on its own thread of control:
 
-* ``DriftRecorder`` is a ``PredictionObserver``. On the observers' thread it bins every
-  answered prediction's inputs and outputs into the ``Window`` of its (model, version,
-  arm, period), where a period is ``window_seconds`` of wall-clock time. A window holds
-  counts per bin, never rows, so memory does not grow with traffic. Versions registered
-  without a reference profile are not binned.
+* ``DriftRecorder`` is a ``PredictionObserver``. It queues every answered prediction's
+  inputs and outputs for the ``Window`` of its (model, version, arm, period), where a
+  period is ``window_seconds`` of wall-clock time, and bins the queue in bulk (binning a
+  thousand one-row predictions at once costs a small part of binning them one by one).
+  A window holds counts per bin, never rows, and the queue is bounded, so memory does not
+  grow with traffic. Versions registered without a reference profile are not binned.
 * ``DriftMonitor`` is a server service. Every ``interval`` seconds it writes this replica's
   windows to ``shipyard_drift_windows`` (one row per replica and window, replaced each
   time: the window is cumulative), and, on the one replica holding the ``drift-monitor``
@@ -38,7 +39,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from shipyard._periodic import every
 from shipyard.config import DriftConfig
-from shipyard.monitoring.events import PredictionEvent
+from shipyard.monitoring.events import Arrays, PredictionEvent
 from shipyard.monitoring.tables import drift_results_t, drift_windows_t
 from shipyard.registry.database import Database
 
@@ -56,6 +57,8 @@ Key = tuple[str, int, str, int]
 """(model, version, arm, period start in epoch seconds)."""
 
 LEASE = "drift-monitor"
+MAX_PENDING_ROWS = 4096
+"""Predictions queued for binning at most; more are binned at once on the observers' thread."""
 GRACE_SECONDS = 2.0
 """A period is compared this long after it ends, so every replica has written its last counts."""
 KEEP_WINDOWS_SECONDS = 24 * 3600.0
@@ -90,10 +93,13 @@ class DriftRecorder:
         self.window_seconds = window_seconds
         self._known: dict[tuple[str, int], Profile | None] = {}
         self._windows: dict[Key, Window] = {}
+        self._pending: dict[Key, list[tuple[Arrays, Arrays | None]]] = defaultdict(list)
+        self._pending_rows = 0
         self._dirty: set[Key] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.binned = 0
         """Rows binned so far (predictions of versions that have a profile)."""
+        # profile() is called under the lock too: a version's first event reads its profile once
 
     def profile(self, model: str, version: int) -> Profile | None:
         key = (model, version)
@@ -109,30 +115,49 @@ class DriftRecorder:
         return self._known[key]
 
     def observe(self, events: Sequence[PredictionEvent]) -> None:
+        """Queue the answered predictions of profiled versions; they are binned in bulk (``bin_pending``)."""
+        pending = 0
+        with self._lock:
+            for event in events:
+                if event.outcome != "ok" or event.inputs is None or event.rows <= 0:
+                    continue
+                if self.profile(event.model, event.version) is None:
+                    continue
+                key = (event.model, event.version, event.route, period_start(event.started_at, self.window_seconds))
+                self._pending[key].append((event.inputs, event.outputs))
+                self._pending_rows += event.rows
+            pending = self._pending_rows
+        if pending >= MAX_PENDING_ROWS:
+            self.bin_pending()
+
+    def bin_pending(self) -> None:
+        """Bin the queued predictions into their windows.
+
+        Binning costs a fixed part per call and feature plus a small part per row, so
+        predictions are queued as they come (one-row requests, mostly) and binned many
+        at a time: when the monitor takes the windows, or once ``MAX_PENDING_ROWS`` wait.
+        """
         from shipyard.monitoring.drift.window import Window
 
-        groups: dict[Key, list[PredictionEvent]] = defaultdict(list)
-        for event in events:
-            if event.outcome == "ok" and event.inputs is not None and event.rows > 0:
-                groups[(event.model, event.version, event.route,
-                        period_start(event.started_at, self.window_seconds))].append(event)
-        for key, group in groups.items():
-            profile = self.profile(key[0], key[1])
-            if profile is None:
-                continue
-            with self._lock:
+        with self._lock:
+            for key, batch in self._pending.items():
                 window = self._windows.get(key)
                 if window is None:
+                    profile = self._known[(key[0], key[1])]
+                    assert profile is not None
                     window = self._windows[key] = Window(profile)
-                window.add_many([(e.inputs or {}, e.outputs) for e in group])
+                window.add_many(batch)
                 self._dirty.add(key)
-            self.binned += sum(e.rows for e in group)
+            self.binned += self._pending_rows
+            self._pending.clear()
+            self._pending_rows = 0
 
     def flush(self) -> None:
         """Nothing to do here: the monitor writes the windows out (and once more when it stops)."""
 
     def take_changed(self, now: float) -> list[tuple[Key, int, dict[str, Any]]]:
         """The windows that changed since the last call, as (key, rows, payload); forgets closed ones."""
+        self.bin_pending()
         with self._lock:
             changed = [(key, self._windows[key].rows, self._windows[key].to_dict()) for key in sorted(self._dirty)]
             self._dirty.clear()

@@ -544,7 +544,11 @@ def _join(arrays: list[Arrays | None]) -> tuple[bool, dict[str, np.ndarray] | No
     names = present[0].keys()
     if any(a.keys() != names for a in present[1:]):
         return False, None
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for a in present:  # one pass over the batches (not one per name): this runs once per prediction
+        for name, value in a.items():
+            columns[name].append(value)
     try:
-        return True, {name: np.concatenate([np.asarray(a[name]) for a in present]) for name in names}
+        return True, {name: np.concatenate(values) for name, values in columns.items()}
     except ValueError:  # widths differ, or a 0-d array
         return False, None
