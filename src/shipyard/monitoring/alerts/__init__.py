@@ -17,6 +17,7 @@ the notifiers, the service and the collector load on first use.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shipyard.monitoring.alerts.engine import AlertState, RuleState, Transition, evaluate
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from shipyard.monitoring.alerts.store import AlertStore, Incident
 
 __all__ = [
+    "PROMETHEUS_RULES",
     "AlertCollector",
     "AlertService",
     "AlertState",
@@ -48,6 +50,9 @@ __all__ = [
     "build_notifier",
     "evaluate",
 ]
+
+PROMETHEUS_RULES = Path(__file__).resolve().parent.parent / "prometheus-alerts.yml"
+"""The shipped Prometheus alerting rules on shipyard's monitoring series (``rule_files:`` in prometheus.yml)."""
 
 _LAZY = {
     "AlertCollector": "collector",
