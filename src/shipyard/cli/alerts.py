@@ -33,11 +33,15 @@ def alerts(ctx: click.Context, show_all: bool, model: str | None, limit: int | N
     if not incidents:
         console.print("no alerts" if show_all else "no open alerts (--all shows past ones)")
         return
-    table(None, ["id", "rule", "model", "version", "state", "opened", "resolved", "condition", "value", "notified"],
-          [[i.id, i.rule, i.model, "" if i.version is None else i.version, i.state, _time(i.opened_at),
-            _time(i.resolved_at), i.evidence.get("condition", ""), _value(i.evidence.get("value")),
-            ", ".join(f"{k}={v.get('state', '?')}" for k, v in sorted(i.notified.items()))] for i in incidents])
-
+    columns = ["id", "rule", "model", "version", "state", "opened", *(["resolved"] if show_all else []),
+               "condition", "value", "notified"]
+    rows = []
+    for i in incidents:
+        resolved = [_time(i.resolved_at)] if show_all else []
+        rows.append([i.id, i.rule, i.model, "" if i.version is None else i.version, i.state, _time(i.opened_at),
+                     *resolved, i.evidence.get("condition", ""), _value(i.evidence.get("value")),
+                     ", ".join(f"{k}={v.get('state', '?')}" for k, v in sorted(i.notified.items()))])
+    table(None, columns, rows)
 
 def _time(at: float | None) -> str:
     return "" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
