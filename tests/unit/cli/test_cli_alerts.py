@@ -38,7 +38,7 @@ def home(tmp_path: Path) -> Path:
 def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     from shipyard.cli._output import console
 
-    monkeypatch.setattr(console, "width", 200)  # every column in full
+    monkeypatch.setattr(console, "_width", 200)  # every column in full; undone to auto-detection after
 
 
 def run(home: Path, *args: str) -> Result:
