@@ -163,7 +163,7 @@ def _step(rule: Rule, model: str, snaps: Sequence[MonitorSnapshot], st: RuleStat
             return replace(st, streak=0), None
         best = _worst(rule, measured, best=True)
         evidence = {**_evidence(rule, *best, measured), "state": "resolved"}
-        return (replace(st, streak=0, firing=False, resolved_at=now, opened_at=None),
+        return (replace(st, streak=0, firing=False, resolved_at=now, opened_at=None, version=None),
                 Transition("resolved", rule.name, model, st.version, now, best[1].value, evidence))
     st = replace(st, streak=st.streak + 1)
     if st.firing or st.streak < rule.for_:
