@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from shipyard.monitoring.tables import alerts_t
@@ -84,10 +85,10 @@ class AlertStore:
                 return _incident(row), False
             new_id = conn.execute(alerts_t.insert().values(
                 rule=rule, model=model, version=version, state="firing", opened_at=at, resolved_at=None,
-                evidence=dict(evidence), notified={},
+                evidence=_jsonable(evidence), notified={},
             )).inserted_primary_key
             assert new_id is not None
-        return Incident(int(new_id[0]), rule, model, version, "firing", at, None, dict(evidence), {}), True
+        return Incident(int(new_id[0]), rule, model, version, "firing", at, None, _jsonable(evidence), {}), True
 
     def resolve(self, rule: str, model: str, at: float, evidence: Mapping[str, Any] | None = None) -> Incident | None:
         """Resolve the firing incident of ``rule`` and ``model`` (None when none is firing)."""
@@ -101,7 +102,7 @@ class AlertStore:
             incident = _incident(row)
             merged = dict(incident.evidence)
             if evidence is not None:
-                merged["resolution"] = dict(evidence)
+                merged["resolution"] = _jsonable(evidence)
             conn.execute(alerts_t.update().where(alerts_t.c.id == incident.id)
                          .values(state="resolved", resolved_at=at, evidence=merged))
         return Incident(incident.id, rule, model, incident.version, "resolved", incident.opened_at, at, merged,
@@ -177,7 +178,7 @@ class AlertStore:
             if value is None:
                 return
             notified = _loads(value)
-            notified[key] = {**notified.get(key, {}), **dict(result)}
+            notified[key] = {**notified.get(key, {}), **_jsonable(result)}
             conn.execute(alerts_t.update().where(alerts_t.c.id == incident_id).values(notified=notified))
 
     # -- helpers --------------------------------------------------------------------------------
@@ -191,6 +192,12 @@ class AlertStore:
         if self.database.dialect == "postgresql":
             key = zlib.crc32(f"{rule}\x00{model}".encode()) - 2**31  # into a signed int4
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_CLASS, key)))
+
+
+def _jsonable(value: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain JSON values: NumPy numbers and arrays from the statistics become floats and lists."""
+    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    return dict(orjson.loads(orjson.dumps(dict(value), option=option, default=str)))
 
 
 def _loads(value: Any) -> dict[str, Any]:

@@ -64,5 +64,14 @@ def test_incidents_open_once_per_rule_and_model_and_resolve(database: Database) 
     incidents_open_once_and_resolve(AlertStore(database))
 
 
+def test_evidence_with_numpy_values_is_stored_as_plain_json(database: Database) -> None:
+    import numpy as np
+
+    store = AlertStore(database)
+    incident, _ = store.open("drift", "fraud", 1, {"share": np.float64(0.6), "counts": np.arange(3),
+                                                   "rows": np.int64(2000)}, at=1.0)
+    assert store.get(incident.id).evidence == {"share": 0.6, "counts": [0, 1, 2], "rows": 2000}  # type: ignore[union-attr]
+
+
 def test_each_notification_is_claimed_exactly_once(database: Database) -> None:
     claims_are_exactly_once(AlertStore(database))
