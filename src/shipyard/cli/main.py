@@ -8,6 +8,7 @@ import click
 
 from shipyard import __version__
 from shipyard.cli import (
+    alerts,
     alias,
     batch,
     config,
@@ -69,6 +70,7 @@ cli.add_command(config.config)
 cli.add_command(logs.logs)
 cli.add_command(experiment.experiment)
 cli.add_command(profile.profile)
+cli.add_command(alerts.alerts)
 
 
 def main() -> None:

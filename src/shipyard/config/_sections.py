@@ -305,6 +305,17 @@ class AlertsConfig:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        if self.rules or self.notifiers:
+            self.rule_set()  # refused now, naming the rule and key that are wrong, rather than at the first tick
+
+    def rule_set(self) -> Any:
+        """The ``rules`` and ``notifiers`` as a validated ``RuleSet`` (``monitoring/alerts/rules.py``)."""
+        from shipyard.monitoring.alerts.rules import RuleSet  # the rules' own checks, kept in one place
+
+        try:
+            return RuleSet.parse(self.rules, self.notifiers)
+        except ConfigError as exc:
+            raise _Invalid(str(exc)) from None
 
 
 @dataclass(frozen=True)
