@@ -1,14 +1,20 @@
-"""Drift inside a real ``shipyard serve``: reference-like traffic, then shifted traffic, seen on /metrics.
+"""Drift inside a real ``shipyard serve``: reference-like traffic, then shifted traffic; the gauge rises,
+the alert fires once, its webhook and its retraining command each run once.
 
 The model is registered with its training data, so its version carries a reference
 profile. The server's windows are 2 s long (``monitoring.drift.window_seconds``) so the
-test sees several of them; traffic goes over loopback HTTP, bounded in count.
+test sees several of them; traffic goes over loopback HTTP, bounded in count. The webhook
+is a real HTTP listener on 127.0.0.1; the trigger command appends what it is sent to a file.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -19,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression
 
 from shipyard.config import Settings
+from shipyard.monitoring.alerts import AlertStore
 from shipyard.monitoring.drift_monitor import latest_results
 from shipyard.registry import Registry
 from shipyard.testing import RunningServer, run_server
@@ -48,11 +55,58 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+class Webhook:
+    """A real HTTP listener that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/alert"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
 @pytest.fixture(scope="module")
-def server(home: Path) -> Iterator[RunningServer]:
-    env = {"SHIPYARD_MONITORING__DRIFT__WINDOW_SECONDS": str(WINDOW_SECONDS),
-           "SHIPYARD_MONITORING__DRIFT__MIN_ROWS": "200"}
-    with run_server(home, ["m@champion"], env=env) as running:
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def triggered(home: Path) -> Path:
+    return home.parent / "retrain-runs.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(home: Path, webhook: Webhook, triggered: Path) -> Iterator[RunningServer]:
+    append = f"import sys; open({str(triggered)!r}, 'a').write(sys.stdin.read().replace(chr(10), ' ') + chr(10))"
+    config = home.parent / "shipyard.yaml"
+    config.write_text(json.dumps({"monitoring": {
+        "drift": {"window_seconds": WINDOW_SECONDS, "min_rows": 200},
+        "alerts": {
+            "evaluate_seconds": 0.5,
+            "rules": [{"name": "f0-moved", "model": "m", "signal": "feature_effect", "feature": "f0", "above": 0.5,
+                       "notify": ["ops", "retrain"]}],
+            "notifiers": [{"name": "ops", "kind": "webhook", "url": webhook.url, "timeout_seconds": 5},
+                          {"name": "retrain", "kind": "command", "command": [sys.executable, "-c", append]}],
+        },
+    }}))  # JSON is YAML
+    with run_server(home, ["m@champion"], env={"SHIPYARD_CONFIG": str(config)}) as running:
         yield running
 
 
@@ -70,6 +124,8 @@ def drift_series(client: httpx.Client, url: str) -> dict[tuple[str, str], float]
         for sample in family.samples:
             if sample.name in ("shipyard_drift_score", "shipyard_drift_detected"):
                 found[(sample.name, sample.labels["feature"])] = sample.value
+            elif sample.name == "shipyard_drift_alert":
+                found[(sample.name, sample.labels["rule"])] = sample.value
     return found
 
 
@@ -83,16 +139,19 @@ def wait_for(check, what: str, timeout: float = 40.0):  # type: ignore[no-untype
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_shifted_traffic_raises_the_drift_gauge_of_the_shifted_feature_only(home: Path, server: RunningServer) -> None:
+def test_shifted_traffic_raises_the_gauge_and_fires_the_alert_once(
+    home: Path, server: RunningServer, webhook: Webhook, triggered: Path
+) -> None:
     rng = np.random.default_rng(1)
     with httpx.Client(timeout=10) as client:
-        # reference-like traffic: windows are compared, nothing drifts
+        # reference-like traffic: windows are compared, nothing drifts, nothing fires
         def compared() -> dict[tuple[str, str], float]:
             send(client, server.url, frame(rng, 400))
             return {k: v for k, v in drift_series(client, server.url).items() if k[0] == "shipyard_drift_detected"}
 
         calm = wait_for(compared, "a first compared window")
         assert not any(calm.values()), calm
+        assert webhook.bodies == []
 
         # f0 moves by one standard deviation: its gauge rises, the others stay put
         def drifted() -> dict[tuple[str, str], float] | None:
@@ -104,12 +163,28 @@ def test_shifted_traffic_raises_the_drift_gauge_of_the_shifted_feature_only(home
         assert series[("shipyard_drift_score", "f0")] > 0.5  # about 1 reference standard deviation
         assert all(series[("shipyard_drift_detected", f)] == 0.0 for f in FEATURES[1:]), series
 
+        # the incident opens once; the shift goes on for several more windows and nothing fires again
+        wait_for(lambda: webhook.bodies and triggered.exists(), "the webhook and the trigger")
+        for _ in range(3):
+            send(client, server.url, frame(rng, 400, shift=1.0))
+            time.sleep(WINDOW_SECONDS)
+        assert wait_for(lambda: drift_series(client, server.url).get(("shipyard_drift_alert", "f0-moved")) == 1.0,
+                        "the alert gauge")
+
+    assert len(webhook.bodies) == 1, webhook.bodies
+    (body,) = webhook.bodies
+    assert body["rule"] == "f0-moved" and body["model"] == "m" and body["state"] == "firing"
+    assert "f0" in json.dumps(body["evidence"])
+    runs = triggered.read_text().splitlines()
+    assert len(runs) == 1 and json.loads(runs[0])["rule"] == "f0-moved"
+
     reg = Registry.from_settings(Settings(home=home))
     try:
         reports = latest_results(reg.database, model="m", limit_per_arm=100)
+        incidents = AlertStore(reg.database).list(open_only=False)
     finally:
         reg.close()
-    assert reports, "the reports are kept in the registry database"
+    assert [(i.rule, i.model, i.state) for i in incidents] == [("f0-moved", "m", "firing")]
     newest = reports[0]["payload"]
     f0 = next(f for f in newest["features"] if f["feature"] == "f0")
     assert f0["drifted"] and f0["n"] >= 200

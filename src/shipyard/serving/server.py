@@ -31,10 +31,12 @@ from shipyard.config import Settings
 from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
+from shipyard.monitoring.alerts import AlertCollector, AlertService, AlertStore, MonitorSnapshot
 from shipyard.monitoring.drift_monitor import DriftCollector, DriftMonitor, DriftRecorder
 from shipyard.monitoring.events import Observers, PredictionObserver
 from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.monitoring.predlog import prediction_log
+from shipyard.monitoring.snapshots import monitor_snapshots
 from shipyard.monitoring.tracing import Tracing
 from shipyard.registry import Registry
 from shipyard.rollout.arm_stats import ArmStatsRecorder
@@ -178,6 +180,7 @@ def build_server(
         metrics.include(ExperimentCollector(experiments).registry())
         if drift is not None:
             metrics.include(DriftCollector(reg.database).registry())
+        metrics.include(AlertCollector(AlertStore(reg.database)).registry())
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
                        experiments=experiments)
 
@@ -205,6 +208,9 @@ def build_server(
         services.append(tracing)
     if drift is not None:  # stops after the observers: writes the windows of their last events
         services.append(drift)
+    alerting = _alert_service(settings, reg)
+    if alerting is not None:
+        services.append(alerting)
     services += [
         Hooks("observers", watched.start, watched.stop),  # stops after the data plane: sees every last event
         Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor (the worker processes)
@@ -261,6 +267,19 @@ def _drift_monitor(settings: Settings, registry: Registry, traffic: TrafficStore
     profiles = _Profiles(registry)
     recorder = DriftRecorder(profiles, window_seconds=config.window_seconds)
     return DriftMonitor(registry.database, recorder, profiles, config, traffic, _replica())
+
+
+def _alert_service(settings: Settings, registry: Registry) -> AlertService | None:
+    """The alert rules' evaluator ``monitoring.alerts`` asks for (one replica at a time evaluates: a lease)."""
+    config = settings.monitoring.alerts
+    if config.evaluate_seconds <= 0 or not config.rules:
+        return None
+    database = registry.database
+
+    def snapshots() -> list[MonitorSnapshot]:
+        return monitor_snapshots(database, registry)
+
+    return AlertService.from_config(database, config, snapshots, holder=_replica())
 
 
 def _declare(store: TrafficStore, policy: TrafficPolicy) -> None:
