@@ -99,7 +99,7 @@ def _as_float(column: np.ndarray) -> tuple[np.ndarray, int, int]:
         if v is None:
             out[i] = np.nan
             nulls += 1
-        elif isinstance(v, (int, float, np.number)) and not isinstance(v, complex):
+        elif isinstance(v, (int, float, np.integer, np.floating)):
             f = float(v)
             if math.isfinite(f):
                 out[i] = f

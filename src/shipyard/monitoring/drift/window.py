@@ -415,7 +415,7 @@ class Window:
         assert self._multivariate is not None
         features = self._multivariate.profile.features
         matrix = None if self._mv_array is None else inputs.get(self._mv_array)
-        if matrix is not None and matrix.shape == (rows, len(features)) and matrix.dtype.kind in "fiub":
+        if isinstance(matrix, np.ndarray) and matrix.shape == (rows, len(features)) and matrix.dtype.kind in "fiub":
             x = matrix.astype(np.float64)
             finite = np.isfinite(x)
             if not finite.all():
