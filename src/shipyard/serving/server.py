@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
 from shipyard.monitoring.events import Observers, PredictionObserver
+from shipyard.monitoring.feedback_service import prune_loop
 from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.monitoring.predlog import prediction_log
 from shipyard.monitoring.tracing import Tracing
@@ -45,6 +47,7 @@ from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import ResponseCache
 from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.feedback import Feedback
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.services import Hooks, Service, Services
@@ -142,10 +145,13 @@ def build_server(
     router = PolicyRouter(repo, traffic, refresh_seconds=settings.alias_refresh_seconds)
     # the fleet-wide per-arm counters canary gates, bandits and experiment reports read
     arm_counters = ArmStatsRecorder(reg.database, reward_of=router.reward_of)
+    feedback = (Feedback.build(settings, reg.database, reward_of=router.reward_of, models=repo.names)
+                if settings.monitoring.feedback.enabled else None)
     watched = Observers([
         *([metrics] if settings.monitoring.metrics.enabled else []),
         *([predictions] if predictions is not None else []),
         arm_counters,
+        *([feedback.recorder] if feedback is not None else []),
         *(observers or ()),
     ])
     metrics.watch(watched)
@@ -172,8 +178,12 @@ def build_server(
     experiments = Experiments(reg.database)
     if settings.monitoring.metrics.enabled:
         metrics.include(ExperimentCollector(experiments).registry())
+        if feedback is not None:
+            metrics.include(feedback.collector.registry())
+    if feedback is not None:
+        feedback.watch(watched)
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
-                       experiments=experiments)
+                       experiments=experiments, endpoints=feedback.endpoints if feedback is not None else ())
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them),
     # then the processes that run them; the gRPC listener opens last and drains first.
@@ -207,6 +217,10 @@ def build_server(
         services.append(_RolloutControllerService(settings, reg, traffic))
     if async_requests is not None:
         services.append(Hooks("asynchronous requests", async_requests.start, async_requests.stop))
+    if feedback is not None:
+        services.append(_Loop("feedback pruning", functools.partial(prune_loop, feedback.store)))
+        if feedback.stream is not None:  # stops before the observers: feedback it applies can still flush
+            services.append(feedback.stream)
     if grpc_port is not None:
         grpc_server = _grpc_server(dp, settings, grpc_port)
         services.append(Hooks("gRPC", grpc_server.start, grpc_server.stop))
