@@ -495,9 +495,13 @@ class FeedbackStore:
                 for r in conn.execute(sa.select(*_SERVED_COLUMNS).where(served_t.c.prediction_id.in_(chunk))):
                     by_pid.setdefault(r.prediction_id, []).append(_Served(*r))
             # the shadow copies of those predictions: kept under PID~DIGEST, found through the request id
-            shadow_rids = sorted({s.request_id for rows in by_pid.values() for s in rows if s.request_id} - set(rids))
-            for chunk in _chunks([*rids, *shadow_rids]):
+            for chunk in _chunks(rids):
                 for r in conn.execute(sa.select(*_SERVED_COLUMNS).where(served_t.c.request_id.in_(chunk))):
+                    by_rid.setdefault(r.request_id, []).append(_Served(*r))
+            shadow_rids = sorted({s.request_id for rows in by_pid.values() for s in rows if s.request_id} - set(rids))
+            for chunk in _chunks(shadow_rids):  # only the shadow copies' rows come back
+                for r in conn.execute(sa.select(*_SERVED_COLUMNS).where(
+                        served_t.c.request_id.in_(chunk), served_t.c.prediction_id.contains("~", autoescape=True))):
                     by_rid.setdefault(r.request_id, []).append(_Served(*r))
         out: list[list[_Served]] = []
         for item in items:
