@@ -12,7 +12,7 @@
   ``shipyard_feedback_total{model,outcome}`` (items this process took),
   ``shipyard_label_coverage_ratio{model,version}`` and
   ``shipyard_realized_metric{model,version,metric}`` over the last join window, read
-  from the database at most every ``refresh_seconds``.
+  from the database at most every ``refresh_seconds``, or sooner once feedback arrived.
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ class FeedbackCollector:
         self._taken: float | None = None
         self._coverage: dict[tuple[str, str], float] = {}
         self._metrics: dict[tuple[str, str, str], float] = {}
+        self._seen: dict[tuple[str, str], int] = {}
         self.refreshes = 0
 
     def registry(self) -> CollectorRegistry:
@@ -190,14 +191,16 @@ class FeedbackCollector:
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
-        if self._taken is None or now - self._taken >= self.refresh_seconds:
-            self._taken = now
+        counts = self.store.counts()
+        # stale, or feedback arrived since (the metrics can only have moved then, or with new predictions)
+        if self._taken is None or now - self._taken >= self.refresh_seconds or counts != self._seen:
+            self._taken, self._seen = now, counts
             try:
                 self._read()
                 self.refreshes += 1
             except Exception:
                 logger.exception("reading realized metrics for /metrics failed; serving the previous numbers")
-        return iter(self._families(self.store.counts(), self._coverage, self._metrics))
+        return iter(self._families(counts, self._coverage, self._metrics))
 
     def _read(self) -> None:
         if self.flush is not None:
