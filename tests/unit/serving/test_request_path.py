@@ -259,4 +259,5 @@ def test_the_server_lists_its_services_in_start_order(shared: tuple[Settings, Re
     settings, registry = shared
     server = build_server(settings.replace(async_broker="local://shipyard"), ["m"], registry=registry)
     assert server.services.names == ["models", "traffic policies", "observers", "data plane", "alias watcher",
-                                     "traffic-policy watcher", "rollout controller", "asynchronous requests"]
+                                     "traffic-policy watcher", "rollout controller", "asynchronous requests",
+                                     "feedback pruning"]
