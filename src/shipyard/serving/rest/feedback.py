@@ -21,6 +21,7 @@ Both read the database, so they run off the event loop.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,10 +35,13 @@ from shipyard.errors import InvalidInput, InvalidOption, ModelNotFound
 from shipyard.monitoring.feedback import OUTCOMES, FeedbackStore, parse_items
 from shipyard.protocol.json_body import parse_json
 from shipyard.serving.rest.body import check_json_type, read_body
+from shipyard.serving.rest.openapi import MODEL_REF_PATTERN
 from shipyard.serving.rest.routes import JSON, Body, Endpoint, Param
 from shipyard.types import ModelRef
 
 __all__ = ["feedback_endpoints"]
+
+_REF = re.compile(MODEL_REF_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def _json(content: object) -> Response:
@@ -74,7 +78,9 @@ def feedback_endpoints(store: FeedbackStore, *, served: Callable[[], Sequence[st
         from shipyard.monitoring.quality import quality
 
         text = request.path_params["name"]
-        ref = ModelRef.parse(text[:300])
+        if not _REF.fullmatch(text):  # never a served model (and a NUL byte must not reach PostgreSQL)
+            raise ModelNotFound(text[:200])
+        ref = ModelRef.parse(text)
         if ref.name not in served():
             raise ModelNotFound(ref.name)
         q = request.query_params

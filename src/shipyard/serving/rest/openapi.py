@@ -333,7 +333,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["feedback"],
         "additionalProperties": False,
-        "properties": {"feedback": {"type": "array", "minItems": 1, "maxItems": 10_000,
+        # at most 10,000 items (400 beyond), not a maxItems: a body that long is over most body limits (413)
+        "properties": {"feedback": {"type": "array", "minItems": 1, "description": "1 to 10,000 items",
                                     "items": {"$ref": "#/components/schemas/FeedbackItem"}}},
     },
     "FeedbackItem": {
