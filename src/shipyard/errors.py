@@ -36,6 +36,7 @@ knows HTTP.
     ├── InferenceError               the model itself raised
     ├── BrokerError                  [unavailable] a stream broker refused or failed an operation
     ├── JobNotFound                  [not_found] no asynchronous request has this id
+    ├── FeedbackNotFound             [not_found] feedback names a prediction or request not (or no longer) kept
     ├── Unauthenticated              [unauthenticated] no credentials, or credentials that do not check out
     └── PermissionDenied             [forbidden] the caller is known but may not do this
 """
@@ -394,6 +395,25 @@ class JobNotFound(ShipyardError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no asynchronous request with id '{job_id}'")
+
+
+class FeedbackNotFound(ShipyardError):
+    """Feedback names predictions or requests the server does not know (never served, or pruned).
+
+    Args:
+        unknown: ``(index, id)`` of each unknown item in the batch sent.
+        total: how many items the batch held.
+    """
+
+    kind: ClassVar[Kind] = "not_found"
+
+    def __init__(self, unknown: Sequence[tuple[int, str]], total: int) -> None:
+        self.unknown = list(unknown)
+        self.field: str | None = f"feedback[{unknown[0][0]}]" if unknown else None
+        shown = ", ".join(f"feedback[{i}] {ident[:80]!r}" for i, ident in self.unknown[:5])
+        more = f" and {len(self.unknown) - 5} more" if len(self.unknown) > 5 else ""
+        super().__init__(f"{len(self.unknown)} of {total} feedback items name no prediction or request this "
+                         f"server keeps ({shown}{more}); nothing was applied")
 
 
 class Unauthenticated(ShipyardError):

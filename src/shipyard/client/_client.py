@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -209,12 +209,44 @@ class AsyncClient:
                 raise ShipyardError(f"job {job_id} was still queued after {timeout:g}s")
             await self._sleep(interval)
 
+    # -- feedback (REST) ------------------------------------------------------------------------
+
+    async def feedback(
+        self, items: Sequence[Mapping[str, Any]] | None = None, *, prediction_id: str | None = None,
+        request_id: str | None = None, label: Any = None, reward: float | None = None, row: int | None = None,
+        time: float | str | None = None, source: str | None = None,
+    ) -> dict[str, Any]:
+        """Send labels or rewards of earlier predictions (``POST /v1/feedback``). REST only.
+
+        Either ``items`` (each ``{prediction_id | request_id, row?, label | reward, time?, source?}``)
+        or one item's fields as keywords: ``client.feedback(request_id="r1", label=1)``.
+
+        Returns:
+            ``{"results": [{"outcome", "rows", "reason"?}, ...], "counts": {...}}``, one result per item
+            (accepted, duplicate or late).
+
+        Raises:
+            FeedbackNotFound: some item names a prediction or request the server does not keep
+                (nothing was applied).
+            InvalidInput: an item cannot be read (nothing was applied).
+        """
+        if items is None:
+            one = {"prediction_id": prediction_id, "request_id": request_id, "label": label, "reward": reward,
+                   "row": row, "time": time, "source": source}
+            items = [{k: v for k, v in one.items() if v is not None}]
+        elif any(v is not None for v in (prediction_id, request_id, label, reward, row, time, source)):
+            raise ConfigError("feedback: give items, or one item's fields as keywords, not both")
+        wire = self._rest("feedback")
+        body = orjson.dumps({"feedback": list(items)}, option=orjson.OPT_SERIALIZE_NUMPY)
+        return await self._retrying(lambda _, timeout: wire.feedback(body, timeout))
+
     def _rest(self, what: str) -> RestTransport:
         from shipyard.client._rest import RestTransport
 
         wire = self._wire()
         if not isinstance(wire, RestTransport):
-            raise ConfigError(f"{what}: asynchronous requests go over REST; use an http:// or https:// URL")
+            raise ConfigError(f"{what}: asynchronous requests and feedback go over REST; use an http:// or "
+                              "https:// URL")
         return wire
 
     # -- metadata and health ---------------------------------------------------------------------
@@ -363,6 +395,16 @@ class Client:
     def wait_job(self, job_id: str, *, timeout: float = 60.0, interval: float = 0.1) -> dict[str, Any]:
         """See ``AsyncClient.wait_job``."""
         return self._thread.run(self._async.wait_job(job_id, timeout=timeout, interval=interval))
+
+    def feedback(
+        self, items: Sequence[Mapping[str, Any]] | None = None, *, prediction_id: str | None = None,
+        request_id: str | None = None, label: Any = None, reward: float | None = None, row: int | None = None,
+        time: float | str | None = None, source: str | None = None,
+    ) -> dict[str, Any]:
+        """See ``AsyncClient.feedback``."""
+        return self._thread.run(self._async.feedback(
+            items, prediction_id=prediction_id, request_id=request_id, label=label, reward=reward, row=row,
+            time=time, source=source))
 
     def metadata(self, model: str | None = None, *, version: str | int | None = None) -> dict[str, Any]:
         """See ``AsyncClient.metadata``."""

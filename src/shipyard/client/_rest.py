@@ -146,6 +146,12 @@ class RestTransport:
         doc: dict[str, Any] = (await self._send("GET", f"/v1/jobs/{quote(job_id, safe='')}", timeout)).json()
         return doc
 
+    async def feedback(self, body: bytes, timeout: float) -> dict[str, Any]:
+        response = await self._send("POST", "/v1/feedback", timeout, content=body,
+                                    headers={"Content-Type": "application/json"})
+        doc: dict[str, Any] = response.json()
+        return doc
+
     async def server_metadata(self, timeout: float) -> dict[str, Any]:
         doc: dict[str, Any] = (await self._send("GET", "/v2", timeout)).json()
         return doc

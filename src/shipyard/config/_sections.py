@@ -298,9 +298,15 @@ class AlertsConfig:
     evaluate_seconds: float = 10.0
     """How often one replica (the one holding the lease) evaluates the rules; 0 turns alerting off."""
 
+    realized_window_seconds: float = 86_400.0
+    """Rules on realized metrics and label coverage look at the predictions of this last stretch of time."""
+
     def __post_init__(self) -> None:
         if self.evaluate_seconds < 0:
             raise ConfigError(f"monitoring.alerts.evaluate_seconds must not be negative, got {self.evaluate_seconds}")
+        if not self.realized_window_seconds > 0:
+            raise ConfigError("monitoring.alerts.realized_window_seconds must be positive, "
+                              f"got {self.realized_window_seconds}")
         for name in ("rules", "notifiers"):  # a YAML list loads as a list; compare and hash as a tuple
             value = getattr(self, name)
             if isinstance(value, list):

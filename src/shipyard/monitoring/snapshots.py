@@ -9,15 +9,19 @@ its newest number, so a rule's debounce counts new windows and new labels, not r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+import sqlalchemy as sa
 
 from shipyard.monitoring.alerts.snapshot import MonitorSnapshot
 from shipyard.monitoring.drift_monitor import latest_results
+from shipyard.monitoring.tables import feedback_t
 from shipyard.registry import Registry
 from shipyard.registry.database import Database
 
-__all__ = ["Realized", "RealizedReader", "drift_evidence", "monitor_snapshots", "quality_rates"]
+__all__ = ["Realized", "RealizedReader", "drift_evidence", "monitor_snapshots", "quality_rates", "realized_reader"]
 
 Realized = Mapping[str, Any]
 """One (model, version, arm)'s realized numbers: ``metrics`` (name -> value), ``label_coverage``, ``at``."""
@@ -48,6 +52,33 @@ def drift_evidence(row: Mapping[str, Any]) -> dict[str, Any]:
     ]
     return {"window": {"start": row["start"], "end": row["end"], "rows": row["rows"]},
             "drift_share": row["share"], "drifted": drifted}
+
+
+def realized_reader(database: Database, models: Callable[[], Iterable[str]], *, window_seconds: float,
+                    clock: Callable[[], float] = time.time) -> RealizedReader:
+    """Reads each served model's realized metrics over predictions of the last ``window_seconds``.
+
+    A group's ``at`` is when the model's newest label arrived, so an alert rule's debounce
+    counts evaluations that saw new labels, not re-reads of the same ones.
+    """
+    from shipyard.monitoring.quality import quality
+
+    def read() -> dict[tuple[str, int, str], Realized]:
+        out: dict[tuple[str, int, str], Realized] = {}
+        now = clock()
+        for model in models():
+            with database.connect() as conn:
+                newest = conn.execute(sa.select(sa.func.max(feedback_t.c.received_at))
+                                      .where(feedback_t.c.model == model)).scalar()
+            if newest is None:
+                continue  # no label yet: nothing realized to watch
+            for group in quality(database, model, since=now - window_seconds)["groups"]:
+                out[(model, int(group["version"]), str(group["arm"]))] = {
+                    "metrics": group.get("metrics") or {}, "label_coverage": group.get("coverage"),
+                    "served": group.get("served"), "labelled": group.get("labelled"), "at": float(newest)}
+        return out
+
+    return read
 
 
 def monitor_snapshots(database: Database, registry: Registry, *,

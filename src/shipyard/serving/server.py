@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -34,9 +35,10 @@ from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
 from shipyard.monitoring.alerts import AlertCollector, AlertService, AlertStore, MonitorSnapshot
 from shipyard.monitoring.drift_monitor import DriftCollector, DriftMonitor, DriftRecorder
 from shipyard.monitoring.events import Observers, PredictionObserver
+from shipyard.monitoring.feedback_service import prune_loop
 from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.monitoring.predlog import prediction_log
-from shipyard.monitoring.snapshots import monitor_snapshots
+from shipyard.monitoring.snapshots import monitor_snapshots, realized_reader
 from shipyard.monitoring.tracing import Tracing
 from shipyard.registry import Registry
 from shipyard.rollout.arm_stats import ArmStatsRecorder
@@ -49,6 +51,7 @@ from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import ResponseCache
 from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.feedback import Feedback
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.services import Hooks, Service, Services
@@ -147,11 +150,14 @@ def build_server(
     # the fleet-wide per-arm counters canary gates, bandits and experiment reports read
     arm_counters = ArmStatsRecorder(reg.database, reward_of=router.reward_of)
     drift = _drift_monitor(settings, reg, traffic)
+    feedback = (Feedback.build(settings, reg.database, reward_of=router.reward_of, models=repo.names)
+                if settings.monitoring.feedback.enabled else None)
     watched = Observers([
         *([metrics] if settings.monitoring.metrics.enabled else []),
         *([predictions] if predictions is not None else []),
         arm_counters,
         *([drift.recorder] if drift is not None else []),
+        *([feedback.recorder] if feedback is not None else []),
         *(observers or ()),
     ])
     metrics.watch(watched)
@@ -181,8 +187,12 @@ def build_server(
         if drift is not None:
             metrics.include(DriftCollector(reg.database).registry())
         metrics.include(AlertCollector(AlertStore(reg.database)).registry())
+        if feedback is not None:
+            metrics.include(feedback.collector.registry())
+    if feedback is not None:
+        feedback.watch(watched)
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
-                       experiments=experiments)
+                       experiments=experiments, endpoints=feedback.endpoints if feedback is not None else ())
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them),
     # then the processes that run them; the gRPC listener opens last and drains first.
@@ -208,7 +218,7 @@ def build_server(
         services.append(tracing)
     if drift is not None:  # stops after the observers: writes the windows of their last events
         services.append(drift)
-    alerting = _alert_service(settings, reg)
+    alerting = _alert_service(settings, reg, repo.names)
     if alerting is not None:
         services.append(alerting)
     services += [
@@ -221,6 +231,10 @@ def build_server(
         services.append(_RolloutControllerService(settings, reg, traffic))
     if async_requests is not None:
         services.append(Hooks("asynchronous requests", async_requests.start, async_requests.stop))
+    if feedback is not None:
+        services.append(_Loop("feedback pruning", functools.partial(prune_loop, feedback.store)))
+        if feedback.stream is not None:  # stops before the observers: feedback it applies can still flush
+            services.append(feedback.stream)
     if grpc_port is not None:
         grpc_server = _grpc_server(dp, settings, grpc_port)
         services.append(Hooks("gRPC", grpc_server.start, grpc_server.stop))
@@ -269,15 +283,19 @@ def _drift_monitor(settings: Settings, registry: Registry, traffic: TrafficStore
     return DriftMonitor(registry.database, recorder, profiles, config, traffic, _replica())
 
 
-def _alert_service(settings: Settings, registry: Registry) -> AlertService | None:
+def _alert_service(settings: Settings, registry: Registry, models: Callable[[], Any]) -> AlertService | None:
     """The alert rules' evaluator ``monitoring.alerts`` asks for (one replica at a time evaluates: a lease)."""
     config = settings.monitoring.alerts
     if config.evaluate_seconds <= 0 or not config.rules:
         return None
     database = registry.database
+    signals = {rule.signal for rule in config.rule_set().rules}
+    # realized metrics join every labelled prediction of the window: read only when a rule looks at them
+    realized = (realized_reader(database, models, window_seconds=config.realized_window_seconds)
+                if signals & {"realized_drop", "label_coverage"} else None)
 
     def snapshots() -> list[MonitorSnapshot]:
-        return monitor_snapshots(database, registry)
+        return monitor_snapshots(database, registry, realized=realized)
 
     return AlertService.from_config(database, config, snapshots, holder=_replica())
 

@@ -260,4 +260,4 @@ def test_the_server_lists_its_services_in_start_order(shared: tuple[Settings, Re
     server = build_server(settings.replace(async_broker="local://shipyard"), ["m"], registry=registry)
     assert server.services.names == ["models", "traffic policies", "drift monitor", "observers", "data plane",
                                      "alias watcher", "traffic-policy watcher", "rollout controller",
-                                     "asynchronous requests"]
+                                     "asynchronous requests", "feedback pruning"]

@@ -8,6 +8,7 @@ protocol's ``error`` field, its status chosen in ``rest/errors.py``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -115,6 +116,7 @@ class RestApp:
     def __init__(
         self, dataplane: DataPlane, *, max_body_bytes: int, async_requests: AsyncRequests | None = None,
         metrics: ServingMetrics | None = None, experiments: Experiments | None = None,
+        endpoints: Sequence[Endpoint] = (),
     ) -> None:
         self.dp = dataplane
         self._experiments = experiments
@@ -128,6 +130,7 @@ class RestApp:
             *extension_endpoints(self),  # first: /v2/models/stats before /v2/models/{name}
             *rest_endpoints(self),
             *experiment_endpoints(self),
+            *endpoints,  # what the composition root contributes (feedback)
             *graphql_endpoints(dataplane, max_body_bytes),
         ]
         """The route table: what ``build`` routes and ``/openapi.json`` documents."""

@@ -328,6 +328,76 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             }},
         },
     },
+    # feedback (rest/feedback.py, monitoring/feedback.py, monitoring/quality.py)
+    "FeedbackRequest": {
+        "type": "object",
+        "required": ["feedback"],
+        "additionalProperties": False,
+        # at most 10,000 items (400 beyond), not a maxItems: a body that long is over most body limits (413)
+        "properties": {"feedback": {"type": "array", "minItems": 1, "description": "1 to 10,000 items",
+                                    "items": {"$ref": "#/components/schemas/FeedbackItem"}}},
+    },
+    "FeedbackItem": {
+        "type": "object",
+        "description": "A label or reward of one prediction (prediction_id, as responses carry it; its shadow "
+                       "copies too) or of every prediction of a request (request_id). Idempotent per prediction, "
+                       "row and source: the first send wins.",
+        "additionalProperties": False,
+        "oneOf": [{"required": ["prediction_id"]}, {"required": ["request_id"]}],
+        "anyOf": [{"required": ["label"]}, {"required": ["reward"]}],
+        "properties": {
+            "prediction_id": {"type": "string", "minLength": 1, "maxLength": 64},
+            "request_id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "row": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1,
+                    "description": "One row of a multi-row prediction; absent: every row"},
+            "label": {"type": ["string", "number", "boolean"], "maxLength": 1000},
+            "reward": {"type": "number"},
+            "time": {"type": ["number", "string"], "minimum": 0,
+                     "description": "When the outcome was observed: epoch seconds or ISO-8601; absent: on receipt"},
+            "source": {"type": "string", "minLength": 1, "maxLength": 128},
+        },
+    },
+    "FeedbackResponse": {
+        "type": "object",
+        "required": ["results", "counts"],
+        "properties": {
+            "results": {"type": "array", "items": {
+                "type": "object", "required": ["outcome", "rows"],
+                "properties": {"outcome": {"type": "string", "enum": ["accepted", "duplicate", "late"]},
+                               "rows": {"type": "integer"}, "reason": {"type": "string"}}}},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    },
+    "Quality": {
+        "type": "object",
+        "description": "Realized metrics per version and arm over predictions made in [since, until) that have a "
+                       "label within the join window. Binary classifiers: precision/recall/F1 of the label 1; "
+                       "multiclass: their macro average (average says which).",
+        "required": ["model", "groups"],
+        "properties": {
+            "model": {"type": "string"},
+            "since": {"type": ["number", "null"]},
+            "until": {"type": ["number", "null"]},
+            "groups": {"type": "array", "items": {
+                "type": "object",
+                "required": ["served", "labelled", "coverage", "label_delay_seconds", "kind", "n", "metrics"],
+                "properties": {
+                    "version": {"type": "integer"},
+                    "arm": {"type": "string"},
+                    "served": {"type": "integer"},
+                    "labelled": {"type": "integer"},
+                    "coverage": {"type": ["number", "null"]},
+                    "label_delay_seconds": {"type": "object", "properties": {
+                        "median": {"type": ["number", "null"]}, "p90": {"type": ["number", "null"]}}},
+                    "kind": {"type": ["string", "null"], "enum": ["classifier", "regressor", None]},
+                    "n": {"type": "integer"},
+                    "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "average": {"type": "string", "enum": ["binary", "macro"]},
+                    "positive_label": {},
+                },
+            }},
+        },
+    },
     "ExperimentReport": {
         "type": "object",
         "description": "One traffic policy revision: each arm's numbers, each arm against the control "
@@ -372,7 +442,7 @@ _TEXT_SCHEMA: dict[str, dict[str, Any]] = {
 _ERROR_BODY = Body("Error")
 _STATUS_TEXT = {
     400: "the request is malformed or does not fit the model's signature",
-    404: "no such model, version, alias or job",
+    404: "no such model, version, alias or job (or prediction, for feedback)",
     413: "the body is larger than the server accepts",
     415: "the content type or content encoding is not supported here",
     500: "the model or the server failed",
