@@ -109,6 +109,21 @@ async def test_predictions_take_feedback_and_report_realized_metrics(client: htt
     assert 'shipyard_realized_metric{metric="accuracy",model="m",version="1"}' in metrics
 
 
+async def test_a_prediction_id_from_the_response_header_takes_a_label(client: httpx.AsyncClient) -> None:
+    answered = []
+    for path, body in (("/v1/models/m:predict", {"instances": [ROWS[0]]}),
+                       ("/v2/models/m/infer", {"inputs": [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]}
+                                                          for k, v in ROWS[0].items()]})):
+        response = await client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        answered.append(response.headers["X-Prediction-ID"])
+    assert len(set(answered)) == 2  # one id per prediction, not per connection
+    body = {"feedback": [{"prediction_id": pid, "label": 1, "source": "header"} for pid in answered]}
+    answer = await client.post("/v1/feedback", json=body)
+    assert answer.status_code == 200, answer.text
+    assert [r["outcome"] for r in answer.json()["results"]] == ["accepted", "accepted"]
+
+
 async def test_an_unknown_id_is_a_404_and_nothing_is_applied(client: httpx.AsyncClient, server: Server) -> None:
     await predict(client, "known", ROWS[:1])
     body = {"feedback": [{"request_id": "known", "label": 0}, {"prediction_id": "never-served", "label": 1}]}

