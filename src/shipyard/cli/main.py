@@ -11,6 +11,7 @@ from shipyard.cli import (
     alias,
     batch,
     config,
+    drift,
     experiment,
     export,
     logs,
@@ -67,6 +68,7 @@ cli.add_command(export.bundle)
 cli.add_command(config.config)
 cli.add_command(logs.logs)
 cli.add_command(experiment.experiment)
+cli.add_command(drift.drift)
 
 
 def main() -> None:
