@@ -134,7 +134,7 @@ class DriftRun:
 
 def drift_of_files(
     model: str,
-    reference: str | Path | Sequence[str | Path],
+    reference: str | Path | Sequence[str | Path] | Profile,
     current: str | Path | Sequence[str | Path],
     **options: Any,
 ) -> DriftReport:
@@ -151,7 +151,7 @@ def drift_of_files(
 
 def run_drift(
     model: str,
-    reference: str | Path | Sequence[str | Path],
+    reference: str | Path | Sequence[str | Path] | Profile,
     current: str | Path | Sequence[str | Path],
     *,
     window_rows: int | None = None,
@@ -173,7 +173,7 @@ def run_drift(
             the rows (and its predictions are compared with ``with_predictions``).
         reference: a Parquet/CSV/JSON Lines file, folder or glob (profiled in two passes), or
             a version of the model: ``3``, ``@alias``, ``name:3`` or ``name@alias`` (its stored
-            profile, else a profile of its check set).
+            profile, else a profile of its check set), or a ``Profile`` already built.
         current: the rows to check: a file, folder, glob or list of them.
         window_rows: also compare every this many current rows on their own.
         with_predictions: load the model and compare its outputs too (prediction drift).
@@ -208,9 +208,11 @@ def run_drift(
         mv = registry.get(model)
         loaded = registry.load(mv) if with_predictions else None
         predict = None if loaded is None else loaded.run
-        version_ref = _version_ref(mv.name, reference)
+        version_ref = None if isinstance(reference, Profile) else _version_ref(mv.name, reference)
         reference_read: ReadCounts | None = None
-        if version_ref is not None:
+        if isinstance(reference, Profile):
+            profile, source, described = reference, "profile", f"a profile of {reference.rows:,} rows"
+        elif version_ref is not None:
             profile, source, described = _version_profile(registry, version_ref, with_predictions, bins,
                                                           max_categories, loaded)
         else:
