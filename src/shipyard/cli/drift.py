@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 TESTS = ("ks", "chi_square", "z", "wasserstein", "jensen_shannon", "psi", "hellinger", "cvm")
 EXIT_DRIFT = 3
-"""Exit code when drift is found (1 is any error, as for every command; 2 a usage error)."""
+"""Exit code when any feature drifted (1 is any error, as for every command; 2 a usage error)."""
 
 
 def _tests(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -68,8 +68,9 @@ def drift(ctx: click.Context, /, model: str, reference: str, current: str, repor
     The statistics, thresholds and false-alarm calibration are the server's.
 
     \b
-    Exit codes: 0 no drift; 3 dataset drift (in all the rows, or in any window with
-    --window-rows); 1 an error; 2 a usage error.
+    Exit codes: 0 no drift; 3 drift: some feature (input, prediction or multivariate)
+    drifted, in all the rows or in any window of --window-rows (whether that makes
+    dataset drift is in the output); 1 an error; 2 a usage error.
 
     \b
     Examples:
@@ -90,14 +91,14 @@ def drift(ctx: click.Context, /, model: str, reference: str, current: str, repor
         print_json(run.to_dict())
     else:
         _render(run, report_path)
-    if run.drifted:
+    if run.drifted_features:
         sys.exit(EXIT_DRIFT)
 
 
 def _render(run: DriftRun, report_path: Path | None) -> None:
     r = run.report
     read = run.current_read
-    console.print(f"{run.model}: {run.current} against {run.reference}", highlight=False)
+    console.print(f"{run.model}: {run.current} against {run.reference}", highlight=False, soft_wrap=True)
     columns = ["feature", "test", "statistic", "p-value", "effect", "threshold", "drifted", "n",
                "nulls/out-of-range/unseen/type"]
     for title, group in (("inputs", r.features), ("predictions", r.outputs), ("multivariate", r.multivariate)):
@@ -116,16 +117,19 @@ def _render(run: DriftRun, report_path: Path | None) -> None:
     verdict = "DATASET DRIFT" if r.drifted else "no dataset drift"
     console.print(f"{verdict}: {len(drifted)} of {len(r.features)} input features drifted "
                   f"(share {r.share:.0%}, dataset drift at {run.settings.drift_share:.0%})"
-                  + (f": {', '.join(drifted)}" if drifted else ""), highlight=False)
+                  + (f": {', '.join(drifted)}" if drifted else ""), highlight=False, soft_wrap=True)
     if run.windows:
-        bad = sum(w.report.drifted for w in run.windows)
-        console.print(f"windows: {bad} of {len(run.windows)} drifted", highlight=False)
+        bad = sum(any(f.drifted for f in (*w.report.features, *w.report.outputs, *w.report.multivariate))
+                  for w in run.windows)
+        data = sum(w.report.drifted for w in run.windows)
+        console.print(f"windows: {bad} of {len(run.windows)} with drift, {data} with dataset drift",
+                      highlight=False, soft_wrap=True)
     line = f"rows: {read.rows:,} read, {r.rows:,} compared, {read.rejected:,} rejected by the signature"
     if read.examples:
         line += f" (first: {read.examples[0]})"
     console.print(line + f"; {run.seconds:.1f}s", highlight=False, soft_wrap=True)
     if report_path is not None:
-        console.print(f"report: {report_path}", highlight=False)
+        console.print(f"report: {report_path}", highlight=False, soft_wrap=True)
 
 
 def _quality(q: dict[str, int]) -> str:

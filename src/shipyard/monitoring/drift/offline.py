@@ -56,7 +56,7 @@ class ReadCounts:
     rejected: int = 0
     """Rows that failed the model's signature (or did not parse at all); not compared."""
     nulls: dict[str, int] = field(default_factory=dict)
-    """Rejected rows per input whose value was null/NaN where the signature wants a value."""
+    """Rejected rows per input whose value was null, NaN or empty text where the signature wants a value."""
     type_failures: dict[str, int] = field(default_factory=dict)
     """Rejected rows per input whose value had the wrong type or shape (text in a number column...)."""
     unparsed: int = 0
@@ -113,8 +113,16 @@ class DriftRun:
 
     @property
     def drifted(self) -> bool:
-        """Dataset drift in the whole current data or in any window."""
+        """Dataset drift (``drift_share`` of the input features) in all the rows or in any window."""
         return self.report.drifted or any(w.report.drifted for w in self.windows)
+
+    @property
+    def drifted_features(self) -> tuple[str, ...]:
+        """Every feature (input, prediction, multivariate) that drifted in all the rows or in any window."""
+        names: dict[str, None] = {}
+        for r in (self.report, *(w.report for w in self.windows)):
+            names.update((f.feature, None) for f in (*r.features, *r.outputs, *r.multivariate) if f.drifted)
+        return tuple(names)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +132,7 @@ class DriftRun:
             "current": self.current,
             "with_predictions": self.with_predictions,
             "drifted": self.drifted,
+            "drifted_features": list(self.drifted_features),
             "report": self.report.to_dict(),
             "windows": [w.to_dict() for w in self.windows],
             "read": {"current": self.current_read.to_dict(),
@@ -240,7 +249,7 @@ def run_drift(
         reference_read=reference_read, settings=detector, with_predictions=with_predictions,
         seconds=time.perf_counter() - started,
     )
-    logger.info("drift of %s: %d rows (%d rejected) in %.1fs, dataset drift %s (share %.2f)",
+    logger.debug("drift of %s: %d rows (%d rejected) in %.1fs, dataset drift %s (share %.2f)",
                 run.current, current_read.rows, current_read.rejected, run.seconds, report.drifted, report.share)
     return run
 
@@ -421,8 +430,11 @@ def _count_rejects(errors: Sequence[Any], raw: Arrays, counts: ReadCounts) -> No
 
 
 def _is_null(value: Any) -> bool:
+    """None, NaN, or an empty text cell (what an empty CSV field reads as)."""
     if value is None:
         return True
+    if isinstance(value, str | bytes):
+        return not value.strip()
     if isinstance(value, float | np.floating):
         return bool(np.isnan(value))
     if isinstance(value, np.ndarray) and value.dtype.kind in "fO":
