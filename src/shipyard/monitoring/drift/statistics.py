@@ -482,9 +482,7 @@ def null_quantile(
 # --- multivariate: maximum mean discrepancy ------------------------------------------------------
 
 
-def mmd(
-    reference: npt.ArrayLike, current: npt.ArrayLike, *, permutations: int = 200, seed: int = 0
-) -> TestResult:
+def mmd(reference: npt.ArrayLike, current: npt.ArrayLike, *, permutations: int = 200, seed: int = 0) -> TestResult:
     """Maximum mean discrepancy between two samples of rows with a Gaussian (RBF) kernel.
 
     The kernel is ``exp(-|x - y|^2 / (2 sigma^2))`` with ``sigma`` the median pairwise distance
