@@ -33,6 +33,7 @@ __all__ = [
     "Profile",
     "ProfileBuilder",
     "feature_columns",
+    "output_name",
     "profile_of",
 ]
 
@@ -185,12 +186,13 @@ def _kind(column: np.ndarray) -> str | None:
 def _quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
     """Interior cut points at the reference's quantiles: strictly increasing, all below the maximum.
 
-    Duplicates are removed, so a feature with few distinct values gets fewer bins; a cut at the
-    maximum would leave the last bin empty in the reference, so it is dropped too.
+    The cuts are reference values (the inverted CDF, no interpolation), so with right-closed bins no
+    reference bin is empty. Duplicates are removed, so a feature with few distinct values gets fewer
+    bins; a cut at the maximum would leave the last bin empty, so it is dropped too.
     """
     if values.size == 0 or bins < 2:
         return np.empty(0)
-    cuts = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+    cuts = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1], method="inverted_cdf"))
     kept: np.ndarray = cuts[cuts < values.max()]
     return kept
 

@@ -7,12 +7,14 @@ error edges and a seeded reservoir of standardized rows for MMD. Memory is O(bin
 plus the reservoir, whatever the number of rows. Windows of the same profile merge (replicas).
 
 ``add`` never raises on bad data: a value that cannot be read as its feature's kind is a type
-failure, a missing feature counts its rows as nulls, features the profile does not know are ignored.
+failure, a feature missing from the arrays given counts its rows as nulls (arrays not given at all,
+``outputs=None``, leave their features alone), features the profile does not know are ignored.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,6 +36,9 @@ from shipyard.monitoring.drift.profile import (
 __all__ = ["FeatureQuality", "Moments", "MultivariateWindow", "Window"]
 
 Arrays = Mapping[str, np.ndarray]
+
+_FEW = 8
+"""Up to this many rows, a numeric column is counted in plain Python (same results, less overhead)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class _Numeric:
     def __init__(self, profile: NumericProfile) -> None:
         self.profile = profile
         self.edges = np.asarray(profile.edges, dtype=np.float64)
+        self.edge_list = list(profile.edges)
         self.lo, self.hi = profile.min, profile.max
         self.counts = np.zeros(self.edges.size + 1, dtype=np.int64)
         self.n = self.nulls = self.below_min = self.above_max = self.type_failures = 0
@@ -102,6 +108,8 @@ class _Numeric:
             self.n += rows
             self.nulls += rows
             return None
+        if column.shape[0] <= _FEW and column.dtype.kind in "fiub":
+            return self._add_few(column)
         values, nulls, failures = _as_float(column)
         self.n += values.shape[0]
         self.nulls += nulls
@@ -116,6 +124,32 @@ class _Numeric:
             self.sumsq += float(np.dot(x, x))
             self.min = min(self.min, float(x.min()))
             self.max = max(self.max, float(x.max()))
+        return values
+
+    def _add_few(self, column: np.ndarray) -> np.ndarray:
+        """``add`` for a few rows of numbers: plain Python beats NumPy's per-call overhead (one-row events)."""
+        values = column.astype(np.float64, copy=False)
+        self.n += values.shape[0]
+        nulls = 0
+        for v in values.tolist():
+            if not math.isfinite(v):
+                nulls += 1
+                continue
+            self.counts[bisect_left(self.edge_list, v)] += 1  # == searchsorted(side="left")
+            if v < self.lo:
+                self.below_min += 1
+            elif v > self.hi:
+                self.above_max += 1
+            self.values_n += 1
+            self.sum += v
+            self.sumsq += v * v
+            if v < self.min:
+                self.min = v
+            if v > self.max:
+                self.max = v
+        if nulls:
+            self.nulls += nulls
+            values = np.where(np.isfinite(values), values, np.nan)
         return values
 
     def quality(self) -> FeatureQuality:
@@ -329,6 +363,12 @@ class Window:
         mv = profile.multivariate
         self._multivariate = None if mv is None else MultivariateWindow(mv, sample_rows)
         self._mv_features = frozenset(mv.features) if mv is not None else frozenset()
+        # the usual model takes one (n, k) matrix whose columns are the multivariate features: read it whole
+        self._mv_array: str | None = None
+        if mv is not None:
+            base = mv.features[0].partition("[")[0]
+            if mv.features == tuple(f"{base}[{j}]" for j in range(len(mv.features))):
+                self._mv_array = base
 
     @property
     def multivariate(self) -> MultivariateWindow | None:
@@ -344,33 +384,48 @@ class Window:
         """Count a batch of rows (inputs and the outputs returned for them), vectorized per feature.
 
         Args:
-            inputs: name -> array, rows first (None: the inputs are unknown; their features count nulls).
-            outputs: name -> array, rows first, or None.
+            inputs: name -> array, rows first. A profile feature missing from it counts its rows as
+                nulls; None means the inputs were not observed, and their features are left as they are.
+            outputs: the outputs returned for those rows, the same way (None: not observed).
         """
         rows = _rows_of(inputs)
         if rows is None:
             rows = _rows_of(outputs)
         if rows is None:
             return
-        columns = feature_columns(inputs) if inputs else {}
-        mv_values: dict[str, np.ndarray | None] = {}
-        for name, state in self._inputs:
-            if isinstance(state, _Numeric):
-                values = state.add(columns.get(name), rows)
-                if name in self._mv_features:
-                    mv_values[name] = values
-            else:
-                state.add(columns.get(name), rows)
-        if self._outputs:
-            out_columns = feature_columns(outputs) if outputs else {}
+        if inputs is not None:
+            columns = feature_columns(inputs)
+            mv_values: dict[str, np.ndarray | None] = {}
+            for name, state in self._inputs:
+                if isinstance(state, _Numeric):
+                    values = state.add(columns.get(name), rows)
+                    if name in self._mv_features:
+                        mv_values[name] = values
+                else:
+                    state.add(columns.get(name), rows)
+            if self._multivariate is not None:
+                self._add_multivariate(inputs, mv_values, rows)
+        if outputs is not None and self._outputs:
+            out_columns = feature_columns(outputs)
             for name, state in self._outputs:
                 state.add(out_columns.get(name), rows)
-        if self._multivariate is not None:
-            stacked = [v for v in (mv_values.get(f) for f in self._multivariate.profile.features)
-                       if v is not None and v.shape[0] == rows]
-            if len(stacked) == len(self._multivariate.profile.features):
-                self._multivariate.add(np.column_stack(stacked), self._rng)
         self.rows += rows
+
+    def _add_multivariate(self, inputs: Arrays, values: Mapping[str, np.ndarray | None], rows: int) -> None:
+        assert self._multivariate is not None
+        features = self._multivariate.profile.features
+        matrix = None if self._mv_array is None else inputs.get(self._mv_array)
+        if matrix is not None and matrix.shape == (rows, len(features)) and matrix.dtype.kind in "fiub":
+            x = matrix.astype(np.float64)
+            finite = np.isfinite(x)
+            if not finite.all():
+                x[~finite] = np.nan
+        else:
+            stacked = [v for v in (values.get(f) for f in features) if v is not None and v.shape[0] == rows]
+            if len(stacked) != len(features):
+                return
+            x = np.column_stack(stacked)
+        self._multivariate.add(x, self._rng)
 
     def add_many(self, batches: Iterable[tuple[Arrays | None, Arrays | None]]) -> None:
         """Add many ``(inputs, outputs)`` batches: concatenated and counted once when their arrays agree.
