@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,7 +133,7 @@ def _render(run: DriftRun, report_path: Path | None) -> None:
         console.print(f"report: {report_path}", highlight=False, soft_wrap=True)
 
 
-def _quality(q: dict[str, int]) -> str:
+def _quality(q: Mapping[str, int]) -> str:
     out_of_range = q.get("below_min", 0) + q.get("above_max", 0)
     return f"{q.get('nulls', 0)}/{out_of_range}/{q.get('unseen', 0)}/{q.get('type_failures', 0)}"
 
