@@ -10,6 +10,8 @@ Per round, each in this process, alternating:
 * baseline: the thinnest correct loop: ``pyarrow.parquet.ParquetFile.iter_batches`` over the
             current file, and per feature ``np.searchsorted`` + ``np.bincount`` on the profile's
             edges: the same per-feature histograms the window keeps (checked equal), nothing else;
+* read:     the part of the next line that is reading: the batch engine's reader and the
+            signature check, nothing counted (where the rest of the time goes is the window);
 * drift:    ``shipyard.monitoring.drift.offline.run_drift`` with the profile as the reference:
             discovery, the batch engine's reader, the signature check, the window (bins, quality
             counters, moments, multivariate errors and reservoir) and every test;
@@ -151,12 +153,14 @@ print(json.dumps({"seconds": time.perf_counter() - t, "version": evidently.__ver
 
 def evidently_python(venv: Path, timeout: float) -> tuple[Path | None, str]:
     py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([py, "-c", "import evidently"], capture_output=True).returncode == 0:
+    probe = "from evidently import Report; from evidently.presets import DataDriftPreset"
+    if py.exists() and subprocess.run([py, "-c", probe], capture_output=True).returncode == 0:
         return py, "cached venv"
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=60)
-        done = subprocess.run([py, "-m", "pip", "install", "-q", "evidently", "pyarrow"], capture_output=True,
-                              text=True, timeout=timeout)
+        # evidently 0.7 imports pandas internals that pandas 3 removed
+        done = subprocess.run([py, "-m", "pip", "install", "-q", "evidently", "pandas<3", "pyarrow"],
+                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, f"pip install evidently took more than {timeout:.0f}s"
     except subprocess.CalledProcessError as exc:
@@ -204,11 +208,21 @@ def main() -> None:
                 side({c: batch.column(c).to_numpy() for c in batch.schema.names})
         profile = builder.build()
 
-        times: dict[str, list[float]] = {"baseline": [], "drift": [], "profile": []}
+        from shipyard.monitoring.drift.offline import ReadCounts, _Files
+        from shipyard.registry import Registry
+
+        reg = Registry.from_settings(settings)
+        signature = reg.get("bench").signature
+        reg.close()
+        times: dict[str, list[float]] = {"baseline": [], "read": [], "drift": [], "profile": []}
         for _ in range(args.rounds):
             t = time.perf_counter()
             n, counts = baseline(current, profile)
             times["baseline"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for _chunk in _Files(current, signature, None, 100_000).chunks(ReadCounts()):
+                pass
+            times["read"].append(time.perf_counter() - t)
             t = time.perf_counter()
             run = run_drift("bench", profile, current, settings=settings)
             times["drift"].append(time.perf_counter() - t)
@@ -227,6 +241,7 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: |")
         base = args.rows / statistics.median(times["baseline"])
         for path, label, rows in (("baseline", "pyarrow + NumPy histograms", args.rows),
+                                  ("read", "its reader + signature check only (no window)", args.rows),
                                   ("drift", "run_drift, profile given", args.rows),
                                   ("profile", "run_drift, reference file (2 passes) + current",
                                    args.rows + 2 * REFERENCE_ROWS)):

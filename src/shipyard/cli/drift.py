@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,13 +106,14 @@ def _render(run: DriftRun, report_path: Path | None) -> None:
         if group:
             table(title, columns, [[f.feature, f.test, _num(f.statistic), _num(f.p_value), _num(f.effect),
                                     _num(f.threshold), "DRIFT" if f.drifted else (f.skipped or "no"), f"{f.n:,}",
-                                    _quality(f.quality)] for f in group])
+                                    "" if group is r.multivariate else _quality(f.quality)] for f in group])
     if run.windows:
         table(f"windows of {run.windows[0].rows:,} rows", ["window", "first row", "rows", "rejected", "share",
                                                             "dataset drift", "drifted features"],
               [[w.index, f"{w.first_row:,}", f"{w.rows:,}", f"{w.rejected:,}", f"{w.report.share:.0%}",
                 "DRIFT" if w.report.drifted else "no",
-                ", ".join(f.feature for f in (*w.report.features, *w.report.outputs) if f.drifted)]
+                ", ".join(f.feature for f in (*w.report.features, *w.report.outputs, *w.report.multivariate)
+                          if f.drifted)]
                for w in run.windows])
     drifted = [f.feature for f in r.features if f.drifted]
     verdict = "DATASET DRIFT" if r.drifted else "no dataset drift"

@@ -138,11 +138,15 @@ def _feature_table(features: Sequence[FeatureDrift], anchor: str | None) -> str:
             f'<tr{" class=d" if f.drifted else ""}><td>{name}</td><td>{escape(f.test)}</td>'
             f"<td>{_num(f.statistic)}</td><td>{_num(f.p_value)}</td><td>{_num(f.effect)}</td>"
             f"<td>{_num(f.threshold)}</td><td>{'yes' if f.drifted else 'no'}</td><td>{f.n:,}</td>"
-            f"<td>{q.get('nulls', 0):,}</td><td>{q.get('below_min', 0) + q.get('above_max', 0):,}</td>"
-            f"<td>{q.get('unseen', 0):,}</td><td>{q.get('type_failures', 0):,}</td>"
+            + (_quality_cells(q) if anchor is not None else "<td></td>" * 4) +
             f'<td style="text-align:left">{escape(f.skipped or "")}</td></tr>'
         )
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def _quality_cells(q: Mapping[str, int]) -> str:
+    return (f"<td>{q.get('nulls', 0):,}</td><td>{q.get('below_min', 0) + q.get('above_max', 0):,}</td>"
+            f"<td>{q.get('unseen', 0):,}</td><td>{q.get('type_failures', 0):,}</td>")
 
 
 def _num(value: float | None) -> str:
