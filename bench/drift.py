@@ -208,7 +208,7 @@ def main() -> None:
                 side({c: batch.column(c).to_numpy() for c in batch.schema.names})
         profile = builder.build()
 
-        from shipyard.monitoring.drift.offline import ReadCounts, _Files
+        from shipyard.monitoring.drift.offline import DEFAULT_CHUNK_ROWS, ReadCounts, _Files
         from shipyard.registry import Registry
 
         reg = Registry.from_settings(settings)
@@ -220,7 +220,7 @@ def main() -> None:
             n, counts = baseline(current, profile)
             times["baseline"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            for _chunk in _Files(current, signature, None, 100_000).chunks(ReadCounts()):
+            for _chunk in _Files(current, signature, None, DEFAULT_CHUNK_ROWS).chunks(ReadCounts()):
                 pass
             times["read"].append(time.perf_counter() - t)
             t = time.perf_counter()

@@ -41,8 +41,9 @@ __all__ = ["DEFAULT_CHUNK_ROWS", "DriftRun", "ReadCounts", "WindowDrift", "drift
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
-DEFAULT_CHUNK_ROWS = 100_000
-"""Rows read and checked at a time: bounds memory (about 20 features x 8 bytes x this, twice)."""
+DEFAULT_CHUNK_ROWS = 50_000
+"""Rows read and checked at a time. Peak RSS over 1M rows x 20 features: 627 MiB at 100,000, 513 at 50,000
+(same speed), 439 at 25,000 (10% slower)."""
 
 _DATA_SUFFIXES = (".parquet", ".pq", ".csv", ".jsonl", ".ndjson")
 
