@@ -10,13 +10,12 @@ Conventions shared with ``window``:
 * a numeric bin ``i`` is ``(edges[i-1], edges[i]]`` (right-closed, the outer bins open-ended), so a
   value's bin is ``np.searchsorted(edges, x, side="left")``;
 * nulls are None, NaN and +-inf (a number that cannot be compared or binned);
-* categories are compared as strings (``_category_key``): ``3``, ``3.0`` and ``"3"`` are one category.
+* categories are compared as strings (``category_key``): ``3``, ``3.0`` and ``"3"`` are one category.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,6 +23,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from shipyard.monitoring.drift._sampling import reservoir_plan
+from shipyard.monitoring.drift._values import (
+    as_float,
+    bin_counts,
+    category_counts,
+    kind_of,
+    quantile_edges,
+    reconstruction_error,
+)
 
 __all__ = [
     "CategoricalProfile",
@@ -37,8 +44,6 @@ __all__ = [
     "profile_of",
 ]
 
-MAX_INT_CATEGORIES = 20
-"""Integer features with at most this many distinct reference values are categorical."""
 MMD_SAMPLE_ROWS = 500
 """Standardized reference rows kept for MMD."""
 PCA_VARIANCE = 0.95
@@ -71,142 +76,6 @@ def feature_columns(arrays: Mapping[str, np.ndarray], *, max_width: int = 100) -
             for j in range(a.shape[1]):
                 columns[f"{name}[{j}]"] = a[:, j]
     return columns
-
-
-# --- reading values ----------------------------------------------------------------------------------
-
-
-def _as_float(column: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """A column as float64 with NaN for anything that is not a finite number.
-
-    Returns:
-        ``(values, nulls, failures)``: nulls are None/NaN/+-inf, failures are values that are not
-        numbers at all (strings, bytes, objects); both are NaN in ``values``.
-    """
-    kind = column.dtype.kind
-    if kind in "fiub":
-        values = column.astype(np.float64, copy=False)
-        bad = ~np.isfinite(values)
-        nulls = int(np.count_nonzero(bad))
-        if nulls:
-            values = np.where(bad, np.nan, values)
-        return values, nulls, 0
-    if kind != "O":  # strings, bytes, complex, dates: not readable as a number
-        return np.full(column.shape[0], np.nan), 0, column.shape[0]
-    out = np.empty(column.shape[0], dtype=np.float64)
-    nulls = failures = 0
-    for i, v in enumerate(column.tolist()):
-        if v is None:
-            out[i] = np.nan
-            nulls += 1
-        elif isinstance(v, (int, float, np.number)) and not isinstance(v, complex):
-            f = float(v)
-            if math.isfinite(f):
-                out[i] = f
-            else:
-                out[i] = np.nan
-                nulls += 1
-        else:
-            out[i] = np.nan
-            failures += 1
-    return out, nulls, failures
-
-
-def _category_key(value: Any) -> str | None:
-    """The string a value is counted under (None for a null); raises TypeError for a non-scalar."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return "True" if value else "False"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        if math.isnan(f):
-            return None
-        return str(int(f)) if f.is_integer() else str(f)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, np.bytes_)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, (list, tuple, dict, set, np.ndarray)):
-        raise TypeError(f"not a category: {type(value).__name__}")
-    return str(value)
-
-
-def _category_counts(column: np.ndarray) -> tuple[dict[str, int], int, int]:
-    """Count a column's values by category key.
-
-    Returns:
-        ``(counts, nulls, failures)``.
-    """
-    try:
-        distinct = Counter(column.tolist())
-    except TypeError:  # unhashable values (lists in an object array): one by one
-        distinct = Counter()
-        failures = 0
-        for v in column.tolist():
-            try:
-                distinct[v] += 1
-            except TypeError:
-                failures += 1
-        counts, nulls, more = _keyed(distinct)
-        return counts, nulls, failures + more
-    return _keyed(distinct)
-
-
-def _keyed(distinct: Counter[Any]) -> tuple[dict[str, int], int, int]:
-    counts: dict[str, int] = {}
-    nulls = failures = 0
-    for value, c in distinct.items():
-        try:
-            key = _category_key(value)
-        except TypeError:
-            failures += c
-            continue
-        if key is None:
-            nulls += c
-        else:
-            counts[key] = counts.get(key, 0) + c
-    return counts, nulls, failures
-
-
-def _kind(column: np.ndarray) -> str | None:
-    """``numeric``, ``categorical`` or None (not profiled) for a reference column."""
-    kind = column.dtype.kind
-    if kind == "f":
-        return "numeric"
-    if kind in "bUSO":
-        return "categorical"
-    if kind in "iu":
-        return "categorical" if np.unique(column).size <= MAX_INT_CATEGORIES else "numeric"
-    return None
-
-
-def _quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
-    """Interior cut points at the reference's quantiles: strictly increasing, all below the maximum.
-
-    The cuts are reference values (the inverted CDF, no interpolation), so with right-closed bins no
-    reference bin is empty. Duplicates are removed, so a feature with few distinct values gets fewer
-    bins; a cut at the maximum would leave the last bin empty, so it is dropped too.
-    """
-    if values.size == 0 or bins < 2:
-        return np.empty(0)
-    cuts = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1], method="inverted_cdf"))
-    kept: np.ndarray = cuts[cuts < values.max()]
-    return kept
-
-
-def _bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Rows per bin ``(edges[i-1], edges[i]]`` of finite ``values``."""
-    return np.bincount(np.searchsorted(edges, values, side="left"), minlength=edges.size + 1)
-
-
-def _reconstruction_error(z: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Per row, the mean squared difference between standardized ``z`` and its PCA reconstruction."""
-    residual = z - (z @ components.T) @ components
-    error: np.ndarray = np.mean(residual * residual, axis=1)
-    return error
 
 
 # --- the profile -------------------------------------------------------------------------------------
@@ -313,7 +182,7 @@ class MultivariateProfile:
 
     def reconstruction_error(self, z: np.ndarray) -> np.ndarray:
         """Per standardized row, the mean squared residual after projecting on the kept components."""
-        return _reconstruction_error(z, np.asarray(self.components, dtype=np.float64).reshape(-1, len(self.features)))
+        return reconstruction_error(z, np.asarray(self.components, dtype=np.float64).reshape(-1, len(self.features)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),
@@ -411,11 +280,11 @@ class _Spec:
             self.nulls += rows
             return
         if self.kind == "numeric":
-            values, nulls, failures = _as_float(column)
+            values, nulls, failures = as_float(column)
             x = values[~np.isnan(values)] if nulls or failures else values
             self.nulls += nulls + failures
             if x.size:
-                self.counts += _bin_counts(x, self.edges)
+                self.counts += bin_counts(x, self.edges)
                 mean = float(x.mean())
                 m2 = float(np.sum((x - mean) ** 2))
                 n = self.n + x.size
@@ -425,7 +294,7 @@ class _Spec:
                 self.n = n
                 self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
             return
-        counts, nulls, failures = _category_counts(column)
+        counts, nulls, failures = category_counts(column)
         self.nulls += nulls + failures
         other = len(self.categories)
         for key, c in counts.items():
@@ -452,11 +321,11 @@ class _MultivariateSpec:
     def count(self, columns: Mapping[tuple[str, str], np.ndarray]) -> None:
         if not all(("input", f) in columns for f in self.features):
             return
-        x = np.column_stack([_as_float(columns[("input", f)])[0] for f in self.features])
+        x = np.column_stack([as_float(columns[("input", f)])[0] for f in self.features])
         x = x[~np.isnan(x).any(axis=1)]
         if x.shape[0]:
             z = (x - self.mean) / self.scale
-            self.counts += _bin_counts(_reconstruction_error(z, self.components), self.error_edges)
+            self.counts += bin_counts(reconstruction_error(z, self.components), self.error_edges)
 
     def build(self) -> MultivariateProfile:
         return MultivariateProfile(
@@ -553,15 +422,15 @@ class ProfileBuilder:
         specs: list[_Spec] = []
         numeric_inputs: list[str] = []
         for (side, name), column in reservoir.items():
-            kind = _kind(column)
+            kind = kind_of(column)
             if kind == "numeric":
-                values = _as_float(column)[0]
-                edges = _quantile_edges(values[~np.isnan(values)], self.bins)
+                values = as_float(column)[0]
+                edges = quantile_edges(values[~np.isnan(values)], self.bins)
                 specs.append(_Spec(side, name, kind, edges, ()))
                 if side == "input":
                     numeric_inputs.append(name)
             elif kind == "categorical":
-                counts = _category_counts(column)[0]
+                counts = category_counts(column)[0]
                 top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.max_categories]
                 specs.append(_Spec(side, name, kind, np.empty(0), tuple(k for k, _ in top)))
         self._specs = specs
@@ -571,7 +440,7 @@ class ProfileBuilder:
 
     def _decide_multivariate(self, features: tuple[str, ...],
                              reservoir: Mapping[tuple[str, str], np.ndarray]) -> _MultivariateSpec | None:
-        x = np.column_stack([_as_float(reservoir[("input", f)])[0] for f in features])
+        x = np.column_stack([as_float(reservoir[("input", f)])[0] for f in features])
         x = x[~np.isnan(x).any(axis=1)]
         if x.shape[0] < 2:
             return None
@@ -588,8 +457,8 @@ class ProfileBuilder:
         else:
             keep = 1
         components = vt[: min(keep, vt.shape[0])]
-        errors = _reconstruction_error(z, components)
-        edges = _quantile_edges(errors, self.bins)
+        errors = reconstruction_error(z, components)
+        edges = quantile_edges(errors, self.bins)
         rng = np.random.default_rng([self.seed, 1])
         pick = np.sort(rng.choice(z.shape[0], size=min(MMD_SAMPLE_ROWS, z.shape[0]), replace=False))
         return _MultivariateSpec(features, mean, scale, components, edges, z[pick])

@@ -22,14 +22,12 @@ from typing import Any
 import numpy as np
 
 from shipyard.monitoring.drift._sampling import merge_plan, reservoir_plan
+from shipyard.monitoring.drift._values import as_float, category_counts, reconstruction_error
 from shipyard.monitoring.drift.profile import (
     CategoricalProfile,
     MultivariateProfile,
     NumericProfile,
     Profile,
-    _as_float,
-    _category_counts,
-    _reconstruction_error,
     feature_columns,
 )
 
@@ -110,7 +108,7 @@ class _Numeric:
             return None
         if column.shape[0] <= _FEW and column.dtype.kind in "fiub":
             return self._add_few(column)
-        values, nulls, failures = _as_float(column)
+        values, nulls, failures = as_float(column)
         self.n += values.shape[0]
         self.nulls += nulls
         self.type_failures += failures
@@ -197,7 +195,7 @@ class _Categorical:
             self.n += rows
             self.nulls += rows
             return
-        counts, nulls, failures = _category_counts(column)
+        counts, nulls, failures = category_counts(column)
         self.n += column.shape[0]
         self.nulls += nulls
         self.type_failures += failures
@@ -269,7 +267,7 @@ class MultivariateWindow:
         if not x.shape[0]:
             return
         z = (x - self._mean) / self._scale
-        errors = _reconstruction_error(z, self._components)
+        errors = reconstruction_error(z, self._components)
         self.error_counts += np.bincount(np.searchsorted(self.error_edges, errors, side="left"),
                                          minlength=self.error_counts.size)
         fill, src, dst = reservoir_plan(self.rows, z.shape[0], self.capacity, rng)
@@ -415,7 +413,7 @@ class Window:
         assert self._multivariate is not None
         features = self._multivariate.profile.features
         matrix = None if self._mv_array is None else inputs.get(self._mv_array)
-        if matrix is not None and matrix.shape == (rows, len(features)) and matrix.dtype.kind in "fiub":
+        if isinstance(matrix, np.ndarray) and matrix.shape == (rows, len(features)) and matrix.dtype.kind in "fiub":
             x = matrix.astype(np.float64)
             finite = np.isfinite(x)
             if not finite.all():

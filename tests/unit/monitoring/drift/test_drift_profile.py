@@ -200,3 +200,23 @@ def test_merge_plan_takes_rows_in_proportion_to_rows_seen() -> None:
     taken = [merge_plan(1000, 100, 3000, 100, 100, rng) for _ in range(500)]
     assert all(a.size + b.size == 100 for a, b in taken)
     assert abs(np.mean([a.size for a, _ in taken]) - 25) < 1
+
+
+def test_builder_reservoir_widens_dtypes_across_chunks() -> None:
+    builder = ProfileBuilder(sample_rows=4, seed=0)
+    builder.sample({"s": np.array(["ab", "cd", "ef"]), "v": np.arange(3)})
+    builder.sample({"s": np.array(["a-much-longer-one"] * 5), "v": np.linspace(0.5, 99.5, 5)})
+    for s, v in ((np.array(["ab"]), np.array([1])), (np.array(["zz"]), np.array([2.5]))):
+        builder.count({"s": s, "v": v})
+    profile = builder.build()
+    assert profile.rows == 2 and profile.feature("v").kind == "numeric"
+    assert all(len(c) in (2, 17) for c in profile.feature("s").categories)  # type: ignore[union-attr]
+
+
+def test_exported_members() -> None:
+    from shipyard.monitoring.drift import profile, window
+
+    assert sorted(profile.__all__) == ["CategoricalProfile", "FeatureProfile", "MultivariateProfile",
+                                       "NumericProfile", "Profile", "ProfileBuilder", "feature_columns",
+                                       "output_name", "profile_of"]
+    assert sorted(window.__all__) == ["FeatureQuality", "Moments", "MultivariateWindow", "Window"]
