@@ -12,6 +12,7 @@ from shipyard.cli import (
     alias,
     batch,
     config,
+    drift,
     experiment,
     export,
     logs,
@@ -71,6 +72,7 @@ cli.add_command(logs.logs)
 cli.add_command(experiment.experiment)
 cli.add_command(profile.profile)
 cli.add_command(alerts.alerts)
+cli.add_command(drift.drift)
 
 
 def main() -> None:
