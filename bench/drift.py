@@ -12,7 +12,7 @@ Per round, each in this process, alternating:
             edges: the same per-feature histograms the window keeps (checked equal), nothing else;
 * read:     the part of the next line that is reading: the batch engine's reader and the
             signature check, nothing counted (where the rest of the time goes is the window);
-* drift:    ``shipyard.monitoring.drift.offline.run_drift`` with the profile as the reference:
+* drift:    ``shipyard.jobs.drift.run_drift`` with the profile as the reference:
             discovery, the batch engine's reader, the signature check, the window (bins, quality
             counters, moments, multivariate errors and reservoir) and every test;
 * profile:  the same call with the reference *file* (two ``ProfileBuilder`` passes over it,
@@ -115,7 +115,7 @@ def vm(field: str) -> int:
 def child_rss(home: str, reference: str, current: list[str]) -> dict[str, Any]:
     """In a fresh process: peak RSS of one run over ``current`` against a profiled reference."""
     from shipyard.config import Settings
-    from shipyard.monitoring.drift.offline import run_drift
+    from shipyard.jobs.drift import run_drift
     from shipyard.monitoring.drift.profile import Profile
 
     settings = Settings(home=Path(home))
@@ -187,7 +187,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from shipyard.config import Settings
-    from shipyard.monitoring.drift.offline import run_drift
+    from shipyard.jobs.drift import run_drift
     from shipyard.monitoring.drift.profile import ProfileBuilder
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="shipyard-bench-drift-"))
@@ -208,7 +208,7 @@ def main() -> None:
                 side({c: batch.column(c).to_numpy() for c in batch.schema.names})
         profile = builder.build()
 
-        from shipyard.monitoring.drift.offline import DEFAULT_CHUNK_ROWS, ReadCounts, _Files
+        from shipyard.jobs.drift import DEFAULT_CHUNK_ROWS, ReadCounts, _Files
         from shipyard.registry import Registry
 
         reg = Registry.from_settings(settings)

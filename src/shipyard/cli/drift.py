@@ -13,7 +13,7 @@ import click
 from shipyard.cli._output import console, handle_errors, print_json, settings_from, setup_logging, table
 
 if TYPE_CHECKING:
-    from shipyard.monitoring.drift.offline import DriftRun
+    from shipyard.jobs.drift import DriftRun
 
 TESTS = ("ks", "chi_square", "z", "wasserstein", "jensen_shannon", "psi", "hellinger", "cvm")
 EXIT_DRIFT = 3
@@ -79,7 +79,7 @@ def drift(ctx: click.Context, /, model: str, reference: str, current: str, repor
       shipyard drift fraud --reference @champion --current today.csv --report drift.html
       shipyard drift fraud:4 --reference 3 --current today.csv --window-rows 10000 --json
     """
-    from shipyard.monitoring.drift.offline import html_of, run_drift
+    from shipyard.jobs.drift import html_of, run_drift
 
     settings = settings_from(ctx)
     setup_logging(settings.log_level, settings.log_format)

@@ -7,4 +7,8 @@
                    data-quality counters; windows of replicas merge
 * ``statistics``   the univariate tests on raw arrays and on binned counts (SciPy, imported lazily)
 * ``detector``     ``compare(profile, window, settings)``: calibrated per-feature and dataset drift
+* ``report_html``  one self-contained HTML page of a report (inline SVG charts, no network)
+
+Around it, with I/O: ``monitoring.drift_monitor`` (the server's windows and reports),
+``registry.reference`` (the profile made at registration) and ``jobs.drift`` (files).
 """

@@ -12,7 +12,7 @@ from tests.fixtures.drift import FEATURES, register_model, rows, write
 
 from shipyard.config import Settings
 from shipyard.errors import InvalidInput
-from shipyard.monitoring.drift.offline import drift_of_files, html_of, run_drift
+from shipyard.jobs.drift import drift_of_files, html_of, run_drift
 from shipyard.monitoring.drift.profile import profile_of
 from shipyard.monitoring.drift.report_html import render_html
 from shipyard.monitoring.drift.window import Window
