@@ -171,6 +171,15 @@ def test_shifted_traffic_raises_the_gauge_and_fires_the_alert_once(
         assert wait_for(lambda: drift_series(client, server.url).get(("shipyard_drift_alert", "f0-moved")) == 1.0,
                         "the alert gauge")
 
+        # the same reports over REST
+        answer = client.get(f"{server.url}/v1/models/m/drift", params={"limit": 50})
+        assert answer.status_code == 200, answer.text
+        reports = answer.json()["reports"]
+        assert {(r["version"], r["arm"]) for r in reports} == {(1, "champion")}
+        assert any(f["feature"] == "f0" and f["drifted"] for r in reports for f in r["report"]["features"])
+        assert client.get(f"{server.url}/v1/models/other/drift").status_code == 404
+        assert client.get(f"{server.url}/v1/models/m/drift", params={"limit": "0"}).status_code == 400
+
     assert len(webhook.bodies) == 1, webhook.bodies
     (body,) = webhook.bodies
     assert body["rule"] == "f0-moved" and body["model"] == "m" and body["state"] == "firing"

@@ -53,6 +53,7 @@ from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.feedback import Feedback
 from shipyard.serving.rest.app import RestApp
+from shipyard.serving.rest.drift import drift_endpoints
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.services import Hooks, Service, Services
 
@@ -192,7 +193,9 @@ def build_server(
     if feedback is not None:
         feedback.watch(watched)
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
-                       experiments=experiments, endpoints=feedback.endpoints if feedback is not None else ())
+                       experiments=experiments,
+                       endpoints=[*(feedback.endpoints if feedback is not None else ()),
+                                  *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ())])
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them),
     # then the processes that run them; the gRPC listener opens last and drains first.

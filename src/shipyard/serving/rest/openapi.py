@@ -372,6 +372,30 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
         },
     },
+    "DriftReports": {
+        "type": "object",
+        "description": "Drift reports recorded by the server's drift monitor, newest first per version and arm.",
+        "required": ["model", "reports"],
+        "properties": {
+            "model": {"type": "string"},
+            "reports": {"type": "array", "items": {
+                "type": "object",
+                "required": ["version", "arm", "start", "end", "rows", "drifted", "share", "report"],
+                "properties": {
+                    "version": {"type": "integer"},
+                    "arm": {"type": "string"},
+                    "start": {"type": "integer", "description": "The window's start, epoch seconds"},
+                    "end": {"type": "integer"},
+                    "rows": {"type": "integer"},
+                    "drifted": {"type": "boolean", "description": "Dataset drift: the share reached drift_share"},
+                    "share": {"type": "number", "description": "Share of input features that drifted"},
+                    "at": {"type": "number"},
+                    "report": {"type": "object", "description": "features, outputs, multivariate: per check the "
+                               "test, statistic, p_value, effect, threshold, n, drifted, skipped, quality"},
+                },
+            }},
+        },
+    },
     "Quality": {
         "type": "object",
         "description": "Realized metrics per version and arm over predictions made in [since, until) that have a "
