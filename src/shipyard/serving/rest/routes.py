@@ -14,6 +14,7 @@ another transport, as ``serving/graphql`` does) and its schemas to
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from shipyard.errors import InvalidInput
 
 if TYPE_CHECKING:
     from shipyard.serving.rest.app import RestApp
@@ -96,10 +99,33 @@ class Endpoint:
 
 
 def starlette_routes(endpoints: Iterable[Endpoint], guard: Callable[[Handler], Handler]) -> list[Route]:
-    """The Starlette routes of ``endpoints``; request handlers are wrapped by ``guard`` (errors as JSON)."""
+    """The Starlette routes of ``endpoints``; request handlers are wrapped by ``guard`` (errors as JSON).
+
+    An endpoint that declares query parameters refuses any other (400 naming it): a misspelt
+    ``?verison=3`` must not quietly answer for every version.
+    """
     return [
-        Route(e.path, e.handler if e.asgi else guard(e.handler), methods=list(e.methods)) for e in endpoints
+        Route(e.path, e.handler if e.asgi else guard(_only_declared(e) if e.query else e.handler),
+              methods=list(e.methods))
+        for e in endpoints
     ]
+
+
+def _only_declared(endpoint: Endpoint) -> Handler:
+    known = [p.name for p in endpoint.query]
+    handler = endpoint.handler
+
+    async def checked(request: Request) -> Response:
+        for name in request.query_params:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; it takes {', '.join(known)}"
+                raise InvalidInput(f"unknown query parameter '{name[:50]}'{hint}", field=name[:50],
+                                   expected=known, got=name[:50])
+        response: Response = await handler(request)
+        return response
+
+    return checked
 
 
 def rest_endpoints(app: RestApp) -> list[Endpoint]:
