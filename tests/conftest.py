@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,3 +25,17 @@ def registry(settings: Settings) -> Iterator[Registry]:
         yield reg
     finally:
         reg.close()
+
+
+@pytest.fixture(autouse=True)
+def _cli_logging_restored() -> Iterator[None]:
+    """Put back the loggers a CLI command configures in-process (CliRunner): handlers, level, propagation."""
+    names = ("shipyard", "uvicorn", "uvicorn.error")
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level, logging.getLogger(n).propagate)
+             for n in names}
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate

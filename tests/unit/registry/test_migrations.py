@@ -103,6 +103,7 @@ def test_opening_a_current_database_again_changes_nothing(tmp_path: Path, caplog
     db_file = home / "registry.db"
     before = db_file.read_bytes()
 
+    caplog.clear()  # only the second open's records count (the first one's show when a CLI set INFO earlier)
     with caplog.at_level(logging.INFO, logger=DB_LOGGER):
         registry = Registry.from_settings(Settings(home=home))
     try:
