@@ -221,6 +221,9 @@ def build_server(
         services.append(tracing)
     if drift is not None:  # stops after the observers: writes the windows of their last events
         services.append(drift)
+    if feedback is not None:  # stops after the observers too: writes the last served rows
+        services.append(Hooks("feedback recorder", _async(feedback.recorder.start_writer),
+                              _async(feedback.recorder.stop_writer)))
     alerting = _alert_service(settings, reg, repo.names)
     if alerting is not None:
         services.append(alerting)

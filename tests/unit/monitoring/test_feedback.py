@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,27 @@ def test_recorder_buffers_until_flush_seconds_then_writes_once(db: Database) -> 
     now[0] += 1.0
     recorder.observe([event({"label": [0]}, request_id="r2")])
     assert recorder.pending == 0 and len(rows(db, served_t)) == 2
+
+
+def test_with_its_writer_thread_the_recorder_never_writes_on_the_observers_thread(db: Database) -> None:
+    now = [T0]
+    recorder = ServedRecorder(db, flush_seconds=0.05, clock=lambda: now[0])
+    recorder.start_writer()
+    try:
+        now[0] += 10.0  # past flush_seconds: without the writer, observe would write right here
+        observer_thread_writes = []
+        original = recorder.flush
+        recorder.flush = lambda: (observer_thread_writes.append(threading.current_thread().name), original())[1]
+        recorder.observe([event({"label": [1, 0]})])
+        assert "MainThread" not in observer_thread_writes
+        deadline = time.monotonic() + 10
+        while len(rows(db, served_t)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(rows(db, served_t)) == 2  # the writer thread wrote them
+        recorder.observe([event({"label": [1]}, request_id="r2")])
+    finally:
+        recorder.stop_writer()  # writes what is left
+    assert len(rows(db, served_t)) == 3 and recorder.pending == 0
 
 
 def test_a_failed_flush_keeps_the_rows_and_a_full_buffer_drops_and_counts(db: Database,
