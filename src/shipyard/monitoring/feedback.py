@@ -163,12 +163,12 @@ class ServedRecorder:
         database: the registry database (migration 0005 made the tables).
         output: the output compared with labels; empty: the first with one value per row.
         flush_seconds: the least time between two writes; rows in between wait in memory.
-        max_rows: rows the buffer holds; more are dropped and counted in ``dropped``.
+        max_rows: rows the buffer holds (about 1 KB each); more are dropped and counted in ``dropped``.
         clock: wall-clock seconds, for the flush cadence.
     """
 
     def __init__(self, database: Database, *, output: str = "", flush_seconds: float = 1.0,
-                 max_rows: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+                 max_rows: int = 20_000, clock: Callable[[], float] = time.time) -> None:
         self.database = database
         self.output = output
         self.flush_seconds = flush_seconds
