@@ -18,8 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
 from shipyard.client import AsyncClient
-from shipyard.config import Settings
-from shipyard.config._sections import FeedbackConfig
+from shipyard.config import FeedbackConfig, Settings
 from shipyard.context import RequestContext
 from shipyard.errors import FeedbackNotFound
 from shipyard.monitoring.events import PredictionEvent
@@ -47,7 +46,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setting
     home = tmp_path_factory.mktemp("feedback") / "home"
     settings = Settings(home=home, workers=1)
     settings = replace(settings, monitoring=replace(settings.monitoring, feedback=FeedbackConfig(
-        stream=f"local://feedback?path={home / 'streams.db'}")))
+        enabled=True, stream=f"local://feedback?path={home / 'streams.db'}")))
     reg = Registry.from_settings(settings)
     try:
         reg.register(LogisticRegression().fit(X, Y), "m", sample=X, alias="champion")

@@ -47,8 +47,10 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def fuzzed_server(demo_home: Path) -> Iterator[RunningServer]:
-    # a server of its own: the fuzzing queues asynchronous jobs and fills the logs
-    with run_server(demo_home, ["demo@champion"], args=["--workers", "1", "--max-body-bytes", "65536"]) as server:
+    # a server of its own: the fuzzing queues asynchronous jobs and fills the logs; feedback on, so its
+    # routes (/v1/feedback, /quality) are fuzzed too
+    with run_server(demo_home, ["demo@champion"], args=["--workers", "1", "--max-body-bytes", "65536"],
+                    env={"SHIPYARD_MONITORING__FEEDBACK__ENABLED": "true"}) as server:
         yield server
 
 
