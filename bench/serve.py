@@ -18,7 +18,7 @@ measures, with single-row requests:
   (j) split   shipyard native with a traffic policy: 50/50 over two versions (the same model twice)
   (k) sticky  as (j), sticky by a header wrk sends (each request hashes its key)
   (l) nodrift shipyard native with drift monitoring off ((c) monitors lr's drift: it has a profile)
-  (m) bare-ish shipyard native with drift monitoring and feedback recording off
+  (m) served   shipyard native with feedback recording on (a database row per predicted row)
 
 and prints one Markdown table per model: throughput, p50, p99 (median over rounds),
 ratio to (b), idle RSS per process of the server's process tree, and cold start
@@ -196,7 +196,7 @@ def raw_point(model: Any, row: Any, duration: float) -> Point:
 METRICS_OFF = {"SHIPYARD_MONITORING__METRICS__ENABLED": "false"}
 LOG_ON = {"SHIPYARD_MONITORING__PREDICTION_LOG__ENABLED": "true"}
 DRIFT_OFF = {"SHIPYARD_MONITORING__DRIFT__ENABLED": "false"}
-MONITORING_OFF = {**DRIFT_OFF, "SHIPYARD_MONITORING__FEEDBACK__ENABLED": "false"}
+FEEDBACK_ON = {"SHIPYARD_MONITORING__FEEDBACK__ENABLED": "true"}
 
 #: label -> (server kind, CLI arguments, environment)
 CONFIGS: dict[str, tuple[str, list[str], dict[str, str]]] = {
@@ -211,7 +211,7 @@ CONFIGS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "(j) shipyard native, 50/50 split": ("shipyard-split", ["--workers", "1"], {}),
     "(k) shipyard native, sticky 50/50 split": ("shipyard-sticky", ["--workers", "1"], {}),
     "(l) shipyard native, drift off": ("shipyard", ["--workers", "1"], DRIFT_OFF),
-    "(m) shipyard native, drift and feedback off": ("shipyard", ["--workers", "1"], MONITORING_OFF),
+    "(m) shipyard native, feedback recording on": ("shipyard", ["--workers", "1"], FEEDBACK_ON),
 }
 
 STICKY_HEADER = {"X-User": "user-1234"}
