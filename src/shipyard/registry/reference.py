@@ -12,7 +12,7 @@ fact. Versions are immutable: a new reference makes a new version
 
 Fewer than ``MIN_ROWS`` valid rows make no profile: a reference that small would
 say nothing about drift, and the server then leaves the version unmonitored
-(``shipyard models show`` says so).
+(it logs so once; ``shipyard profile REF`` says so too).
 """
 
 from __future__ import annotations
