@@ -38,7 +38,8 @@ knows HTTP.
     ├── JobNotFound                  [not_found] no asynchronous request has this id
     ├── FeedbackNotFound             [not_found] feedback names a prediction or request not (or no longer) kept
     ├── Unauthenticated              [unauthenticated] no credentials, or credentials that do not check out
-    └── PermissionDenied             [forbidden] the caller is known but may not do this
+    ├── PermissionDenied             [forbidden] the caller is known but may not do this
+    └── RateLimited                  [rate_limited] the caller's credential is over its request rate
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ Kind = Literal[
     "timeout",  # the request outlived its deadline
     "unauthenticated",  # no credentials, or ones that do not check out
     "forbidden",  # the caller is known but may not do this
+    "rate_limited",  # the caller's credential is over its request rate: retry after ``retry_after`` seconds
     "internal",  # the server (or the model) failed; nothing the caller can fix
 ]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
@@ -426,3 +428,14 @@ class PermissionDenied(ShipyardError):
     """The caller is authenticated but may not do what it asked."""
 
     kind: ClassVar[Kind] = "forbidden"
+
+
+class RateLimited(ShipyardError):
+    """The caller's credential made more requests than its rate allows; retry after ``retry_after`` seconds."""
+
+    kind: ClassVar[Kind] = "rate_limited"
+
+    def __init__(self, who: str, retry_after: float) -> None:
+        self.who = who
+        self.retry_after = retry_after
+        super().__init__(f"rate limit of {who} reached; retry in {retry_after:.2g}s")

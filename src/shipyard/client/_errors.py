@@ -30,6 +30,7 @@ CLASS_BY_KIND: Mapping[str, type[errors.ShipyardError]] = MappingProxyType({
     "timeout": errors.RequestTimeout,
     "unauthenticated": errors.Unauthenticated,
     "forbidden": errors.PermissionDenied,
+    "rate_limited": errors.RateLimited,
     "internal": errors.ShipyardError,
 })
 

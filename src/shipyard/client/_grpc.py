@@ -56,7 +56,7 @@ class GrpcTransport:
             cls, message, field=trailing.get(self.keys.FIELD_KEY), model=model, version=version,
             retry_after=retry_after,
         )
-        if error.kind == "unavailable":
+        if error.kind in ("unavailable", "rate_limited"):  # both say when to come back
             return Unavailable(error, retry_after)
         return error
 

@@ -114,7 +114,7 @@ class RestTransport:
             message = f"server answered {response.status_code}: {message}"
         retry_after = _retry_after(response.headers.get("retry-after"))
         error = server_error(cls, message, field=field, model=model, version=version, retry_after=retry_after)
-        if error.kind == "unavailable":
+        if error.kind in ("unavailable", "rate_limited"):  # both say when to come back
             raise Unavailable(error, retry_after)
         raise error
 

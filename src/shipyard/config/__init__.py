@@ -42,6 +42,7 @@ from shipyard.config._sections import (
     PredictionLogConfig,
     TracingConfig,
 )
+from shipyard.config._security import AuthConfig, JwtConfig, SecurityConfig, TlsConfig
 from shipyard.config._settings import Settings
 from shipyard.config._showing import MASK, field_doc, masked, render_yaml
 from shipyard.errors import ConfigError
@@ -56,6 +57,10 @@ __all__ = [
     "MetricsConfig",
     "ModelDeployment",
     "AlertsConfig",
+    "AuthConfig",
+    "JwtConfig",
+    "SecurityConfig",
+    "TlsConfig",
     "DriftConfig",
     "FeedbackConfig",
     "MonitoringConfig",

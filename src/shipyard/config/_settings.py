@@ -14,6 +14,7 @@ from shipyard.config._sections import (
     MonitoringConfig,
     _reserved,
 )
+from shipyard.config._security import SecurityConfig
 from shipyard.errors import ConfigError, InvalidInput
 from shipyard.options import check_names
 from shipyard.types import check_extra_fields, check_name
@@ -124,8 +125,9 @@ class Settings:
     """What ``shipyard serve`` serves when no model is named on the command line, each with its own batching,
     cache, runtime and extra_fields (``models:`` in shipyard.yaml; ``SHIPYARD_MODELS=fraud@champion,iris``)."""
 
-    auth: Any = None
-    """Reserved (authentication): not available yet."""
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """Authentication (API keys, JWT), TLS, and the hosts callbacks and model URLs may reach
+    (``security:`` in shipyard.yaml)."""
 
     graph: Any = None
     """Reserved (inference graphs): not available yet."""
@@ -162,7 +164,6 @@ class Settings:
             raise ConfigError(f"graceful_shutdown_seconds must not be negative, got {self.graceful_shutdown_seconds}")
         if self.grpc_port is not None and not (0 <= self.grpc_port <= 65535):
             raise ConfigError(f"grpc_port must be between 0 and 65535, got {self.grpc_port}")
-        _reserved("auth", self.auth)
         _reserved("graph", self.graph)
         self._check_models()
         _ = self.extra_fields_overrides  # refuse a bad value now, not at the first model load

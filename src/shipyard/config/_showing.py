@@ -40,7 +40,7 @@ def masked(value: Any, key: str = "") -> Any:
 def render_yaml(settings: Settings) -> str:
     """The settings as a shipyard.yaml, secrets masked; unset reserved keys are left out."""
     data = msgspec.to_builtins(asdict(settings), enc_hook=str)
-    for name in ("auth", "graph"):
+    for name in ("graph",):
         if data.get(name) is None:
             data.pop(name, None)
     for m in data.get("models", []):

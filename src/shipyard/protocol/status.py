@@ -43,6 +43,7 @@ STATUSES: Mapping[str, Status] = MappingProxyType({
     "timeout": Status(504, "DEADLINE_EXCEEDED", "TIMEOUT"),
     "unauthenticated": Status(401, "UNAUTHENTICATED", "UNAUTHENTICATED"),
     "forbidden": Status(403, "PERMISSION_DENIED", "FORBIDDEN"),
+    "rate_limited": Status(429, "RESOURCE_EXHAUSTED", "RATE_LIMITED"),
     "internal": Status(500, "INTERNAL", "INTERNAL_SERVER_ERROR"),
 })
 
