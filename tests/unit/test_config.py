@@ -177,7 +177,12 @@ def test_an_unknown_nested_variable_is_only_warned_about(caplog: pytest.LogCaptu
     ("models:\n  - ref: 'no such/model'\n", "models[0]: ref: invalid model name"),
     ("models:\n  - fraud\n  - fraud@challenger\n", "models[1]: model 'fraud' is listed twice"),
     ("models:\n  - ref: fraud\n    runtime: tensorrt\n", "models[0]: runtime must be auto, native or onnx"),
-    ("auth:\n  tokens: [x]\n", "auth: not available yet"),
+    ("auth:\n  tokens: [x]\n", "unknown key 'auth'"),
+    ("security:\n  auth: {enabled: true, api_keys: false}\n", "accepts nothing"),
+    ("security:\n  tls: {client_auth: required}\n", "needs security.tls.ca_file"),
+    ("security:\n  auth:\n    jwt: {jwks_url: 'https://idp/jwks', algorithms: [HS256]}\n", "HS256 not accepted"),
+    ("security:\n  auth:\n    jwt: {jwks_url: 'https://idp/jwks'}\n", "issuer and audience are required"),
+    ("security:\n  callback_hosts: ['10.0.0.0/33']\n", "neither a host nor a CIDR"),
     ("models:\n  - ref: fraud\n    traffic: {canary: 10}\n", "models[0]: traffic: canary must be a mapping"),
     ("models:\n  - ref: fraud\n    traffic: {arms: [{alias: a, weight: 1}], sticky: user}\n",
      "models[0]: traffic: sticky must be 'header:NAME' or 'field:NAME'"),
@@ -190,8 +195,21 @@ def test_bad_references_keys_traffic_and_conflicts_are_refused(tmp_path: Path, t
 
 
 def test_empty_reserved_keys_are_accepted(tmp_path: Path) -> None:
-    s = Settings.load(write(tmp_path, "auth:\ngraph: {}\nmodels:\n  - ref: fraud\n    retraining:\n"), {})
-    assert s.auth is None and s.models[0].retraining is None
+    s = Settings.load(write(tmp_path, "graph: {}\nmodels:\n  - ref: fraud\n    retraining:\n"), {})
+    assert s.graph == {} and s.models[0].retraining is None
+
+
+def test_security_settings_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    text = ("security:\n  auth: {enabled: true, rate_limit_per_second: 5}\n"
+            "  tls: {certfile: /etc/s/cert.pem, ca_file: /etc/s/ca.pem, client_auth: optional}\n"
+            "  callback_hosts: [hooks.example.com, 10.1.0.0/16]\n")
+    s = Settings.load(write(tmp_path, text), {"SHIPYARD_SECURITY__AUTH__METRICS": "read",
+                                             "SHIPYARD_SECURITY__MODEL_URL_HOSTS": "models.example.com,cdn.example.com"})
+    assert s.security.auth.enabled and s.security.auth.rate_limit_per_second == 5
+    assert s.security.auth.metrics == "read" and s.security.tls.enabled and s.security.tls.client_auth == "optional"
+    assert s.security.callback_hosts == ("hooks.example.com", "10.1.0.0/16")
+    assert s.security.model_url_hosts == ("models.example.com", "cdn.example.com")
+    assert not Settings().security.auth.enabled and not Settings().security.insecure
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -7,6 +7,7 @@ docstrings of the ``Settings`` fields, so no default is written down twice.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import click
 
 from shipyard.cli._output import handle_errors, setup_logging
-from shipyard.config import ENV_PREFIX, Settings, field_doc
+from shipyard.config import ENV_PREFIX, SecurityConfig, Settings, field_doc
 from shipyard.serving.server import serve as run_server
 
 
@@ -71,6 +72,8 @@ def load_settings(ctx: click.Context, config_file: Path | None, **flags: Any) ->
 @setting("--cache-ttl", name="cache_ttl_seconds", type=float)
 @setting("--log-level", name="log_level", type=click.Choice(["debug", "info", "warning", "error"]))
 @setting("--log-format", name="log_format", type=click.Choice(["text", "json"]))
+@click.option("--insecure", is_flag=True, default=None,
+              help=field_doc(SecurityConfig, "insecure") + f" Env: {ENV_PREFIX}SECURITY__INSECURE. Default: False.")
 @click.pass_context
 @handle_errors
 def serve(ctx: click.Context, /, models: tuple[str, ...], config_file: Path | None, **options: Any) -> None:
@@ -85,7 +88,10 @@ def serve(ctx: click.Context, /, models: tuple[str, ...], config_file: Path | No
     """
     extra_fields = options.pop("extra_fields")
     options["extra_fields"] = ",".join(extra_fields) if extra_fields else None
+    insecure = options.pop("insecure")
     settings = load_settings(ctx, config_file, **options)
+    if insecure:
+        settings = settings.replace(security=dataclasses.replace(settings.security, insecure=True))
     setup_logging(settings.log_level, settings.log_format)
     served = list(models) or [m.ref for m in settings.models]
     run_server(settings, served, access_log=settings.access_log, grpc_port=settings.grpc_port)

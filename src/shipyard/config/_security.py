@@ -142,8 +142,8 @@ class SecurityConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
 
     insecure: bool = False
-    """Allow listening on an address other than loopback without authentication (``serve --insecure``);
-    the server prints a warning banner."""
+    """Allow listening on an address other than loopback without authentication; the server logs a
+    warning banner."""
 
     callback_hosts: tuple[str, ...] = ()
     """Hosts (names, addresses or CIDR networks) asynchronous-job callbacks may be POSTed to; empty: none.

@@ -22,10 +22,11 @@ Scope = Literal["predict", "feedback", "read", "admin"]
 #: Every scope a credential can hold. ``admin`` implies the others.
 SCOPES: tuple[Scope, ...] = ("predict", "feedback", "read", "admin")
 
-#: What a route or RPC needs, in the route tables: a scope, ``open`` (health probes: nothing) or
-#: ``metrics`` (``open`` or ``read``, as ``security.auth.metrics`` says).
-Need = Literal["open", "metrics", "predict", "feedback", "read", "admin"]
-NEEDS: tuple[Need, ...] = ("open", "metrics", "predict", "feedback", "read", "admin")
+#: What a route or RPC needs, in the route tables: a scope, ``open`` (health probes: nothing),
+#: ``metrics`` (``open`` or ``read``, as ``security.auth.metrics`` says) or ``authenticated`` (any
+#: valid credential: GraphQL, whose fields each need their own scope).
+Need = Literal["open", "metrics", "authenticated", "predict", "feedback", "read", "admin"]
+NEEDS: tuple[Need, ...] = ("open", "metrics", "authenticated", "predict", "feedback", "read", "admin")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import anyio.to_thread
 
 from shipyard.hosting.repository import ModelRepository
 from shipyard.registry import ModelVersion
+from shipyard.security.principal import require_model
 
 
 class ModelCatalog:
@@ -21,8 +22,11 @@ class ModelCatalog:
         self.repository = repository
 
     def served_name(self, name: str) -> str:
-        """The bare model name of ``name`` (ModelNotServed if this server does not serve it)."""
-        return self.repository.ref_for(name).name
+        """The bare model name of ``name`` (ModelNotServed if this server does not serve it; PermissionDenied
+        if the request's principal may not use it)."""
+        bare = self.repository.ref_for(name).name
+        require_model(bare)
+        return bare
 
     async def versions(self, name: str) -> list[ModelVersion]:
         """Every registered version of ``name``, oldest first."""
@@ -35,4 +39,5 @@ class ModelCatalog:
     async def version(self, name: str, version: int | None = None) -> ModelVersion:
         """One version's record; None: the version a bare ``name`` means on this server."""
         ref = self.repository.ref_for(name, None if version is None else str(version))
+        require_model(ref.name)
         return await anyio.to_thread.run_sync(self.repository.registry.get, ref)

@@ -44,6 +44,7 @@ from shipyard.registry import LoadedModel
 from shipyard.registry.loaded import select_outputs
 from shipyard.rollout.router import AliasRouter, Route, Router
 from shipyard.runtime.base import Arrays
+from shipyard.security.principal import principal_var, require_model
 from shipyard.serving.cache import ResponseCache, cache_key
 from shipyard.serving.model_config import model_config
 from shipyard.serving.statistics import InferenceStatistics, ModelStats
@@ -188,11 +189,11 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     async def resolve(self, name: str, version: str | None = None) -> LoadedModel:
-        ref = self.repository.ref_for(name, version)
+        ref = self._ref_for(name, version)
         return await self.repository.get_async(ref)
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
-        ref = self.repository.ref_for(name, version)
+        ref = self._ref_for(name, version)
         ready = await anyio.to_thread.run_sync(self.repository.is_ready, ref)
         if not ready and ref.version is not None:
             # is_ready only knows what is loaded: a version that does not exist is 404, not 503
@@ -216,9 +217,20 @@ class DataPlane:
             },
         }
 
+    def _ref_for(self, name: str, version: str | None) -> ModelRef:
+        """The reference ``name`` and ``version`` mean, if the request's principal may use that model."""
+        ref = self.repository.ref_for(name, version)
+        require_model(ref.name)
+        return ref
+
+    def _visible(self) -> list[str]:
+        """The served models the request's principal may use (all of them with authentication off)."""
+        principal = principal_var.get()
+        return [n for n in self.repository.names() if principal is None or principal.may_use(n)]
+
     def models(self) -> list[dict[str, Any]]:
         out = []
-        for name in self.repository.names():
+        for name in self._visible():
             ref = self.repository.defaults[name]
             model = self.repository.cached(ref) if ref.version is not None or ref.alias is not None else None
             out.append({"name": name, "ref": str(ref), "loaded": model is not None or self.repository.ready})
@@ -244,7 +256,7 @@ class DataPlane:
         registry = self.repository.registry
         loaded = {(mv.name, mv.version) for mv in self.repository.loaded_versions()}
         out: list[dict[str, Any]] = []
-        for name in self.repository.names():
+        for name in self._visible():
             for mv in await anyio.to_thread.run_sync(registry.versions, name):
                 ready = (name, mv.version) in loaded
                 if ready or not ready_only:
@@ -262,11 +274,12 @@ class DataPlane:
         A bare name means all its versions; ``name@alias``, ``name:N`` or ``version``
         mean that one version (which must exist; it is not loaded for this).
         """
-        seen = sorted({(mv.name, mv.version) for mv in self.repository.loaded_versions()}
-                      | set(self.statistics.known()))
+        visible = set(self._visible())
+        seen = sorted(k for k in {(mv.name, mv.version) for mv in self.repository.loaded_versions()}
+                      | set(self.statistics.known()) if k[0] in visible)
         if not name:
             return self.statistics.document(seen)
-        ref = self.repository.ref_for(name, version)  # ModelNotServed, bad versions; a bare name: its default
+        ref = self._ref_for(name, version)  # ModelNotServed, bad versions; a bare name: its default
         if not version and ModelRef.parse(name) == ModelRef(ref.name):
             mine = [k for k in seen if k[0] == ref.name]
             if mine:
@@ -300,6 +313,7 @@ class DataPlane:
             ctx = RequestContext.new("python", request.id if isinstance(request, InferenceRequest) else None)
         with self.tracing.request(ctx) as span:  # joins the transport's span when it opened one
             route = self.router.route(name, version, ctx)
+            require_model(route.ref.name)
             model = await self.repository.get_async(route.ref)
             decoded: InferenceRequest | None = None
             if route.key_field is not None:  # sticky by an input field: read it, then route by its value

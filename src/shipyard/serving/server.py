@@ -46,6 +46,7 @@ from shipyard.rollout.experiments import ExperimentCollector, Experiments
 from shipyard.rollout.policy import TrafficPolicy, same_spec
 from shipyard.rollout.router import PolicyRouter
 from shipyard.rollout.store import TrafficStore
+from shipyard.security.auth import Authenticator, exposure_check
 from shipyard.serving import deployment
 from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import ResponseCache
@@ -127,7 +128,9 @@ def build_server(
     ``grpc_port`` adds the gRPC listener (extra ``grpc``) on the same data plane;
     ``observers`` see every prediction (besides those the settings turn on).
     """
+    exposure_check(settings)  # no listening beyond loopback without authentication
     reg = registry or Registry.from_settings(settings)
+    auth = Authenticator.from_settings(settings, reg.database)
     pool = WorkerPool(settings, settings.worker_count) if settings.worker_count > 1 else None
     policies = deployment.deployment_policies(settings, models or ())
     repo = ModelRepository(
@@ -193,13 +196,16 @@ def build_server(
     if feedback is not None:
         feedback.watch(watched)
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
-                       experiments=experiments,
+                       experiments=experiments, auth=auth,
                        endpoints=[*(feedback.endpoints if feedback is not None else ()),
                                   *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ())])
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them),
     # then the processes that run them; the gRPC listener opens last and drains first.
-    services: list[Service] = [Hooks("models", repo.start, _async(repo.close))]
+    services: list[Service] = []
+    if auth is not None:  # keys and signing keys loaded before any request is taken
+        services += [Hooks("authentication", auth.start), _Loop("credential refresh", auth.watch)]
+    services.append(Hooks("models", repo.start, _async(repo.close)))
 
     async def start_traffic() -> None:
         for policy in declared:
@@ -242,7 +248,7 @@ def build_server(
         if feedback.stream is not None:  # stops before the observers: feedback it applies can still flush
             services.append(feedback.stream)
     if grpc_port is not None:
-        grpc_server = _grpc_server(dp, settings, grpc_port)
+        grpc_server = _grpc_server(dp, settings, grpc_port, auth)
         services.append(Hooks("gRPC", grpc_server.start, grpc_server.stop))
     group = Services(services)
     return Server(settings, reg, repo, dp, _Lifespan(rest_app.build(), group, on_ready), group,
@@ -378,13 +384,15 @@ class _RolloutControllerService:
             await self.controller.stop()
 
 
-def _grpc_server(dp: DataPlane, settings: Settings, port: int) -> GrpcServer:
+def _grpc_server(dp: DataPlane, settings: Settings, port: int, auth: Authenticator | None) -> GrpcServer:
     """The gRPC listener, imported only when asked for (MissingDependency without the extra)."""
     require("grpc", "grpc", "grpcio")
+    from shipyard.serving.grpc.auth import AuthInterceptor
     from shipyard.serving.grpc.server import GrpcServer
 
     return GrpcServer(dp, host=settings.host, port=port, max_message_bytes=settings.max_body_bytes,
-                      grace_seconds=settings.graceful_shutdown_seconds)
+                      grace_seconds=settings.graceful_shutdown_seconds,
+                      interceptors=[AuthInterceptor(auth)] if auth is not None else ())
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from shipyard import errors
 from shipyard.config import Settings
 from shipyard.registry import Registry
-from shipyard.serving.rest.errors import error_body, retry_headers, status_for
+from shipyard.serving.rest.errors import error_body, error_headers, status_for
 from shipyard.serving.server import Server, build_server, started
 from shipyard.types import ModelRef
 
@@ -334,6 +334,6 @@ def test_error_body_carries_kind_type_and_the_field_when_known() -> None:
 
 
 def test_unavailable_errors_and_only_they_ask_to_retry_after() -> None:
-    assert retry_headers(errors.Overloaded("m", 8, retry_after=2.4)) == {"Retry-After": "2"}
-    assert retry_headers(errors.BrokerError("broker down")) == {"Retry-After": "1"}
-    assert retry_headers(errors.InvalidInput("no")) is None
+    assert error_headers(errors.Overloaded("m", 8, retry_after=2.4)) == {"Retry-After": "2"}
+    assert error_headers(errors.BrokerError("broker down")) == {"Retry-After": "1"}
+    assert error_headers(errors.InvalidInput("no")) is None

@@ -33,6 +33,5 @@ def graphql_endpoints(dataplane: DataPlane, max_body_bytes: int) -> list[Endpoin
                 Param("variables", "its variables as a JSON object (GET)"),
                 Param("operationName", "which operation of the document to run (GET)"),
             ),
-            asgi=True,
-        )
+            asgi=True, scope="authenticated")
     ]

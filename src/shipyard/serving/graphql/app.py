@@ -36,7 +36,7 @@ from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.graphql.errors import extensions_for, format_error, is_expected
 from shipyard.serving.graphql.schema import Context, Query
 from shipyard.serving.rest.body import check_json_type, media_type, read_body
-from shipyard.serving.rest.errors import error_body, retry_headers, status_for
+from shipyard.serving.rest.errors import error_body, error_headers, status_for
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class GraphQLApp(GraphQL[Context, None]):
         try:
             response = await self._respond(scope, receive)
         except ShipyardError as exc:
-            response = _refusal(error_body(exc), status_for(exc), extensions_for(exc), retry_headers(exc))
+            response = _refusal(error_body(exc), status_for(exc), extensions_for(exc), error_headers(exc))
         except HTTPException as exc:  # strawberry's own refusals (no query, bad variables type, ...)
             response = _refusal({"error": exc.reason}, exc.status_code,
                                 {"code": "BAD_REQUEST", "status": exc.status_code})

@@ -13,12 +13,14 @@ from typing import Any
 
 import orjson
 import strawberry
+from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 
 from shipyard.context import RequestContext, request_id_var
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, PermissionDenied
 from shipyard.protocol import simple
 from shipyard.registry import ModelVersion
+from shipyard.security.principal import principal_var
 from shipyard.serving.catalog import ModelCatalog
 from shipyard.serving.dataplane import DataPlane
 from shipyard.signature import Signature, TensorSpec
@@ -184,14 +186,33 @@ async def _predict(info: Info, model: str, records: JSON, version: str | None = 
     )
 
 
+#: What each root field needs (``security.principal.NEEDS``); the HTTP route needs any valid credential.
+#: Every root field of ``Query`` must be here (a test enumerates the schema).
+FIELD_SCOPES: dict[str, str] = {"models": "read", "model": "read", "predict": "predict"}
+
+
+class Scoped(BasePermission):
+    """A root field needs its scope of ``FIELD_SCOPES`` (nothing when authentication is off)."""
+
+    def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
+        principal = principal_var.get()
+        need = FIELD_SCOPES.get(info.field_name, "admin")  # a field missing from the table is never open
+        if principal is not None and not principal.allows(need):
+            raise PermissionDenied(f"{principal.kind} '{principal.name}' needs the '{need}' scope for "
+                                   f"'{info.field_name}'")
+        return True
+
+
 @strawberry.type
 class Query:
-    models: list[ModelType] = strawberry.field(resolver=_models, description="The models this server serves.")
+    models: list[ModelType] = strawberry.field(resolver=_models, description="The models this server serves.",
+                                               permission_classes=[Scoped])
     model: ModelType = strawberry.field(
-        resolver=_model, description="One served model, by name (name@alias or name:VERSION must exist too)."
+        resolver=_model, description="One served model, by name (name@alias or name:VERSION must exist too).",
+        permission_classes=[Scoped],
     )
     predict: PredictionType = strawberry.field(
-        resolver=_predict,
+        resolver=_predict, permission_classes=[Scoped],
         description="Predict with a model (name, name@alias or name:VERSION) for records: "
         'a list of objects such as [{"x": 1.0, "y": 2.0}] (lists of values for a one-input model).',
     )

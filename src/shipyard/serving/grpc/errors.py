@@ -22,13 +22,13 @@ def status_for(exc: errors.ShipyardError) -> grpc.StatusCode:
 
 def error_metadata(exc: errors.ShipyardError, request_id: str) -> tuple[tuple[str, str], ...]:
     """Trailing metadata for a failed call: request id, kind, error class, the field when known and,
-    for the ``unavailable`` kind, ``retry-after`` seconds (as REST's Retry-After header)."""
+    for the ``unavailable`` and ``rate_limited`` kinds, ``retry-after`` seconds (as REST's Retry-After header)."""
     kind = kind_of(exc)
     out = [(REQUEST_ID_KEY, request_id), (KIND_KEY, kind), (TYPE_KEY, type(exc).__name__)]
     field = getattr(exc, "field", None)
     if field is not None:
         out.append((FIELD_KEY, str(field)))
-    if kind == "unavailable":
+    if kind in ("unavailable", "rate_limited"):
         retry_after = getattr(exc, "retry_after", None)
         out.append((RETRY_AFTER_KEY, f"{1.0 if retry_after is None else float(retry_after):g}"))
     return tuple(out)

@@ -7,6 +7,7 @@ calls in flight finish for up to ``grace_seconds``, before they are unloaded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -35,6 +36,7 @@ class GrpcServer:
         port: port to bind (0: any free port; ``port`` holds the real one after ``start``).
         max_message_bytes: largest request accepted (RESOURCE_EXHAUSTED beyond it), as REST's body limit.
         grace_seconds: how long ``stop`` lets calls in flight finish.
+        interceptors: ``grpc.aio.ServerInterceptor``s every call passes (authentication).
     """
 
     def __init__(
@@ -45,17 +47,20 @@ class GrpcServer:
         port: int,
         max_message_bytes: int,
         grace_seconds: float = 30.0,
+        interceptors: Sequence[Any] = (),
     ) -> None:
         self.dataplane = dataplane
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
         self.grace_seconds = grace_seconds
+        self.interceptors = tuple(interceptors)
         self._server: Any = None
 
     async def start(self) -> None:
         """Bind and start serving; ConfigError if the address cannot be bound."""
         server = grpc.aio.server(
+            interceptors=self.interceptors,
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", -1),

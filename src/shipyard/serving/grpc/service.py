@@ -42,6 +42,21 @@ T = TypeVar("T")
 #: Requests of one ModelStreamInfer call being worked on at once; reading waits beyond it.
 STREAM_WINDOW = 64
 
+#: What each RPC needs (``security.principal.NEEDS``), checked by ``serving/grpc/auth.py`` before the
+#: call runs; every method of the service must be here (a test enumerates the service descriptor).
+METHOD_SCOPES: dict[str, str] = {
+    "ServerLive": "open",
+    "ServerReady": "open",
+    "ModelReady": "read",
+    "ServerMetadata": "read",
+    "ModelMetadata": "read",
+    "ModelConfig": "read",
+    "ModelStatistics": "read",
+    "RepositoryIndex": "read",
+    "ModelInfer": "predict",
+    "ModelStreamInfer": "predict",
+}
+
 #: Request parameter asking for the outputs in typed contents rather than raw_output_contents.
 TYPED_OUTPUT_CONTENTS = "typed_output_contents"
 

@@ -28,7 +28,7 @@ from shipyard.serving.async_requests import AsyncRequests, job_view
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.graphql import graphql_endpoints
 from shipyard.serving.rest.body import check_json_type, read_body
-from shipyard.serving.rest.errors import error_body, retry_headers, status_for
+from shipyard.serving.rest.errors import error_body, error_headers, status_for
 from shipyard.serving.rest.experiments import experiment_endpoints
 from shipyard.serving.rest.extensions import extension_endpoints
 from shipyard.serving.rest.openapi import docs_html, openapi_spec
@@ -38,6 +38,7 @@ from shipyard.types import InferenceRequest
 
 if TYPE_CHECKING:
     from shipyard.rollout.experiments import Experiments
+    from shipyard.security.auth import Authenticator
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _guard(handler: Handler) -> Handler:
             status = status_for(exc)
             if status >= 500 and status != 503:  # 503s are load shedding, logged by count not line
                 logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-            return json_response(error_body(exc), status, retry_headers(exc))
+            return json_response(error_body(exc), status, error_headers(exc))
         except Exception:
             logger.exception("unexpected error on %s %s", request.method, request.url.path)
             rid = request_id_var.get()
@@ -120,9 +121,11 @@ class RestApp:
     def __init__(
         self, dataplane: DataPlane, *, max_body_bytes: int, async_requests: AsyncRequests | None = None,
         metrics: ServingMetrics | None = None, experiments: Experiments | None = None,
-        endpoints: Sequence[Endpoint] = (),
+        endpoints: Sequence[Endpoint] = (), auth: Authenticator | None = None,
     ) -> None:
         self.dp = dataplane
+        self.auth = auth
+        """Checks every route's credentials against its scope; None: authentication is off."""
         self._experiments = experiments
         self.max_body_bytes = max_body_bytes
         self.async_requests = async_requests
@@ -295,7 +298,7 @@ class RestApp:
     def spec(self) -> dict[str, Any]:
         """The OpenAPI document of ``endpoints``."""
         if self._spec is None:
-            self._spec = openapi_spec(self.endpoints)
+            self._spec = openapi_spec(self.endpoints, self.auth)
         return self._spec
 
     async def openapi(self, request: Request) -> Response:
@@ -315,7 +318,7 @@ class RestApp:
 
     def build(self) -> ASGIApp:
         app = Starlette(
-            routes=starlette_routes(self.endpoints, _guard),
+            routes=starlette_routes(self.endpoints, _guard, self.auth),
             exception_handlers={404: self.not_found, 405: self.method_not_allowed},
         )
         return RequestIdMiddleware(app)

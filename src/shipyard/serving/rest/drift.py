@@ -68,5 +68,5 @@ def drift_endpoints(database: Database, *, served: Callable[[], Sequence[str]]) 
                  Body("DriftReports"), errors=(400, 404, 500),
                  query=(Param("version", "Only this version", "integer"), Param("arm", "Only this arm"),
                         Param("limit", "Reports per version and arm, newest first (default 1, at most 1000)",
-                              "integer"))),
+                              "integer")), scope="read"),
     ]

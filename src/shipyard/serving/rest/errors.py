@@ -11,11 +11,15 @@ def status_for(exc: errors.ShipyardError) -> int:
     return status_of(exc).http
 
 
-def retry_headers(exc: errors.ShipyardError) -> dict[str, str] | None:
-    """``Retry-After`` (whole seconds, at least 1) for errors that ask the client to come back."""
+def error_headers(exc: errors.ShipyardError) -> dict[str, str] | None:
+    """Headers an error answer carries: ``Retry-After`` (whole seconds, at least 1) for errors that ask
+    the client to come back, ``WWW-Authenticate`` on a 401 (RFC 6750: it names the scheme to use)."""
+    kind = kind_of(exc)
+    if kind == "unauthenticated":
+        return {"WWW-Authenticate": 'Bearer realm="shipyard"'}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is None:
-        if kind_of(exc) != "unavailable":
+        if kind != "unavailable":
             return None
         retry_after = 1
     return {"Retry-After": str(max(1, round(retry_after)))}

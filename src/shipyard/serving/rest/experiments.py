@@ -58,11 +58,11 @@ def experiment_endpoints(app: RestApp) -> list[Endpoint]:
     return [
         Endpoint(("GET",), "/v1/experiments", listing,
                  "Every traffic policy (split, canary, bandit): state, kind, revision and arms",
-                 Body("ExperimentList")),
+                 Body("ExperimentList"), scope="read"),
         Endpoint(("GET",), "/v1/experiments/{name}", report,
                  "The report of a model's traffic policy at its current revision: per-arm numbers, lifts "
                  "against the control, sample ratio check, time to a decision",
                  Body("ExperimentReport"), errors=(400, 404, 500),
                  query=(Param("since", "Only counts from windows starting after this: a duration ago (15m, "
-                                       "2h) or an ISO-8601 time"),)),
+                                       "2h) or an ISO-8601 time"),), scope="read"),
     ]

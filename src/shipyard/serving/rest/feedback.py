@@ -103,12 +103,13 @@ def feedback_endpoints(store: FeedbackStore, *, served: Callable[[], Sequence[st
         Endpoint(("POST",), "/v1/feedback", submit,
                  "Labels or rewards of earlier predictions, by prediction_id or request_id: 200 with one outcome "
                  "per item (accepted, duplicate, late); 404 and nothing applied when any id is unknown",
-                 Body("FeedbackResponse"), Body("FeedbackRequest"), errors=(400, 404, 413, 415, 500)),
+                 Body("FeedbackResponse"), Body("FeedbackRequest"), errors=(400, 404, 413, 415, 500), scope="feedback"),
         Endpoint(("GET",), "/v1/models/{name}/quality", report,
                  "Realized metrics of a served model per version and arm, from the feedback joined to its "
                  "predictions: accuracy, precision, recall, F1, ROC AUC (classifiers); MAE, RMSE (regressors); "
                  "label coverage and delay", Body("Quality"), errors=(400, 404, 500),
                  query=(Param("version", "Only this version", "integer"), Param("arm", "Only this arm"),
                         Param("since", "Predictions made after this: a duration ago (15m, 7d) or an ISO-8601 time"),
-                        Param("until", "Predictions made before this: a duration ago or an ISO-8601 time"))),
+                        Param("until", "Predictions made before this: a duration ago or an ISO-8601 time")),
+                 scope="read"),
     ]

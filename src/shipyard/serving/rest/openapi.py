@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipyard import __version__
 from shipyard.errors import KINDS
 from shipyard.protocol.json_body import MAX_JSON_DEPTH
 from shipyard.serving.rest.routes import CSV, JSON, OCTETS, TEXT, Body, Endpoint
 from shipyard.types import DATATYPE_TO_NUMPY, NAME_MAX_LENGTH, NAME_PATTERN, VERSION_PATTERN
+
+if TYPE_CHECKING:
+    from shipyard.security.auth import Authenticator
 
 #: A model reference in a URL: ``name``, ``name@alias`` or ``name:VERSION`` (``ModelRef.parse``).
 MODEL_REF_PATTERN = rf"^{NAME_PATTERN}(@{NAME_PATTERN}|:{VERSION_PATTERN})?$"
@@ -476,19 +479,26 @@ _STATUS_TEXT = {
     500: "the model or the server failed",
     503: "not loaded yet, or overloaded: retry after Retry-After seconds",
     504: "the request outlived its deadline",
+    401: "no credentials, or credentials that do not check out (send Authorization: Bearer KEY)",
+    403: "the credential lacks the scope this route needs, or may not use this model",
+    429: "the credential is over its request rate: retry after Retry-After seconds",
 }
+
+#: Statuses every route that needs credentials may answer, when authentication is on.
+AUTH_ERRORS = (401, 403, 429)
 
 
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
-def _operation(e: Endpoint, method: str) -> dict[str, Any]:
+def _operation(e: Endpoint, method: str, auth: Authenticator | None) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(e.status): {"description": e.response.description or "success", "content": _content(e.response)}
     }
     for status, body in e.replies:
         responses[str(status)] = {"description": body.description or "see the body", "content": _content(body)}
-    for status in e.errors:
+    guarded = auth is not None and not auth.open(e.scope)
+    for status in (*e.errors, *(AUTH_ERRORS if guarded else ())):
         responses.setdefault(str(status), {"description": _STATUS_TEXT.get(status, "error"),
                                            "content": _content(_ERROR_BODY)})
     params: list[dict[str, Any]] = [
@@ -500,6 +510,10 @@ def _operation(e: Endpoint, method: str) -> dict[str, Any]:
         for q in e.query
     ]
     op: dict[str, Any] = {"summary": e.summary, "responses": responses}
+    if guarded:
+        op["security"] = [{"bearer": []}]
+        op["description"] = f"Needs the '{e.scope}' scope." if e.scope != "authenticated" else (
+            "Needs a valid credential; each field needs its own scope (models, model: read; predict: predict).")
     if params:
         op["parameters"] = params
     if e.request is not None and method in _BODY_METHODS:
@@ -509,12 +523,17 @@ def _operation(e: Endpoint, method: str) -> dict[str, Any]:
     return op
 
 
-def openapi_spec(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``endpoints``."""
+def openapi_spec(endpoints: Iterable[Endpoint], auth: Authenticator | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``endpoints`` (with ``auth``: each route's credentials and scope)."""
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:
         for method in e.methods:
-            paths.setdefault(e.path, {})[method.lower()] = _operation(e, method)
+            paths.setdefault(e.path, {})[method.lower()] = _operation(e, method, auth)
+    components: dict[str, Any] = {"schemas": SCHEMAS}
+    if auth is not None:
+        components["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key (shipyard keys create) or a JWT from the configured issuer"}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -525,7 +544,7 @@ def openapi_spec(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
             f"JSON bodies may nest at most {MAX_JSON_DEPTH} levels deep on every route.",
         },
         "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "components": components,
     }
 
 

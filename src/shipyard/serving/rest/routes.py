@@ -25,8 +25,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shipyard.errors import InvalidInput
+from shipyard.security.principal import NEEDS
 
 if TYPE_CHECKING:
+    from shipyard.security.auth import Authenticator
     from shipyard.serving.rest.app import RestApp
 
 JSON = "application/json"
@@ -67,7 +69,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One path, its methods and handler, and what it takes and answers."""
+    """One path, its methods and handler, what it takes and answers, and who may call it."""
 
     methods: tuple[str, ...]
     path: str
@@ -84,6 +86,14 @@ class Endpoint:
     """Other statuses with a body of their own (e.g. 503 ``{"ready": false}``)."""
     query: tuple[Param, ...] = ()
     asgi: bool = False
+    scope: str = ""
+    """What a caller needs (``security.principal.NEEDS``): ``open``, ``metrics``, ``authenticated`` or a
+    scope. Every endpoint must say; an endpoint without one is refused when the table is built."""
+
+    def __post_init__(self) -> None:
+        if self.scope not in NEEDS:
+            raise ValueError(f"endpoint {'|'.join(self.methods)} {self.path} must declare its scope, one of "
+                             f"{', '.join(NEEDS)}; got {self.scope!r}")
 
     @property
     def path_params(self) -> list[str]:
@@ -98,17 +108,27 @@ class Endpoint:
         return ", ".join(methods)
 
 
-def starlette_routes(endpoints: Iterable[Endpoint], guard: Callable[[Handler], Handler]) -> list[Route]:
+def starlette_routes(endpoints: Iterable[Endpoint], guard: Callable[[Handler], Handler],
+                     auth: Authenticator | None = None) -> list[Route]:
     """The Starlette routes of ``endpoints``; request handlers are wrapped by ``guard`` (errors as JSON).
 
+    With ``auth``, each checks the caller's credential against its ``scope`` before anything else.
     An endpoint that declares query parameters refuses any other (400 naming it): a misspelt
     ``?verison=3`` must not quietly answer for every version.
     """
-    return [
-        Route(e.path, e.handler if e.asgi else guard(_only_declared(e) if e.query else e.handler),
-              methods=list(e.methods))
-        for e in endpoints
-    ]
+    from shipyard.serving.rest.auth import authorized, authorized_asgi
+
+    routes = []
+    for e in endpoints:
+        if e.asgi:
+            app = e.handler if auth is None else authorized_asgi(auth, e.scope, e.handler)
+            routes.append(Route(e.path, app, methods=list(e.methods)))
+            continue
+        handler = _only_declared(e) if e.query else e.handler
+        if auth is not None:
+            handler = authorized(auth, e.scope, handler)
+        routes.append(Route(e.path, guard(handler), methods=list(e.methods)))
+    return routes
 
 
 def _only_declared(endpoint: Endpoint) -> Handler:
@@ -142,42 +162,42 @@ def rest_endpoints(app: RestApp) -> list[Endpoint]:
                   "inputs (optionally params), or CSV with a header row")
     model_not_ready = Body("ModelReady", description="the model is not loaded (yet)")
     endpoints = [
-        Endpoint(("GET",), "/v2/health/live", app.live, "Server is alive", Body("Live")),
+        Endpoint(("GET",), "/v2/health/live", app.live, "Server is alive", Body("Live"), scope="open"),
         Endpoint(("GET",), "/v2/health/ready", app.ready, "Server has loaded its models", Body("Ready"),
-                 replies=((503, not_ready),)),
-        Endpoint(("GET",), "/v2", app.server_metadata, "Server metadata", Body("ServerMetadata")),
+                 replies=((503, not_ready),), scope="open"),
+        Endpoint(("GET",), "/v2", app.server_metadata, "Server metadata", Body("ServerMetadata"), scope="read"),
         Endpoint(("GET",), "/v2/models/{name}", app.model_metadata, "Model metadata (signature)",
-                 Body("ModelMetadata"), errors=name_errors),
+                 Body("ModelMetadata"), errors=name_errors, scope="read"),
         Endpoint(("GET",), "/v2/models/{name}/ready", app.model_ready, "Model readiness", Body("ModelReady"),
-                 errors=(400, 404, 500), replies=((503, model_not_ready),)),
+                 errors=(400, 404, 500), replies=((503, model_not_ready),), scope="read"),
         Endpoint(("POST",), "/v2/models/{name}/infer", app.infer, "Infer", infer_reply, infer,
-                 errors=BODY_ERRORS),
+                 errors=BODY_ERRORS, scope="predict"),
         Endpoint(("GET",), "/v2/models/{name}/versions/{version}", app.model_metadata, "Version metadata",
-                 Body("ModelMetadata"), errors=name_errors),
+                 Body("ModelMetadata"), errors=name_errors, scope="read"),
         Endpoint(("GET",), "/v2/models/{name}/versions/{version}/ready", app.model_ready, "Version readiness",
-                 Body("ModelReady"), errors=(400, 404, 500), replies=((503, model_not_ready),)),
+                 Body("ModelReady"), errors=(400, 404, 500), replies=((503, model_not_ready),), scope="read"),
         Endpoint(("POST",), "/v2/models/{name}/versions/{version}/infer", app.infer, "Infer on a version",
-                 infer_reply, infer, errors=BODY_ERRORS),
-        Endpoint(("GET",), "/v1/models", app.list_models, "Models this server serves", Body("ModelList")),
+                 infer_reply, infer, errors=BODY_ERRORS, scope="predict"),
+        Endpoint(("GET",), "/v1/models", app.list_models, "Models this server serves", Body("ModelList"), scope="read"),
         Endpoint(("POST",), "/v1/models/{name}:predict", app.predict, "Predict from records or columns",
-                 Body("PredictResponse"), Body("PredictRequest"), errors=BODY_ERRORS),
+                 Body("PredictResponse"), Body("PredictRequest"), errors=BODY_ERRORS, scope="predict"),
         Endpoint(("POST",), "/invocations", app.invocations,
                  "MLflow scoring (as `mlflow models serve`) with the server's only model; "
                  "a server with several answers 400 naming /v1/models/NAME/invocations",
-                 Body("MLflowResponse"), mlflow, errors=BODY_ERRORS),
+                 Body("MLflowResponse"), mlflow, errors=BODY_ERRORS, scope="predict"),
         Endpoint(("POST",), "/v1/models/{name}/invocations", app.model_invocations,
                  "MLflow scoring (as `mlflow models serve`) with a named model", Body("MLflowResponse"), mlflow,
-                 errors=BODY_ERRORS),
+                 errors=BODY_ERRORS, scope="predict"),
         Endpoint(("GET",), "/ping", app.ready, "MLflow's health probe: 200 once the models are loaded",
-                 Body("Ready"), replies=((503, not_ready),)),
+                 Body("Ready"), replies=((503, not_ready),), scope="open"),
         Endpoint(("GET",), "/health", app.ready, "MLflow's health probe (same as /ping)", Body("Ready"),
-                 replies=((503, not_ready),)),
+                 replies=((503, not_ready),), scope="open"),
         Endpoint(("GET",), "/version", app.version, "shipyard's version (MLflow clients read it as text)",
-                 Body(None, (TEXT,))),
+                 Body(None, (TEXT,)), scope="read"),
         Endpoint(("GET",), "/metrics", app.metrics, "Prometheus metrics of the server and its async consumers",
-                 Body(None, (TEXT,))),
-        Endpoint(("GET",), "/openapi.json", app.openapi, "This document", Body("OpenAPI")),
-        Endpoint(("GET",), "/docs", app.docs, "The API as a page", Body(None, (HTML,))),
+                 Body(None, (TEXT,)), scope="metrics"),
+        Endpoint(("GET",), "/openapi.json", app.openapi, "This document", Body("OpenAPI"), scope="read"),
+        Endpoint(("GET",), "/docs", app.docs, "The API as a page", Body(None, (HTML,)), scope="read"),
     ]
     if app.async_requests is not None:  # off: the routes do not exist (404), and the document says so
         endpoints += [
@@ -185,9 +205,9 @@ def rest_endpoints(app: RestApp) -> list[Endpoint]:
                      "Queue an asynchronous request (202 with a job id; ?callback=URL to get the result "
                      "POSTed there)", Body("Job"), Body("PredictRequest"), status=202, errors=BODY_ERRORS,
                      query=(Param("callback", "http(s) URL the finished job is POSTed to (or header "
-                                  "X-Callback-URL)"),)),
+                                  "X-Callback-URL)"),), scope="predict"),
             Endpoint(("GET",), "/v1/jobs/{job_id}", app.get_job,
                      "An asynchronous request: queued, done (result) or failed (error)", Body("Job"),
-                     errors=(404, 500)),
+                     errors=(404, 500), scope="predict"),
         ]
     return endpoints
