@@ -19,6 +19,7 @@ measures, with single-row requests:
   (k) sticky  as (j), sticky by a header wrk sends (each request hashes its key)
   (l) nodrift shipyard native with drift monitoring off ((c) monitors lr's drift: it has a profile)
   (m) served   shipyard native with feedback recording on (a database row per predicted row)
+  (n) keys     shipyard native with authentication on: every request carries an API key (predict scope)
 
 and prints one Markdown table per model: throughput, p50, p99 (median over rounds),
 ratio to (b), idle RSS per process of the server's process tree, and cold start
@@ -125,13 +126,15 @@ def wrk(url: str, body: bytes, concurrency: int, duration: float, tmp: Path,
     return Point(rps, p50, p99, int(errors.group(1)) if errors else 0)
 
 
-def post(url: str, body: bytes) -> int:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> int:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})},
+                                 method="POST")
     with urllib.request.urlopen(req, timeout=5) as resp:
         return int(resp.status)
 
 
-def start(cmd: list[str], env: dict[str, str], url: str, body: bytes) -> tuple[subprocess.Popen[bytes], float]:
+def start(cmd: list[str], env: dict[str, str], url: str, body: bytes,
+          headers: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], float]:
     """Start a server; return it and its cold start (process start to first good answer)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
@@ -140,7 +143,7 @@ def start(cmd: list[str], env: dict[str, str], url: str, body: bytes) -> tuple[s
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {' '.join(cmd)}")
         try:
-            if post(url, body) == 200:
+            if post(url, body, headers) == 200:
                 return proc, time.perf_counter() - t0
         except OSError:
             time.sleep(0.01)
@@ -182,6 +185,18 @@ def register_models(home: Path) -> dict[str, tuple[Any, Any]]:
     return {"rf": (rf, X_rf.iloc[[0]]), "lr": (lr, X_lr.iloc[[0]])}
 
 
+def bench_key(home: Path) -> dict[str, str]:
+    """The header of a fresh API key with the predict scope, for (n)."""
+    from shipyard.config import Settings
+    from shipyard.registry import Registry
+    from shipyard.security.keys import KeyStore
+
+    reg = Registry.from_settings(Settings(home=home))
+    _, token = KeyStore(reg.database).create("bench", ["predict"])
+    reg.close()
+    return {"Authorization": f"Bearer {token}"}
+
+
 def raw_point(model: Any, row: Any, duration: float) -> Point:
     lat: list[float] = []
     end = time.perf_counter() + duration
@@ -197,6 +212,7 @@ METRICS_OFF = {"SHIPYARD_MONITORING__METRICS__ENABLED": "false"}
 LOG_ON = {"SHIPYARD_MONITORING__PREDICTION_LOG__ENABLED": "true"}
 DRIFT_OFF = {"SHIPYARD_MONITORING__DRIFT__ENABLED": "false"}
 FEEDBACK_ON = {"SHIPYARD_MONITORING__FEEDBACK__ENABLED": "true"}
+AUTH_ON = {"SHIPYARD_SECURITY__AUTH__ENABLED": "true"}
 
 #: label -> (server kind, CLI arguments, environment)
 CONFIGS: dict[str, tuple[str, list[str], dict[str, str]]] = {
@@ -212,6 +228,7 @@ CONFIGS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "(k) shipyard native, sticky 50/50 split": ("shipyard-sticky", ["--workers", "1"], {}),
     "(l) shipyard native, drift off": ("shipyard", ["--workers", "1"], DRIFT_OFF),
     "(m) shipyard native, feedback recording on": ("shipyard", ["--workers", "1"], FEEDBACK_ON),
+    "(n) shipyard native, API keys on": ("shipyard", ["--workers", "1"], AUTH_ON),
 }
 
 STICKY_HEADER = {"X-User": "user-1234"}
@@ -242,6 +259,7 @@ def main() -> None:
         tmp = Path(tmp_dir)
         home = tmp / "home"
         models = register_models(home)
+        key_header = bench_key(home)
         # this checkout's shipyard (src) and bench.bare_app (the root), whatever the venv has installed
         env = {**os.environ, "SHIPYARD_HOME": str(home), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
         for name in args.models.split(","):
@@ -266,10 +284,13 @@ def main() -> None:
                                "--log-level", "warning", *policy, *extra]
                         url = f"http://127.0.0.1:{port}/v1/models/{name}:predict"
                         run_env = {**env, **extra_env}
+                    headers = STICKY_HEADER if kind == "shipyard-sticky" else None
+                    if extra_env is AUTH_ON:
+                        headers = key_header
                     try:
                         if "onnx" in extra:  # compile once, as a deployment would; time the start after
                             stop(start(cmd, run_env, url, body)[0])
-                        proc, cold = start(cmd, run_env, url, body)
+                        proc, cold = start(cmd, run_env, url, body, headers)
                     except RuntimeError as exc:
                         print(f"skipping {label} for {name}: {exc}", file=sys.stderr)
                         continue
@@ -280,7 +301,6 @@ def main() -> None:
                         res.cold_s.append(cold)
                         res.rss_mb.append(rss / max(1, procs))
                         for c in levels:
-                            headers = STICKY_HEADER if kind == "shipyard-sticky" else None
                             res.points.setdefault(c, []).append(wrk(url, body, c, args.duration, tmp, headers))
                     finally:
                         stop(proc)

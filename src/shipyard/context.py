@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shipyard.security.principal import principal_var
+
 request_id_var: ContextVar[str] = ContextVar("shipyard_request_id", default="-")
 
 #: How a prediction reached the server.
@@ -36,7 +38,7 @@ class RequestContext:
     prediction_id: str = field(default_factory=new_request_id)
     """Made by the server, never by the caller: the key feedback and the prediction log use."""
     principal: str | None = None
-    """The authenticated caller, once authentication is configured."""
+    """Who asked: the API key's name or the token's subject (None with authentication off)."""
     route_key: str | None = None
     """What sticky routing hashes (a header or an input field); None routes at random."""
     traceparent: str | None = None
@@ -47,7 +49,10 @@ class RequestContext:
     @classmethod
     def new(cls, transport: Transport, request_id: str | None = None,
             **fields: str | Mapping[str, str] | None) -> RequestContext:
-        """A context with the caller's request id, or a new one."""
+        """A context with the caller's request id, or a new one, and the principal the transport checked."""
+        if "principal" not in fields:
+            principal = principal_var.get()
+            fields["principal"] = principal.name if principal is not None else None
         return cls(request_id=request_id or new_request_id(), transport=transport, **fields)  # type: ignore[arg-type]
 
 

@@ -84,6 +84,7 @@ def to_record(event: PredictionEvent, redact: frozenset[str] = frozenset()) -> P
         "version": event.version,
         "route": event.route,
         "transport": ctx.transport,
+        "principal": ctx.principal,
         "inputs": _values(event.inputs, redact),
         "outputs": _values(event.outputs, redact),
         "latency_ms": round(event.latency_s * 1000.0, 3),

@@ -33,6 +33,9 @@ ISSUER = "https://id.example.test/"
 AUDIENCE = "shipyard-test"
 
 
+pytestmark = pytest.mark.integration  # a real HTTP server serves the JWKS
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = NOW

@@ -1,0 +1,222 @@
+"""Authentication on every protocol, against a real ``shipyard serve`` with API keys and JWTs on.
+
+* Every REST route, every gRPC method and every GraphQL root field is enumerated from the
+  server's own tables (the Starlette routes, the service descriptor, the schema), and each is
+  checked: 401/UNAUTHENTICATED without credentials, 403/PERMISSION_DENIED (GraphQL: FORBIDDEN)
+  with a credential that lacks its scope, open routes answer without any. None may be missing
+  from the scope tables.
+* A matrix of bad and good credentials (malformed headers, revoked and expired keys, JWTs that
+  are expired, for another audience, badly signed, ``alg: none``, HMAC-signed with the public
+  key, huge) on REST, gRPC and GraphQL: each gets its status, none a 5xx, and the server answers
+  a good request afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import jwt as pyjwt
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from shipyard.config import Settings
+from shipyard.demo import FEATURES
+from shipyard.protocol.grpc import inference_pb2 as pb
+from shipyard.registry import Registry
+from shipyard.security.keys import KeyStore
+from shipyard.serving.graphql.schema import FIELD_SCOPES, SCHEMA
+from shipyard.serving.grpc.service import METHOD_SCOPES
+from shipyard.serving.rest.routes import Endpoint
+from shipyard.serving.server import build_server
+from shipyard.testing import RunningServer, run_server
+
+pytestmark = pytest.mark.integration
+
+ISSUER, AUDIENCE = "https://idp.test", "shipyard-test"
+ROW = dict(zip(FEATURES, [5.1, 3.5, 1.4, 0.2], strict=True))
+
+
+@dataclass
+class World:
+    server: RunningServer
+    keys: dict[str, str]
+    """Name -> a token: p (predict), r (read), f (feedback), a (admin), o (predict, model 'other' only),
+    slow (predict, 1 request/s), revoked, expired."""
+    signing_key: Any
+    other_key: Any
+    public_pem: bytes
+    endpoints: list[Endpoint]
+
+
+def _token(private_key: Any, **claims: Any) -> str:
+    now = time.time()
+    payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": int(now), "exp": int(now) + 300,
+               "scope": "predict read", **claims}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return pyjwt.encode(payload, private_key, algorithm="RS256", headers={"kid": "k1"})
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned(alg: str, secret: bytes | None = None) -> str:
+    """A token whose header says ``alg`` (``none``, or HMAC keyed with ``secret``)."""
+    now = int(time.time())
+    head = _b64(orjson.dumps({"alg": alg, "typ": "JWT", "kid": "k1"}))
+    body = _b64(orjson.dumps({"iss": ISSUER, "aud": AUDIENCE, "sub": "mallory", "exp": now + 300,
+                              "scope": "predict read admin"}))
+    signing_input = f"{head}.{body}".encode()
+    signature = "" if secret is None else _b64(hmac.new(secret, signing_input, hashlib.sha256).digest())
+    return f"{head}.{body}.{signature}"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, demo_home: Path) -> Iterator[World]:
+    folder = tmp_path_factory.mktemp("auth")
+    signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = signing_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+    (folder / "idp.pem").write_bytes(public_pem)
+    reg = Registry.from_settings(Settings(home=demo_home))
+    store = KeyStore(reg.database)
+    keys = {name: store.create(f"t-{name}", scopes, models=models, rate_per_second=rate)[1]
+            for name, scopes, models, rate in [
+                ("p", ["predict"], None, None), ("r", ["read"], None, None), ("f", ["feedback"], None, None),
+                ("a", ["admin"], None, None), ("o", ["predict", "read"], ["other"], None),
+                ("slow", ["predict"], None, 0.2), ("revoked", ["predict"], None, None)]}
+    store.revoke("t-revoked")
+    past = KeyStore(reg.database, clock=lambda: time.time() - 7200)
+    keys["expired"] = past.create("t-expired", ["predict"], expires_at=time.time() - 3600)[1]
+    reg.close()
+    env = {
+        "SHIPYARD_SECURITY__AUTH__ENABLED": "true",
+        "SHIPYARD_SECURITY__AUTH__JWT__KEY_FILE": str(folder / "idp.pem"),
+        "SHIPYARD_SECURITY__AUTH__JWT__ISSUER": ISSUER,
+        "SHIPYARD_SECURITY__AUTH__JWT__AUDIENCE": AUDIENCE,
+        "SHIPYARD_MONITORING__FEEDBACK__ENABLED": "true",
+    }
+    settings = Settings.load(None, {**env, "SHIPYARD_HOME": str(demo_home)})
+    endpoints = build_server(settings, ["demo"]).endpoints  # the route table the app routes (not started)
+    with run_server(demo_home, ["demo"], env=env, grpc=True) as server:
+        yield World(server, keys, signing_key, other_key, public_pem, endpoints)
+
+
+def _rest(world: World, method: str, path: str, token: str | None = None, *, header: str | None = None,
+          body: Any = None) -> httpx.Response:
+    headers = {}
+    if header is not None:
+        headers["Authorization"] = header
+    elif token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.request(method, world.server.url + path, headers=headers,
+                         content=None if body is None else orjson.dumps(body), timeout=30)
+
+
+def _path(endpoint: Endpoint) -> str:
+    return (endpoint.path.replace("{name}", "demo").replace("{version}", "1").replace("{job_id}", "nosuchjob"))
+
+
+#: For each need, a key that lacks it.
+WRONG_SCOPE = {"predict": "r", "read": "p", "feedback": "r", "admin": "p", "metrics": "p"}
+
+
+def test_every_rest_route_declares_its_scope_and_enforces_it(world: World) -> None:
+    paths = {(m, e.path) for e in world.endpoints for m in e.methods}
+    assert ("POST", "/v2/models/{name}/infer") in paths and ("POST", "/v1/feedback") in paths
+    assert ("POST", "/v1/models/{name}/jobs") in paths and ("POST", "/graphql") in paths
+    for e in world.endpoints:
+        for method in e.methods:
+            path = _path(e)
+            bare = _rest(world, method, path)
+            if e.scope == "open" or e.scope == "metrics":  # /metrics is open by default
+                assert bare.status_code not in (401, 403), (method, e.path, bare.text)
+                continue
+            assert bare.status_code == 401, (method, e.path, bare.status_code, bare.text)
+            assert bare.headers["www-authenticate"].startswith("Bearer")
+            assert bare.json()["kind"] == "unauthenticated"
+            if e.scope == "authenticated":  # GraphQL: its fields check their own scopes (below)
+                continue
+            wrong = _rest(world, method, path, world.keys[WRONG_SCOPE[e.scope]])
+            assert wrong.status_code == 403, (method, e.path, wrong.status_code, wrong.text)
+            assert f"needs the '{e.scope}' scope" in wrong.json()["error"]
+            right = _rest(world, method, path, world.keys["a"])  # admin implies every scope
+            assert right.status_code not in (401, 403), (method, e.path, right.text)
+
+
+def test_the_openapi_document_says_which_routes_need_credentials(world: World) -> None:
+    spec = _rest(world, "GET", "/openapi.json", world.keys["r"]).json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+    assert infer["security"] == [{"bearer": []}] and {"401", "403", "429"} <= set(infer["responses"])
+    assert "security" not in spec["paths"]["/v2/health/ready"]["get"]
+
+
+def _grpc_call(world: World, method: str, token: str | None, request: Any = None) -> grpc.RpcError | Any:
+    metadata = () if token is None else (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(world.server.grpc_target) as channel:
+        path = f"/inference.GRPCInferenceService/{method}"
+        payload = (request or pb.ModelReadyRequest()).SerializeToString()
+        try:
+            if method == "ModelStreamInfer":
+                call = channel.stream_stream(path)
+                return list(call(iter([payload]), metadata=metadata, timeout=30))
+            return channel.unary_unary(path)(payload, metadata=metadata, timeout=30)
+        except grpc.RpcError as exc:
+            return exc
+
+
+def test_every_grpc_method_declares_its_scope_and_enforces_it(world: World) -> None:
+    methods = [m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods]
+    assert sorted(methods) == sorted(METHOD_SCOPES)  # none missing, none stale
+    for method in methods:
+        need = METHOD_SCOPES[method]
+        bare = _grpc_call(world, method, None)
+        if need == "open":
+            assert not isinstance(bare, grpc.RpcError) or bare.code() != grpc.StatusCode.UNAUTHENTICATED, method
+            continue
+        assert isinstance(bare, grpc.RpcError) and bare.code() == grpc.StatusCode.UNAUTHENTICATED, method
+        trailing = dict(bare.trailing_metadata() or ())
+        assert trailing["shipyard-error-kind"] == "unauthenticated"
+        wrong = _grpc_call(world, method, world.keys[WRONG_SCOPE[need]])
+        assert isinstance(wrong, grpc.RpcError) and wrong.code() == grpc.StatusCode.PERMISSION_DENIED, method
+        right = _grpc_call(world, method, world.keys["a"])
+        assert not isinstance(right, grpc.RpcError) or right.code() not in (
+            grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), method
+
+
+GRAPHQL_QUERIES = {
+    "models": "{ models { name } }",
+    "model": '{ model(name: "demo") { name } }',
+    "predict": 'query($r: JSON!) { predict(model: "demo", records: $r) { predictions } }',
+}
+
+
+def _graphql(world: World, query: str, token: str | None) -> httpx.Response:
+    return _rest(world, "POST", "/graphql", token, body={"query": query, "variables": {"r": [ROW]}})
+
+
+def test_every_graphql_field_declares_its_scope_and_enforces_it(world: World) -> None:
+    fields = [f.name for f in SCHEMA.schema_converter.type_map["Query"].definition.fields]  # type: ignore[union-attr]
+    assert sorted(fields) == sorted(FIELD_SCOPES)
+    for field, need in FIELD_SCOPES.items():
+        query = GRAPHQL_QUERIES[field]
+        assert _graphql(world, query, None).status_code == 401
+        wrong = _graphql(world, query, world.keys[WRONG_SCOPE[need]])
+        assert wrong.status_code == 200
+        codes = [e["extensions"]["code"] for e in wrong.json()["errors"]]
+        assert codes == ["FORBIDDEN"], (field, wrong.text)
+        right = _graphql(world, query, world.keys["a"]).json()
+        assert all(e["extensions"]["code"] != "FORBIDDEN" for e in right.get("errors", [])), (field, right)
