@@ -15,6 +15,7 @@ from shipyard.cli import (
     drift,
     experiment,
     export,
+    keys,
     logs,
     models,
     predict,
@@ -73,6 +74,7 @@ cli.add_command(experiment.experiment)
 cli.add_command(profile.profile)
 cli.add_command(alerts.alerts)
 cli.add_command(drift.drift)
+cli.add_command(keys.keys)
 
 
 def main() -> None:
