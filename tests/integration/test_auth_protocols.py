@@ -35,7 +35,8 @@ from shipyard.demo import FEATURES
 from shipyard.protocol.grpc import inference_pb2 as pb
 from shipyard.registry import Registry
 from shipyard.security.keys import KeyStore
-from shipyard.serving.graphql.schema import FIELD_SCOPES, SCHEMA
+from shipyard.serving.graphql.app import SCHEMA
+from shipyard.serving.graphql.schema import FIELD_SCOPES
 from shipyard.serving.grpc.service import METHOD_SCOPES
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.server import build_server
@@ -209,7 +210,7 @@ def _graphql(world: World, query: str, token: str | None) -> httpx.Response:
 
 
 def test_every_graphql_field_declares_its_scope_and_enforces_it(world: World) -> None:
-    fields = [f.name for f in SCHEMA.schema_converter.type_map["Query"].definition.fields]  # type: ignore[union-attr]
+    fields = list(SCHEMA._schema.query_type.fields)  # graphql-core's schema: what clients can ask
     assert sorted(fields) == sorted(FIELD_SCOPES)
     for field, need in FIELD_SCOPES.items():
         query = GRAPHQL_QUERIES[field]
@@ -220,3 +221,119 @@ def test_every_graphql_field_declares_its_scope_and_enforces_it(world: World) ->
         assert codes == ["FORBIDDEN"], (field, wrong.text)
         right = _graphql(world, query, world.keys["a"]).json()
         assert all(e["extensions"]["code"] != "FORBIDDEN" for e in right.get("errors", [])), (field, right)
+
+
+# -- the credential matrix -------------------------------------------------------------------------
+
+def _cases(world: World) -> list[tuple[str, str | None, int]]:
+    """(case, Authorization header or None, the HTTP status it must get on a prediction)."""
+    key = world.keys["p"]
+    wrong_secret = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    good, other = world.signing_key, world.other_key
+    return [
+        ("no header", None, 401),
+        ("empty header", "", 401),
+        ("basic scheme", "Basic dXNlcjpwYXNz", 401),
+        ("bearer without token", "Bearer", 401),
+        ("two tokens", f"Bearer {key} {key}", 401),
+        ("garbage key", "Bearer sy_garbage", 401),
+        ("wrong secret", f"Bearer {wrong_secret}", 401),
+        ("revoked key", f"Bearer {world.keys['revoked']}", 401),
+        ("expired key", f"Bearer {world.keys['expired']}", 401),
+        ("huge token", "Bearer " + "x" * 9000, 401),
+        ("jwt expired", f"Bearer {_token(good, exp=int(time.time()) - 600, iat=int(time.time()) - 900)}", 401),
+        ("jwt wrong audience", f"Bearer {_token(good, aud='someone-else')}", 401),
+        ("jwt wrong issuer", f"Bearer {_token(good, iss='https://evil.test')}", 401),
+        ("jwt wrong signature", f"Bearer {_token(other)}", 401),
+        ("jwt alg none", f"Bearer {_unsigned('none')}", 401),
+        ("jwt hs256 keyed with the public key", f"Bearer {_unsigned('HS256', world.public_pem)}", 401),
+        ("jwt malformed", "Bearer aaa.bbb.ccc", 401),
+        ("jwt without sub", f"Bearer {_token(good, sub=None)}", 401),
+        ("jwt not yet valid", f"Bearer {_token(good, nbf=int(time.time()) + 3600)}", 401),
+        ("jwt without known scopes", f"Bearer {_token(good, scope='openid profile')}", 403),
+        ("jwt read only", f"Bearer {_token(good, scope='read')}", 403),
+        ("jwt for another model", f"Bearer {_token(good, models=['other'])}", 403),
+        ("key for another model", f"Bearer {world.keys['o']}", 403),
+        ("read key", f"Bearer {world.keys['r']}", 403),
+        ("feedback key", f"Bearer {world.keys['f']}", 403),
+        ("predict key", f"Bearer {key}", 200),
+        ("admin key", f"Bearer {world.keys['a']}", 200),
+        ("lower-case scheme", f"bearer {key}", 200),
+        ("jwt", f"Bearer {_token(good)}", 200),
+        ("jwt with a list of scopes", f"Bearer {_token(good, scope=['predict'])}", 200),
+    ]
+
+
+GRPC_STATUS = {200: grpc.StatusCode.OK, 401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}
+
+
+def _infer_request() -> pb.ModelInferRequest:
+    import numpy as np
+
+    msg = pb.ModelInferRequest(model_name="demo")
+    for name in FEATURES:
+        msg.inputs.add(name=name, datatype="FP64", shape=[1])
+        msg.raw_input_contents.append(np.array([ROW[name]], dtype="<f8").tobytes())
+    return msg
+
+
+def test_the_credential_matrix_on_rest_grpc_and_graphql(world: World) -> None:
+    cases = _cases(world)
+    assert len(cases) >= 30
+    failures = []
+    for case, header, status in cases:
+        rest = _rest(world, "POST", "/v1/models/demo:predict", header=header, body={"instances": [ROW]})
+        if rest.status_code != status:
+            failures.append(f"REST {case}: {rest.status_code} {rest.text[:200]}")
+        metadata = () if header is None else (("authorization", header),)
+        with grpc.insecure_channel(world.server.grpc_target) as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                        request_serializer=pb.ModelInferRequest.SerializeToString,
+                                        response_deserializer=pb.ModelInferResponse.FromString)
+            try:
+                infer(_infer_request(), metadata=metadata, timeout=30)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                code = exc.code()
+        if code != GRPC_STATUS[status]:
+            failures.append(f"gRPC {case}: {code}")
+        headers = {} if header is None else {"Authorization": header}
+        gql = httpx.post(world.server.url + "/graphql", headers=headers, timeout=30, json={
+            "query": GRAPHQL_QUERIES["predict"], "variables": {"r": [ROW]}})
+        got = gql.status_code if gql.status_code != 200 else (
+            403 if any(e["extensions"]["code"] == "FORBIDDEN" for e in gql.json().get("errors", [])) else
+            200 if gql.json().get("data", {}).get("predict") else 500)
+        if got != status:
+            failures.append(f"GraphQL {case}: {gql.status_code} {gql.text[:200]}")
+    assert not failures, "\n".join(failures)
+    # nothing above hurt the server: it still answers, and it never answered a 5xx
+    ok = _rest(world, "POST", "/v1/models/demo:predict", world.keys["p"], body={"instances": [ROW]})
+    assert ok.status_code == 200 and ok.json()["predictions"]
+    assert "Traceback" not in world.server.log()
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after_on_rest_and_resource_exhausted_on_grpc(world: World) -> None:
+    slow = world.keys["slow"]  # 0.2 requests a second: a bucket of one
+    first = _rest(world, "POST", "/v1/models/demo:predict", slow, body={"instances": [ROW]})
+    second = _rest(world, "POST", "/v1/models/demo:predict", slow, body={"instances": [ROW]})
+    assert first.status_code == 200
+    assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
+    assert second.json()["kind"] == "rate_limited"
+    with grpc.insecure_channel(world.server.grpc_target) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(_infer_request(), metadata=(("authorization", f"Bearer {slow}"),), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(refused.value.trailing_metadata() or ())["shipyard-error-kind"] == "rate_limited"
+    # other keys are not slowed by it
+    other = _rest(world, "POST", "/v1/models/demo:predict", world.keys["p"], body={"instances": [ROW]})
+    assert other.status_code == 200
+
+
+def test_a_model_restricted_key_sees_only_its_models(world: World) -> None:
+    listing = _rest(world, "GET", "/v1/models", world.keys["o"]).json()
+    assert listing["models"] == []  # it may use 'other' only, which this server does not serve
+    assert _rest(world, "GET", "/v2/models/demo", world.keys["o"]).status_code == 403
+    assert [m["name"] for m in _rest(world, "GET", "/v1/models", world.keys["r"]).json()["models"]] == ["demo"]

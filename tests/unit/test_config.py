@@ -204,11 +204,11 @@ def test_security_settings_from_the_file_and_the_environment(tmp_path: Path) -> 
             "  tls: {certfile: /etc/s/cert.pem, ca_file: /etc/s/ca.pem, client_auth: optional}\n"
             "  callback_hosts: [hooks.example.com, 10.1.0.0/16]\n")
     s = Settings.load(write(tmp_path, text), {"SHIPYARD_SECURITY__AUTH__METRICS": "read",
-                                             "SHIPYARD_SECURITY__MODEL_URL_HOSTS": "models.example.com,cdn.example.com"})
+                                             "SHIPYARD_SECURITY__MODEL_URL_HOSTS": "models.example.com,cdn.test"})
     assert s.security.auth.enabled and s.security.auth.rate_limit_per_second == 5
     assert s.security.auth.metrics == "read" and s.security.tls.enabled and s.security.tls.client_auth == "optional"
     assert s.security.callback_hosts == ("hooks.example.com", "10.1.0.0/16")
-    assert s.security.model_url_hosts == ("models.example.com", "cdn.example.com")
+    assert s.security.model_url_hosts == ("models.example.com", "cdn.test")
     assert not Settings().security.auth.enabled and not Settings().security.insecure
 
 

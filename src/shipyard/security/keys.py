@@ -380,6 +380,12 @@ class KeyRing:
                                   "ask an admin for a new key")
         return entry.principal
 
+    def may_read(self, token: str) -> bool:
+        """Whether ``verify(token)`` may read the database (a well-formed token of an id not held), so an
+        event loop calls it from a thread."""
+        parsed = parse_token(token)
+        return parsed is not None and parsed[0] not in self._entries
+
     def _reload_for(self, key_id: str) -> _Entry | None:
         """Re-read the keys for an unknown id, unless a read was tried less than a second ago."""
         with self._lock:

@@ -66,12 +66,20 @@ def authorized(auth: Authenticator, need: str, handler: Handler) -> Handler:
 
 def authorized_asgi(auth: Authenticator, need: str, app: ASGIApp) -> ASGIApp:
     """An ASGI endpoint (GraphQL) behind the same check; a refusal is the JSON error body."""
-    if auth.open(need):
-        return app
+    return app if auth.open(need) else _AuthorizedApp(auth, need, app)
 
-    async def checked(scope: Scope, receive: Receive, send: Send) -> None:
+
+class _AuthorizedApp:
+    """An ASGI app behind the check (a class: Starlette routes a plain function as a request handler)."""
+
+    def __init__(self, auth: Authenticator, need: str, app: ASGIApp) -> None:
+        self.auth = auth
+        self.need = need
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            principal = await _principal(auth, scope, need)
+            principal = await _principal(self.auth, scope, self.need)
         except ShipyardError as exc:
             body = error_body(exc)
             code = status_of(exc).graphql  # GraphQL clients read errors[].extensions.code
@@ -80,6 +88,4 @@ def authorized_asgi(auth: Authenticator, need: str, app: ASGIApp) -> ASGIApp:
                 scope, receive, send)
             return
         with acting_as(principal, client_address(scope)):
-            await app(scope, receive, send)
-
-    return checked
+            await self.app(scope, receive, send)
