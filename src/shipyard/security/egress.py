@@ -123,8 +123,8 @@ class HostAllowList:
         host = parts.hostname or ""
         how = f"list it in {self.setting} (host name, address or CIDR network)"
         if not self:
-            raise InvalidInput(f"{what} {shown} refused: no host is allowed; list the hosts a {what} may "
-                               f"reach in {self.setting}", field=field, got=shown)
+            raise InvalidInput(f"{what} {shown} refused: {self.setting} is empty, so no host is allowed; list "
+                               "the hosts there (names, *.domain, addresses or CIDR networks)", field=field, got=shown)
         try:
             literal: IPAddress | None = ipaddress.ip_address(host)
         except ValueError:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import ConfigError, InvalidInput
+from shipyard.registry.artifacts import ArtifactStore
 from shipyard.security.egress import HostAllowList, IPAddress, is_special, resolve
 
 DNS: dict[str, list[str]] = {
@@ -47,7 +49,7 @@ def test_a_listed_name_with_a_public_address_is_allowed_and_its_addresses_return
 
 def test_an_empty_list_refuses_everything_and_says_which_setting_allows() -> None:
     message = refused(allow(), "https://hooks.example.com/x")
-    assert "security.callback_hosts" in message and "no host is allowed" in message
+    assert "security.callback_hosts is empty, so no host is allowed" in message
 
 
 def test_a_name_not_listed_is_refused() -> None:
@@ -147,3 +149,13 @@ def test_the_system_resolver_resolves_localhost_to_loopback() -> None:
     assert addresses and all(a.is_loopback for a in addresses)
     message = refused(HostAllowList(["localhost"]), "http://localhost:8080/")
     assert "listing the name does not open" in message
+
+
+def test_an_http_artifact_store_needs_its_host_in_model_url_hosts(tmp_path: Path) -> None:
+    """fsspec reads a store over http(s): the only way a model is loaded from a URL."""
+    with pytest.raises(ConfigError, match="security.model_url_hosts is empty"):
+        ArtifactStore("http://127.0.0.1:9/artifacts", tmp_path)
+    with pytest.raises(ConfigError, match="127.0.0.1 is an internal address"):
+        ArtifactStore("simplecache::http://127.0.0.1:9/artifacts", tmp_path, ["localhost"])
+    assert ArtifactStore("http://127.0.0.1:9/artifacts", tmp_path, ["127.0.0.1"]).url.startswith("http://")
+    assert ArtifactStore(str(tmp_path / "store"), tmp_path).is_local  # a folder is never checked
