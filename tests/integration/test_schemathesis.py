@@ -3,8 +3,9 @@
 Every operation of the document gets schema-valid and schema-breaking requests,
 half of them aimed at the served model (random names only reach the 404). What
 must hold: no server error, every response with a declared status, media type,
-headers and schema, breaking requests refused, and no traceback or file path in
-any body. Not checked: that every schema-valid request is accepted, since a
+headers and schema, breaking requests refused, and no traceback or file path of this
+machine (the repository, the environment, the test's folders) in any body or
+header. Not checked: that every schema-valid request is accepted, since a
 model's signature (which columns, which values) is not in the document.
 Bounded: a fixed number of examples per operation, a fixed seed, a request timeout.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 import schemathesis  # the 'test' extra
-from _schemathesis_hooks import no_traceback_or_path
+from _schemathesis_hooks import LEAK_PATHS_ENV, no_traceback_or_path
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -43,6 +44,18 @@ CHECKS = [
     checks.negative_data_rejection,
     no_traceback_or_path,
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _leak_paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The run's temporary folders (SHIPYARD_HOME, logs) are paths no response may show: tell the check."""
+    before = os.environ.get(LEAK_PATHS_ENV)
+    os.environ[LEAK_PATHS_ENV] = str(tmp_path_factory.getbasetemp().resolve())
+    yield
+    if before is None:
+        del os.environ[LEAK_PATHS_ENV]
+    else:
+        os.environ[LEAK_PATHS_ENV] = before
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,10 @@ Layout: ``ROOT/NAME/DIGEST/<files>``, where DIGEST is the version's manifest
 digest, so identical content is stored once and a path never changes meaning.
 Uploads go to a temporary name first and are renamed when complete. Every
 fetch re-hashes the files against the manifest recorded in the database.
+
+An http(s) store (fsspec's HTTP filesystem, read-only in practice) is the one
+way shipyard loads model files from a URL: its host must be allowed by
+``security.model_url_hosts``, checked when the store opens and before each download.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import os
 import posixpath
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
-from shipyard.errors import ArtifactIntegrityError
+from shipyard.errors import ArtifactIntegrityError, ConfigError, InvalidInput
+from shipyard.security.egress import HostAllowList
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +53,22 @@ def hash_tree(folder: Path) -> dict[str, str]:
 class ArtifactStore:
     """Content-addressed version folders on an fsspec filesystem."""
 
-    def __init__(self, url: str, cache_dir: Path) -> None:
+    def __init__(self, url: str, cache_dir: Path, url_hosts: Sequence[str] = ()) -> None:
         self.url = url.rstrip("/")
+        # fsspec chains ("simplecache::https://...") reach the network through their http(s) link
+        self._http_urls = [p for p in self.url.split("::") if p.lower().startswith(("http://", "https://"))]
+        self._egress = HostAllowList(url_hosts, setting="security.model_url_hosts")
+        self._check_hosts()
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self.cache_dir = cache_dir
+
+    def _check_hosts(self) -> None:
+        for url in self._http_urls:
+            try:
+                self._egress.check_url(url, what="artifact store URL", field="artifacts")
+            except InvalidInput as exc:
+                raise ConfigError(exc.message) from None
 
     def uri(self, name: str, digest: str) -> str:
         return f"{self.url}/{name}/{digest}"
@@ -95,6 +112,7 @@ class ArtifactStore:
         else:
             folder = self.cache_dir / name / digest
             if not folder.exists():
+                self._check_hosts()  # again: what the name resolves to may have changed since
                 tmp = self.cache_dir / name / f".tmp-{uuid.uuid4().hex}"
                 tmp.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get(f"{self.root}/{name}/{digest}/", str(tmp), recursive=True)

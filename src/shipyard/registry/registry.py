@@ -76,8 +76,9 @@ class Registry:
         s = settings or Settings.from_env()
         if not s.registry_url or not s.artifacts:
             s.home.mkdir(parents=True, exist_ok=True)
+        artifacts = ArtifactStore(s.resolved_artifacts, s.cache_dir, s.security.model_url_hosts)
         database = Database(s.resolved_registry_url)
-        return cls(SQLStore(database), ArtifactStore(s.resolved_artifacts, s.cache_dir), database)
+        return cls(SQLStore(database), artifacts, database)
 
     def close(self) -> None:
         self.store.close()

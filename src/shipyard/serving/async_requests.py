@@ -8,6 +8,10 @@ predicts it and writes the result, or a dead letter, to ``TOPIC.results``. The
 collector here reads that topic, records the outcome, and POSTs it to the
 job's callback URL when one was given. ``GET /v1/jobs/{id}`` reads the record.
 
+A callback goes only to a host ``security.callback_hosts`` allows (``shipyard.security.egress``):
+checked at submission, and again before each delivery (DNS may have changed), and sent to
+the address that check resolved, so a second lookup cannot redirect it.
+
 With no broker configured the topics live in the embedded broker
 (``local://shipyard`` in ``SHIPYARD_HOME``), so this works out of the box and
 survives restarts: requests accepted before a crash are predicted after it.
@@ -30,6 +34,7 @@ from shipyard.context import RequestContext
 from shipyard.errors import InvalidInput
 from shipyard.registry import LoadedModel, Registry
 from shipyard.runtime.base import Arrays
+from shipyard.security.egress import HostAllowList, IPAddress
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.job_store import Job, JobStore
 from shipyard.streams.broker import Message, Record, Sink, Source, StreamUrl, open_sink, open_source
@@ -65,6 +70,7 @@ class AsyncRequests:
         self._tasks: list[asyncio.Task[Any]] = []
         self._callbacks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        self.callback_hosts = HostAllowList(settings.security.callback_hosts, setting="security.callback_hosts")
 
     @property
     def store(self) -> JobStore:
@@ -77,7 +83,8 @@ class AsyncRequests:
     async def start(self) -> None:
         """Open the broker ends; consumers and the collector run until ``stop``. Fails fast on a bad broker."""
         self._store = await anyio.to_thread.run_sync(JobStore, self.registry.database)
-        self._http = httpx.AsyncClient(timeout=10.0)
+        # no redirects: a 3xx to an internal address would go around the callback check
+        self._http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
         names = self.dp.repository.names()
         for name in names:
             sink = open_sink(requests_topic(self.base, name))
@@ -147,8 +154,8 @@ class AsyncRequests:
         """Check ``body`` now (a bad request is a 400, not a failed job later), queue it, return the job."""
         model = await self.dp.resolve(name)
         decode_message(Message(id="", value=body), model)
-        if callback is not None and not callback.startswith(("http://", "https://")):
-            raise InvalidInput("callback must be an http:// or https:// URL", field="callback", got=callback)
+        if callback is not None:
+            await self._check_callback(callback)
         sink = self._sinks.get(model.name)
         if sink is None:  # served by name but not started with: open its topic now
             sink = self._sinks[model.name] = open_sink(requests_topic(self.base, model.name))
@@ -157,6 +164,10 @@ class AsyncRequests:
         await anyio.to_thread.run_sync(self.store.add, job_id, model.name, callback)
         await sink.send([Record(body, key=job_id)])
         return await self.get(job_id)
+
+    async def _check_callback(self, url: str) -> list[IPAddress]:
+        return await anyio.to_thread.run_sync(
+            lambda: self.callback_hosts.check_url(url, what="callback URL", field="callback"))
 
     async def get(self, job_id: str) -> Job:
         return await anyio.to_thread.run_sync(self.store.get, job_id)
@@ -201,8 +212,13 @@ class AsyncRequests:
         status = "not delivered"
         for attempt in range(CALLBACK_ATTEMPTS):
             try:
-                r = await self._http.post(job.callback, content=orjson.dumps(job_view(job)),
-                                          headers={"Content-Type": "application/json"})
+                addresses = await self._check_callback(job.callback)
+            except InvalidInput as exc:
+                status = f"not sent ({exc.message})"
+                break
+            try:
+                r = await self._http.send(pinned_request(self._http, job.callback, addresses[0],
+                                                         orjson.dumps(job_view(job))))
                 status = f"delivered ({r.status_code})" if r.status_code < 400 else f"refused ({r.status_code})"
                 if r.status_code < 500:
                     break
@@ -212,6 +228,21 @@ class AsyncRequests:
         if not status.startswith("delivered"):
             logger.warning("callback of job %s to %s: %s", job.id, job.callback, status)
         await anyio.to_thread.run_sync(self.store.set_callback_status, job.id, status)
+
+
+def pinned_request(client: httpx.AsyncClient, url: str, ip: IPAddress, body: bytes) -> httpx.Request:
+    """A POST of ``body`` to ``url`` that connects to ``ip`` (the checked address), not to a fresh lookup.
+
+    ``Host`` and, for https, the TLS server name (SNI and certificate check) stay the URL's host.
+    """
+    target = httpx.URL(url)
+    request = client.build_request(
+        "POST", target.copy_with(host=str(ip)), content=body,
+        headers={"Content-Type": "application/json", "Host": target.netloc.decode("ascii")},
+    )
+    if target.scheme == "https":
+        request.extensions["sni_hostname"] = target.host
+    return request
 
 
 def job_view(job: Job) -> dict[str, Any]:

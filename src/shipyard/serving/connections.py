@@ -1,4 +1,4 @@
-"""Limits of the HTTP listener that uvicorn does not have: a header-read deadline and a connection cap.
+"""Limits of the HTTP listener that uvicorn does not have: a header deadline, header size and a connection cap.
 
 uvicorn closes a connection only when it idles after a response (keep-alive);
 one that opens and sends nothing, or sends its headers a byte at a time, is
@@ -11,6 +11,15 @@ h11 without it) and adds two rules:
   complete within ``header_timeout`` seconds; otherwise it is answered
   ``408`` with the JSON error body and closed. Bodies and handlers are not
   timed here (``request_timeout_seconds`` bounds a prediction).
+* **header size**: a request's head may carry at most ``MAX_HEADERS`` header
+  fields and ``MAX_HEAD_BYTES`` bytes (request target, names and values);
+  beyond either it is answered ``431`` and closed. uvicorn's httptools parser
+  has no such bound and buffers a header value of any length (h11, without
+  httptools, caps the head at 16 KiB by itself).
+* **unread bodies**: a response sent before its request's body was read
+  (a 413, or a 404 for an unknown model) ends the connection: the server
+  half-closes and drops what still comes, rather than reading and dropping
+  a body for as long as the client cares to send one.
 * **connection cap**: a connection beyond ``max_connections`` open ones is
   answered ``503`` (``Retry-After: 1``) and closed at once, before anything is
   read, so the ones already open keep being served.
@@ -25,6 +34,12 @@ from typing import Any
 import orjson
 
 logger = logging.getLogger(__name__)
+
+MAX_HEADERS = 100
+"""Header fields one request may carry (Apache's default; real clients send a few dozen at most)."""
+
+MAX_HEAD_BYTES = 64 * 1024
+"""Bytes of one request's target and headers: 8 times what most proxies accept, far below harm."""
 
 REFUSED_LINGER_SECONDS = 2.0
 """How long a refused connection is kept half-open for the client to read its 503 and close."""
@@ -41,8 +56,14 @@ def _reply(status: str, message: str, extra: bytes = b"") -> bytes:
     )
 
 
-def limited_protocol(base: type[asyncio.Protocol], *, header_timeout: float, max_connections: int) -> type[Any]:
-    """``base`` (a uvicorn HTTP protocol class) with a header deadline (0: none) and a connection cap."""
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head over the limits (the parser reports it as bad)."""
+
+
+def limited_protocol(base: type[asyncio.Protocol], *, header_timeout: float, max_connections: int,
+                     max_headers: int = MAX_HEADERS, max_head_bytes: int = MAX_HEAD_BYTES) -> type[Any]:
+    """``base`` (a uvicorn HTTP protocol class) with a header deadline (0: none), header limits and a
+    connection cap."""
     timeout_reply = _reply(
         "408 Request Timeout",
         f"request headers not complete within {header_timeout:g} s "
@@ -55,10 +76,27 @@ def limited_protocol(base: type[asyncio.Protocol], *, header_timeout: float, max
         b"retry-after: 1\r\n",
     )
 
+    too_many_reply = _reply(
+        "431 Request Header Fields Too Large",
+        f"the request carries more than {max_headers} header fields; send fewer",
+    )
+    too_big_reply = _reply(
+        "431 Request Header Fields Too Large",
+        f"the request's target and headers are larger than {max_head_bytes // 1024} KiB; send less in them "
+        "(large data belongs in the body)",
+    )
+
     class LimitedProtocol(base):  # type: ignore[valid-type,misc]
         _refused: asyncio.WriteTransport | None = None
         _header_timer: asyncio.TimerHandle | None = None
         _cycle_at_arm: object = None
+        # the head being parsed (httptools' callbacks; h11 bounds its heads itself)
+        _in_head = True
+        _head_began_now = False
+        _head_bytes = 0
+        _head_fields = 0
+        _head_refusal: bytes | None = None
+        _draining = False
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             if len(self.server_state.connections) >= max_connections:
@@ -85,16 +123,82 @@ def limited_protocol(base: type[asyncio.Protocol], *, header_timeout: float, max
             if self._refused is not None:
                 self._refused.close()
                 return None
+            if self._draining:
+                self.transport.close()
+                return None
             return super().eof_received()  # type: ignore[no-any-return]
 
         def data_received(self, data: bytes) -> None:
-            if self._refused is not None:
+            if self._refused is not None or self._head_refusal is not None or self._draining:
                 return  # the request of a refused connection is read and dropped
             if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
                 self._arm()  # the first bytes of a further request on a kept-alive connection
+            was_in_head, self._head_began_now = self._in_head, False
             super().data_received(data)
             if self._header_timer is not None and self.cycle is not self._cycle_at_arm:
                 self._disarm()  # a new request's headers are complete: the handler has it now
+            if self._in_head and was_in_head and not self._head_began_now:
+                # all of ``data`` went into a head still incomplete: the parser buffers a header
+                # until its end, so count raw bytes too, or one endless header would grow unseen
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head_bytes:
+                    self._refuse_head(too_big_reply)
+
+        # httptools' parser callbacks (uvicorn's HttpToolsProtocol); unused with h11
+
+        def on_message_begin(self) -> None:
+            self._in_head, self._head_began_now = True, True
+            self._head_bytes = self._head_fields = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._head_bytes += len(url)
+            if self._head_bytes > max_head_bytes:
+                self._head_refusal = too_big_reply
+                raise _HeadTooLarge
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._head_fields += 1
+            self._head_bytes += len(name) + len(value)
+            if self._head_fields > max_headers or self._head_bytes > max_head_bytes:
+                self._head_refusal = too_many_reply if self._head_fields > max_headers else too_big_reply
+                raise _HeadTooLarge  # the parser stops and uvicorn calls send_400_response
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            cycle = self.cycle  # the newest request: a later one parsed means this one's body was whole
+            if cycle is None or not cycle.response_complete or not cycle.more_body:
+                return
+            if self.transport is None or self.transport.is_closing():
+                return
+            # Answered before its body arrived. Half-close and drop the rest, as for a refused
+            # connection: closing outright would reset the connection under the unread response.
+            self._draining = True
+            self._disarm()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(REFUSED_LINGER_SECONDS, self.transport.abort)
+
+        def send_400_response(self, msg: str) -> None:
+            if self._head_refusal is None:
+                super().send_400_response(msg)
+            else:
+                self._refuse_head(self._head_refusal)
+
+        def _refuse_head(self, reply: bytes) -> None:
+            self._head_refusal = reply
+            self._disarm()
+            if self.transport is not None and not self.transport.is_closing():
+                logger.info("closing a connection from %s: %s", self.client,
+                            reply.rsplit(b'"error":"', 1)[-1].rstrip(b'"}').decode())
+                self.transport.write(reply)
+                self.transport.close()
 
         def _arm(self) -> None:
             if header_timeout > 0 and self._header_timer is None:

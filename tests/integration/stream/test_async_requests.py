@@ -34,6 +34,10 @@ ROWS = [
 ]
 
 
+#: callbacks go to a receiver on 127.0.0.1, which only an explicit entry opens
+CALLBACKS_TO_LOOPBACK = {"SHIPYARD_SECURITY__CALLBACK_HOSTS": "127.0.0.1"}
+
+
 @pytest.fixture
 def home(demo_home: Path, tmp_path: Path) -> Path:
     """A private copy of the demo registry (jobs and embedded streams live in it)."""
@@ -120,7 +124,7 @@ def test_result_is_pushed_to_the_callback_url(
     home: Path, callback_receiver: tuple[str, queue.Queue[dict[str, Any]]]
 ) -> None:
     url, received = callback_receiver
-    with run_server(home, ["demo@champion"], args=["--workers", "1"]) as server:
+    with run_server(home, ["demo@champion"], args=["--workers", "1"], env=CALLBACKS_TO_LOOPBACK) as server:
         job = httpx.post(f"{server.url}/v1/models/demo/jobs", params={"callback": url},
                          json={"instances": ROWS}).json()
         pushed = received.get(timeout=60)
@@ -131,6 +135,46 @@ def test_result_is_pushed_to_the_callback_url(
             assert time.monotonic() < until
             time.sleep(0.05)
         assert status["callback_status"] == "delivered (204)"
+
+
+def test_a_callback_to_a_host_not_allowed_is_refused_at_submission(
+    home: Path, callback_receiver: tuple[str, queue.Queue[dict[str, Any]]]
+) -> None:
+    url, received = callback_receiver
+    with run_server(home, ["demo@champion"], args=["--workers", "1"]) as server:  # callback_hosts empty
+        r = httpx.post(f"{server.url}/v1/models/demo/jobs", params={"callback": url}, json={"instances": ROWS})
+        assert r.status_code == 400 and r.json()["field"] == "callback", r.text
+        assert "security.callback_hosts" in r.json()["error"]
+    with run_server(home, ["demo@champion"], args=["--workers", "1"],
+                    env={"SHIPYARD_SECURITY__CALLBACK_HOSTS": "localhost,*.example.com"}) as server:
+        # a listed name does not open the loopback address it resolves to; nor does a literal address
+        for hook in (url.replace("127.0.0.1", "localhost"), url, "http://169.254.169.254/latest/meta-data/"):
+            r = httpx.post(f"{server.url}/v1/models/demo/jobs", params={"callback": hook}, json={"instances": ROWS})
+            assert r.status_code == 400 and r.json()["field"] == "callback", r.text
+            assert "internal address" in r.json()["error"], r.text
+    assert received.empty()
+
+
+def test_a_callback_is_checked_again_when_it_is_delivered(
+    home: Path, callback_receiver: tuple[str, queue.Queue[dict[str, Any]]]
+) -> None:
+    """Accepted while allowed; by delivery time the setting (standing in for DNS) no longer allows it."""
+    url, received = callback_receiver
+    with run_server(home, ["demo@champion"], args=["--workers", "1", "--no-async-consumers"],
+                    env=CALLBACKS_TO_LOOPBACK) as server:
+        r = httpx.post(f"{server.url}/v1/models/demo/jobs", params={"callback": url}, json={"instances": ROWS})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+    with run_server(home, ["demo@champion"], args=["--workers", "1"],
+                    env={"SHIPYARD_SECURITY__CALLBACK_HOSTS": "127.0.0.2"}) as server:
+        assert _wait_done(server, job_id)["status"] == "done"
+        until = time.monotonic() + 30
+        while (status := httpx.get(f"{server.url}/v1/jobs/{job_id}").json())["callback_status"] is None:
+            assert time.monotonic() < until, server.log()[-3000:]
+            time.sleep(0.05)
+    assert status["callback_status"].startswith("not sent (callback URL"), status
+    assert "security.callback_hosts" in status["callback_status"]
+    assert received.empty()
 
 
 def test_requests_go_through_the_broker_to_separate_stream_consumers(broker: Harness, home: Path) -> None:
