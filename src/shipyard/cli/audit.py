@@ -95,10 +95,12 @@ def verify(ctx: click.Context, expect: tuple[int, str] | None, as_json: bool) ->
     if as_json:
         print_json(report.to_dict())
     elif report.ok:
-        console.print(f"intact: {report.checked} entries, head {report.head_seq} {report.head_hash}", highlight=False)
-        console.print(f"keep '{report.head_seq}:{report.head_hash}' outside this database (a ticket, another "
-                      "system) and pass it as --expect later: someone who can rewrite the head could otherwise "
-                      "cut entries off the end unnoticed", highlight=False, soft_wrap=True)
+        console.print(f"intact: {report.checked} entries, head {report.head_seq} {report.head_hash}", highlight=False,
+                      soft_wrap=True)
+        if report.head_seq:
+            console.print(f"keep '{report.head_seq}:{report.head_hash}' outside this database (a ticket, another "
+                          "system) and pass it as --expect later: someone who can rewrite the head could "
+                          "otherwise cut entries off the end unnoticed", highlight=False, soft_wrap=True)
     else:
         err_console.print(f"[bold red]broken at entry {report.first_bad}:[/] {report.reason} "
                           f"({report.checked} entries intact before it)", highlight=False, soft_wrap=True)

@@ -256,7 +256,7 @@ class AuditLog:
                 return VerifyReport(False, checked, head_seq, head_hash, seq, reason)
 
             checked, prev_seq, prev_hash = 0, 0, GENESIS
-            found_expected = False
+            found_expected = expect == (0, GENESIS)  # noted before anything was appended
             while True:
                 rows = conn.execute(sa.select(audit_t).where(audit_t.c.seq > prev_seq).order_by(audit_t.c.seq)
                                     .limit(self.page_size)).mappings().all()

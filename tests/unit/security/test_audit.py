@@ -78,6 +78,9 @@ def test_an_intact_log_verifies_and_reports_its_head(database: Database) -> None
 def test_an_empty_log_verifies_at_the_genesis_hash(database: Database) -> None:
     report = AuditLog(database).verify()
     assert report.ok and (report.checked, report.head_seq, report.head_hash) == (0, 0, GENESIS)
+    fill(database, 1)
+    assert AuditLog(database).verify(expect=(0, GENESIS)).ok
+    assert not AuditLog(database).verify(expect=(0, "1" * 64)).ok
 
 
 def test_an_expected_entry_that_is_still_there_verifies(database: Database) -> None:
