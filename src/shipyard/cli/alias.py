@@ -15,6 +15,7 @@ import click
 
 from shipyard.cli._output import console, err_console, fail, handle_errors, settings_from, table
 from shipyard.registry import Registry
+from shipyard.rollout.actions import record_refusal
 from shipyard.rollout.gates import METRICS, GateReport, log_outcome, promotion_gates
 
 
@@ -69,6 +70,7 @@ def alias(ctx: click.Context, name: str, alias_name: str | None, version: int | 
         log_outcome(report, actor=actor, forced=force and not report.passed)
         print_report(report)
         if not report.passed and not force:
+            record_refusal(reg.database, report)
             fail(f"{name}@{alias_name} was not moved to version {version}: "
                  f"{len(report.failures)} promotion gate(s) failed (--force moves it anyway)")
         move = reg.set_alias(name, alias_name, version, actor=actor, note=report.note(forced=force))

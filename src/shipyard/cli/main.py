@@ -10,6 +10,7 @@ from shipyard import __version__
 from shipyard.cli import (
     alerts,
     alias,
+    audit,
     batch,
     config,
     drift,
@@ -75,6 +76,7 @@ cli.add_command(profile.profile)
 cli.add_command(alerts.alerts)
 cli.add_command(drift.drift)
 cli.add_command(keys.keys)
+cli.add_command(audit.audit)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from shipyard.options import type_name
 from shipyard.registry import Registry
 from shipyard.registry.checkset import MIN_ROWS
 from shipyard.registry.registry import HOLDOUT_MAX_ROWS, IF_IDENTICAL
+from shipyard.rollout.actions import record_refusal
 from shipyard.rollout.gates import log_outcome, promotion_gates
 from shipyard.runtime.loader import declared_options, runtime_for
 from shipyard.signature import sample_to_arrays
@@ -177,6 +178,7 @@ def _move_past_gates(reg: Registry, name: str, alias_name: str, version: int) ->
     log_outcome(report, actor=actor, forced=False)
     print_report(report)
     if not report.passed:
+        record_refusal(reg.database, report)
         fail(f"{name}:{version} is registered, but {name}@{alias_name} was not moved to it: "
              f"{len(report.failures)} promotion gate(s) failed "
              f"(`shipyard alias {name} {alias_name} {version} --force` moves it anyway)")

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from shipyard.errors import IdenticalVersion, ModelNotFound, RegistryError, VersionConflict
 from shipyard.registry.database import Database
 from shipyard.registry.model import AliasMove, ModelVersion
+from shipyard.security import audit
 from shipyard.signature import Signature
 
 logger = logging.getLogger(__name__)
@@ -212,7 +213,12 @@ class SQLStore:
                             created_at=created,
                         )
                     )
+                    audit.append(conn, "model.register", f"{name}:{version}", details=_register_details(record))
                 return _to_version(full)
+            except IdenticalVersion as exc:  # nothing was written: the attempt is recorded on its own
+                audit.record(self.database, "model.register", f"{name}:{exc.version}",
+                             details=_register_details(record, identical_to=exc.version))
+                raise
             except (IntegrityError, OperationalError) as exc:
                 if attempt == 19:
                     raise VersionConflict(f"could not allocate a version of '{name}': {exc}") from exc
@@ -350,6 +356,8 @@ class SQLStore:
                 actor=actor, note=note,
             )
         )
+        audit.append(conn, f"alias.{action}", f"{name}@{alias}",
+                     details={"previous": previous, "version": version, "note": note})
         return AliasMove(name, alias, version, None if previous is None else int(previous), action, moved_at, actor,
                          note)
 
@@ -412,6 +420,15 @@ def _replay(history: list[AliasMove]) -> list[int]:
         elif move.action == "delete":
             stack.clear()
     return stack
+
+
+def _register_details(record: dict[str, Any], identical_to: int | None = None) -> dict[str, Any]:
+    """What the audit log keeps of a registration: the runtime and the sha256 of the files' manifest."""
+    details: dict[str, Any] = {"flavor": record.get("flavor"), "digest": record.get("digest"),
+                               "files": len(record.get("files") or {})}
+    if identical_to is not None:  # refused (IdenticalVersion) or reused by the caller: no version made
+        details["identical_to"] = identical_to
+    return details
 
 
 def _settings_key(rec: dict[str, Any]) -> str:

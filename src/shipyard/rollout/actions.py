@@ -10,13 +10,19 @@ are made against the revision they read: a concurrent change fails them with
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from shipyard.errors import ConfigError, ModelNotFound, PromotionRefused
 from shipyard.registry import Registry
 from shipyard.registry.model import AliasMove
 from shipyard.rollout.policy import Arm, State, TrafficPolicy
 from shipyard.rollout.store import PolicyConflict, TrafficStore
+from shipyard.security import audit
 from shipyard.types import is_version_number
+
+if TYPE_CHECKING:
+    from shipyard.registry.database import Database
+    from shipyard.rollout.gates import GateReport
 
 
 class NoPolicy(ModelNotFound):
@@ -90,6 +96,7 @@ def promote_policy(store: TrafficStore, registry: Registry, policy: TrafficPolic
     report = promotion_gates(registry, policy.model, alias, version)
     log_outcome(report, actor=actor, forced=force)
     if not report.passed and not force:
+        record_refusal(store.database, report)
         raise PromotionRefused(f"{policy.model}@{alias}", version, report.reasons())
     latest = store.get(policy.model)
     if latest is None or latest.revision != policy.revision:
@@ -109,6 +116,13 @@ def promote_policy(store: TrafficStore, registry: Registry, policy: TrafficPolic
             registry.set_alias(policy.model, alias, before, actor=actor, note="promotion undone: the rollout changed")
         raise
     return stored, move
+
+
+def record_refusal(database: Database, report: GateReport) -> None:
+    """Audit a promotion the gates refused: ``alias.set``, outcome ``refused``, with the gates' verdicts."""
+    audit.record(database, "alias.set", f"{report.name}@{report.alias}", outcome="refused",
+                 details={"previous": report.current, "version": report.candidate, "note": report.note(forced=False),
+                          "gates": [r.to_dict() for r in report.results]})
 
 
 def _stable(policy: TrafficPolicy) -> Arm:

@@ -26,6 +26,7 @@ from shipyard.errors import RegistryError
 from shipyard.registry.database import Database
 from shipyard.rollout.policy import TrafficPolicy
 from shipyard.rollout.tables import leases_t, traffic_history_t, traffic_t
+from shipyard.security import audit
 
 
 class PolicyConflict(RegistryError):
@@ -102,6 +103,7 @@ class TrafficStore:
                 model=policy.model, revision=stored.revision, policy=body, state=stored.state,
                 reason=stored.reason, at=values["updated_at"], actor=actor,
             ))
+            audit.append(conn, "rollout.change", policy.model, details=_audit_details(body, stored.reason))
         return stored
 
     def delete(self, model: str, *, actor: str | None = None, reason: str = "") -> bool:
@@ -116,6 +118,7 @@ class TrafficStore:
                 model=model, revision=int(policy.get("revision", 0)), policy=policy, state="removed",
                 reason=reason, at=self._now(), actor=actor,
             ))
+            audit.append(conn, "rollout.delete", model, details=_audit_details(policy, reason))
         return True
 
     def history(self, model: str) -> list[PolicyChange]:
@@ -160,6 +163,12 @@ class TrafficStore:
                 sa.select(leases_t.c.holder, leases_t.c.expires_at).where(leases_t.c.name == name)
             ).first()
         return None if row is None else (str(row[0]), float(row[1]))
+
+
+def _audit_details(policy: dict[str, Any], reason: str) -> dict[str, Any]:
+    """What the audit log keeps of a policy change: revision, kind, state, arms and why."""
+    return {"revision": policy.get("revision"), "kind": policy.get("kind"), "state": policy.get("state"),
+            "step": policy.get("step"), "arms": policy.get("arms"), "reason": reason}
 
 
 def _loads(value: Any) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from shipyard.rollout.experiments import ExperimentCollector, Experiments
 from shipyard.rollout.policy import TrafficPolicy, same_spec
 from shipyard.rollout.router import PolicyRouter
 from shipyard.rollout.store import TrafficStore
+from shipyard.security.audit import record_config
 from shipyard.security.auth import Authenticator, exposure_check
 from shipyard.serving import deployment
 from shipyard.serving.async_requests import AsyncRequests
@@ -130,6 +131,7 @@ def build_server(
     """
     exposure_check(settings)  # no listening beyond loopback without authentication
     reg = registry or Registry.from_settings(settings)
+    record_config(reg.database, settings)  # the audit log notes the settings a server starts with, when changed
     auth = Authenticator.from_settings(settings, reg.database)
     pool = WorkerPool(settings, settings.worker_count) if settings.worker_count > 1 else None
     policies = deployment.deployment_policies(settings, models or ())
