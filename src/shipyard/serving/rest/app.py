@@ -27,6 +27,7 @@ from shipyard.protocol.json_body import parse_json
 from shipyard.serving.async_requests import AsyncRequests, job_view
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.graphql import graphql_endpoints
+from shipyard.serving.rest.admin import admin_endpoints
 from shipyard.serving.rest.body import check_json_type, read_body
 from shipyard.serving.rest.errors import error_body, error_headers, status_for
 from shipyard.serving.rest.experiments import experiment_endpoints
@@ -137,6 +138,7 @@ class RestApp:
             *extension_endpoints(self),  # first: /v2/models/stats before /v2/models/{name}
             *rest_endpoints(self),
             *experiment_endpoints(self),
+            *admin_endpoints(self),
             *endpoints,  # what the composition root contributes (feedback)
             *graphql_endpoints(dataplane, max_body_bytes),
         ]

@@ -32,6 +32,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     },
     "version": {"description": "Version number", "schema": {"type": "string", "pattern": f"^{VERSION_PATTERN}$"}},
     "job_id": {"description": "Id of an asynchronous request", "schema": {"type": "string"}},
+    "alias": {"description": "Alias name (letters, digits, '_', '.', '-')",
+              "schema": {"type": "string", "pattern": f"^{NAME_PATTERN}$"}},
 }
 
 _ANY: dict[str, Any] = {}
@@ -307,6 +309,51 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    # admin (rest/admin.py): alias moves and the audit log
+    "AliasMove": {
+        "type": "object",
+        "required": ["name", "alias", "version", "previous", "action", "moved_at"],
+        "properties": {"name": {"type": "string"}, "alias": {"type": "string"},
+                       "version": {"type": ["integer", "null"]}, "previous": {"type": ["integer", "null"]},
+                       "action": {"type": "string", "enum": ["set", "rollback", "delete"]},
+                       "moved_at": {"type": "string"}, "actor": {"type": ["string", "null"]},
+                       "note": {"type": ["string", "null"]}},
+    },
+    "AliasList": {
+        "type": "object",
+        "required": ["model", "aliases", "history"],
+        "properties": {"model": {"type": "string"},
+                       "aliases": {"type": "object", "additionalProperties": {"type": "integer"}},
+                       "history": {"type": "array", "items": {"$ref": "#/components/schemas/AliasMove"}}},
+    },
+    "AliasRequest": {
+        "type": "object",
+        "required": ["version"],
+        "additionalProperties": False,
+        "properties": {"version": {"type": "integer", "minimum": 1},
+                       "force": {"type": "boolean", "description": "move even when a promotion gate fails"}},
+    },
+    "AuditEntry": {
+        "type": "object",
+        "required": ["seq", "at", "actor", "source", "action", "target", "outcome", "prev_hash", "hash"],
+        "properties": {"seq": {"type": "integer"}, "at": {"type": "number"}, "actor": {"type": "string"},
+                       "source": {"type": "string"}, "action": {"type": "string"}, "target": {"type": "string"},
+                       "outcome": {"type": "string", "enum": ["ok", "refused", "failed"]},
+                       "details": {"type": ["object", "null"]}, "prev_hash": {"type": "string"},
+                       "hash": {"type": "string"}},
+    },
+    "AuditList": {
+        "type": "object",
+        "required": ["entries"],
+        "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}},
+    },
+    "AuditVerify": {
+        "type": "object",
+        "required": ["ok", "checked", "head_seq", "head_hash", "first_bad", "reason"],
+        "properties": {"ok": {"type": "boolean"}, "checked": {"type": "integer"}, "head_seq": {"type": "integer"},
+                       "head_hash": {"type": "string"}, "first_bad": {"type": ["integer", "null"]},
+                       "reason": {"type": "string"}},
+    },
     # rollouts (rest/experiments.py, rollout/report.py): numbers a report cannot estimate yet are null
     "ExperimentList": {
         "type": "object",
@@ -474,6 +521,7 @@ _ERROR_BODY = Body("Error")
 _STATUS_TEXT = {
     400: "the request is malformed or does not fit the model's signature",
     404: "no such model, version, alias or job (or prediction, for feedback)",
+    409: "a promotion gate failed (the alias did not move), or a concurrent change won",
     413: "the body is larger than the server accepts",
     415: "the content type or content encoding is not supported here",
     500: "the model or the server failed",
