@@ -35,6 +35,8 @@ class GrpcServer:
         port: port to bind (0: any free port; ``port`` holds the real one after ``start``).
         max_message_bytes: largest request accepted (RESOURCE_EXHAUSTED beyond it), as REST's body limit.
         grace_seconds: how long ``stop`` lets calls in flight finish.
+        credentials: ``grpc.ServerCredentials`` to serve TLS with (``ServerTls.grpc_credentials``);
+            None: plaintext.
     """
 
     def __init__(
@@ -45,12 +47,14 @@ class GrpcServer:
         port: int,
         max_message_bytes: int,
         grace_seconds: float = 30.0,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
         self.grace_seconds = grace_seconds
+        self.credentials = credentials
         self._server: Any = None
 
     async def start(self) -> None:
@@ -66,7 +70,10 @@ class GrpcServer:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
         where = address(self.host, self.port)
         try:
-            bound = server.add_insecure_port(where)
+            if self.credentials is not None:
+                bound = server.add_secure_port(where, self.credentials)
+            else:
+                bound = server.add_insecure_port(where)
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen for gRPC on {where}: {exc}") from None
         if not bound:
@@ -74,7 +81,8 @@ class GrpcServer:
         await server.start()
         self._server = server
         self.port = int(bound)
-        logger.info("gRPC listening on %s", address(self.host, self.port))
+        logger.info("gRPC listening on %s://%s", "grpcs" if self.credentials is not None else "grpc",
+                    address(self.host, self.port))
 
     async def stop(self) -> None:
         """Stop taking calls; let those in flight finish for up to ``grace_seconds``."""
