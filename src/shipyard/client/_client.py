@@ -105,7 +105,7 @@ class AsyncClient:
         if token is not None:
             if any(k.lower() == "authorization" for k in sent):
                 raise ConfigError("give token or an Authorization header, not both")
-            if not token or token != token.strip():
+            if not token or any(c.isspace() for c in token):
                 raise ConfigError("token must be the bare API key or JWT, without 'Bearer ' or spaces")
             sent["Authorization"] = f"Bearer {token}"
         self._tls = ClientTls.build(ca_file, cert, key) if secure else None

@@ -17,6 +17,7 @@ from shipyard.security.tls import readable, split_pem
 
 #: OpenSSL's names for the handshake failures a user can fix, and what to do about each.
 _VERIFY_FAILED = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
+_NAME_MISMATCH = ("Hostname mismatch", "IP address mismatch", "HOSTNAME_MISMATCH", "IP_ADDRESS_MISMATCH")
 _CERT_REQUIRED = ("CERTIFICATE_REQUIRED", "certificate required")
 _CERT_REFUSED = ("ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE_UNKNOWN", "ALERT_DECRYPT_ERROR",
                  "ALERT_HANDSHAKE_FAILURE")
@@ -107,6 +108,10 @@ def handshake_error(exc: BaseException, where: str) -> ShipyardError | None:
 
 def handshake_error_text(text: str, where: str) -> ShipyardError | None:
     """``handshake_error`` from an error's text (gRPC gives only that)."""
+    if any(s in text for s in _VERIFY_FAILED) and any(s in text for s in _NAME_MISMATCH):
+        return ShipyardError(
+            f"the certificate of {where} could not be verified: it is not valid for that host name or address "
+            f"({_detail(text)}); use a name the certificate lists in the URL")
     if any(s in text for s in _VERIFY_FAILED):
         return ShipyardError(
             f"the certificate of {where} could not be verified ({_detail(text)}); if the server's certificate "
