@@ -265,8 +265,8 @@ def test_mtls_a_certificate_from_another_ca_is_refused(mtls_server: TlsServer, p
 
 def test_optional_client_certificates(optional_server: TlsServer, pki: Pki) -> None:
     # REST: none is fine, one signed by the CA is fine, one from another CA is refused
-    for kwargs in ({}, {"cert": pki.client_cert, "key": pki.client_key}):
-        with shipyard.Client(optional_server.url, ca_file=pki.ca, **kwargs) as client:
+    for cert, key in ((None, None), (pki.client_cert, pki.client_key)):
+        with shipyard.Client(optional_server.url, ca_file=pki.ca, cert=cert, key=key) as client:
             assert list(client.predict("demo", [ROW])[0]) == ["predict"]
     message, _ = refused(optional_server.url, ca_file=pki.ca, cert=pki.stranger_both, retries=1)
     assert "it may have refused this one" in message
