@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import weakref
@@ -16,6 +17,7 @@ import orjson
 
 from shipyard.client._data import answer as shape_answer
 from shipyard.client._data import prepare
+from shipyard.client._tls import ClientTls
 from shipyard.client._transport import Transport, Unavailable
 from shipyard.errors import ConfigError, InferenceError, ShipyardError
 from shipyard.types import InferenceRequest, InferenceResponse, Tensor
@@ -50,14 +52,22 @@ class AsyncClient:
         backoff: first wait between tries, doubled each time up to ``max_backoff``;
             a longer Retry-After from the server wins.
         max_backoff: longest wait the client picks by itself.
-        headers: sent with every call (HTTP headers, or gRPC metadata), e.g. authorization.
+        headers: sent with every call (HTTP headers, or gRPC metadata).
         http_transport: an httpx transport for REST, e.g. ``httpx.ASGITransport(app)``
             to call an app in-process.
+        ca_file: CA certificates (PEM) an ``https://`` or ``grpcs://`` server's certificate
+            is checked against; None: the system's CA store. The server is always checked.
+        cert: a client certificate (PEM) to present, for servers that require one (mutual TLS).
+        key: the private key of ``cert`` (PEM, unencrypted); None: it is in the ``cert`` file.
+        token: an API key or JWT, sent as ``Authorization: Bearer TOKEN`` (REST) or
+            ``authorization`` metadata (gRPC).
         sleep: the coroutine that waits between tries (tests pass a fake one).
 
     Errors are ``shipyard.errors`` exceptions: ``InvalidInput`` (with ``field``),
     ``ModelNotFound``, ``ModelNotReady`` once retries are spent, ``RequestTimeout``;
-    ``ShipyardError`` when the server cannot be reached or does not answer in time.
+    ``ShipyardError`` when the server cannot be reached or does not answer in time, or when the TLS
+    handshake fails (the server's certificate could not be verified, or it wants a client certificate):
+    not retried, the message says which argument fixes it.
     """
 
     def __init__(
@@ -70,6 +80,10 @@ class AsyncClient:
         max_backoff: float = 5.0,
         headers: Mapping[str, str] | None = None,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        token: str | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         parts = urlsplit(url)
@@ -81,13 +95,27 @@ class AsyncClient:
             raise ConfigError("timeout must be positive; retries, backoff and max_backoff must not be negative")
         if http_transport is not None and parts.scheme.startswith("grpc"):
             raise ConfigError("http_transport applies to http:// and https:// URLs only")
+        secure = parts.scheme in ("https", "grpcs")
+        tls_given = any(v is not None for v in (ca_file, cert, key))
+        if tls_given and not secure:
+            raise ConfigError(f"ca_file, cert and key apply to https:// and grpcs:// URLs, not {parts.scheme}://")
+        if tls_given and http_transport is not None:
+            raise ConfigError("ca_file, cert and key do not apply with http_transport (it makes the connections)")
+        sent = dict(headers or {})
+        if token is not None:
+            if any(k.lower() == "authorization" for k in sent):
+                raise ConfigError("give token or an Authorization header, not both")
+            if not token or any(c.isspace() for c in token):
+                raise ConfigError("token must be the bare API key or JWT, without 'Bearer ' or spaces")
+            sent["Authorization"] = f"Bearer {token}"
+        self._tls = ClientTls.build(ca_file, cert, key) if secure else None
         self.url = url.rstrip("/")
         self.scheme = parts.scheme
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.headers = dict(headers or {})
+        self.headers = sent
         self._netloc = parts.netloc
         self._http_transport = http_transport
         self._sleep = sleep
@@ -100,11 +128,13 @@ class AsyncClient:
             if self.scheme.startswith("grpc"):
                 from shipyard.client._grpc import GrpcTransport
 
-                self._transport = GrpcTransport(self._netloc, secure=self.scheme == "grpcs", headers=self.headers)
+                self._transport = GrpcTransport(self._netloc, secure=self._tls is not None, headers=self.headers,
+                                                tls=self._tls)
             else:
                 from shipyard.client._rest import RestTransport
 
-                self._transport = RestTransport(self.url, headers=self.headers, http_transport=self._http_transport)
+                self._transport = RestTransport(self.url, headers=self.headers, http_transport=self._http_transport,
+                                                tls=self._tls)
         return self._transport
 
     async def _retrying(self, call: Callable[[Transport, float], Awaitable[T]]) -> T:
@@ -348,10 +378,15 @@ class Client:
         max_backoff: float = 5.0,
         headers: Mapping[str, str] | None = None,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        token: str | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {
             "timeout": timeout, "retries": retries, "backoff": backoff, "max_backoff": max_backoff,
-            "headers": headers, "http_transport": http_transport,
+            "headers": headers, "http_transport": http_transport, "ca_file": ca_file, "cert": cert, "key": key,
+            "token": token,
         }
         AsyncClient(url, **kwargs)  # validate the arguments here, before a thread starts
         self._thread = _LoopThread()

@@ -6,6 +6,7 @@ from typing import Any
 
 from shipyard._extras import require
 from shipyard.client._errors import error_class_for_status, server_error
+from shipyard.client._tls import ClientTls, closed_hint, handshake_error_text
 from shipyard.client._transport import Unavailable
 from shipyard.errors import ShipyardError
 from shipyard.types import InferenceRequest, InferenceResponse
@@ -14,7 +15,9 @@ from shipyard.types import InferenceRequest, InferenceResponse
 class GrpcTransport:
     """One server over one ``grpc.aio`` channel; create it inside the event loop that uses it."""
 
-    def __init__(self, target: str, *, secure: bool = False, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, target: str, *, secure: bool = False, headers: dict[str, str] | None = None, tls: ClientTls | None = None
+    ) -> None:
         self.grpc: Any = require("grpc", "grpc", "grpcio")
         from shipyard.protocol.grpc import codec, inference_pb2, inference_pb2_grpc, metadata
 
@@ -22,8 +25,13 @@ class GrpcTransport:
         self.target = target
         self.scheme = "grpcs" if secure else "grpc"
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-        if secure:
-            self._channel = self.grpc.aio.secure_channel(target, self.grpc.ssl_channel_credentials(), options)
+        self._tls = (tls or ClientTls()) if secure else None
+        if self._tls is not None:
+            key, chain = self._tls.grpc_identity()
+            credentials = self.grpc.ssl_channel_credentials(
+                root_certificates=self._tls.grpc_roots(), private_key=key, certificate_chain=chain
+            )
+            self._channel = self.grpc.aio.secure_channel(target, credentials, options)
         else:
             self._channel = self.grpc.aio.insecure_channel(target, options)
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
@@ -43,8 +51,14 @@ class GrpcTransport:
         code = exc.code()
         where = f"{self.scheme}://{self.target}"
         shipyards = type_name is not None or kind is not None
+        if not shipyards and self._tls is not None and code == self.grpc.StatusCode.UNAVAILABLE:
+            tls = handshake_error_text(exc.details() or "", where)
+            if tls is not None:  # not retried: the same certificates fail the same way
+                return tls
         if not shipyards and code == self.grpc.StatusCode.UNAVAILABLE:  # no shipyard answer: no connection
-            return Unavailable(ShipyardError(f"cannot reach {where}: {exc.details()}"))
+            details = exc.details() or ""
+            hint = closed_hint(self._tls) if "Socket closed" in details or "reset" in details else ""
+            return Unavailable(ShipyardError(f"cannot reach {where}: {details}{hint}"))
         if not shipyards and code == self.grpc.StatusCode.DEADLINE_EXCEEDED:
             return ShipyardError(f"no answer from {where} within {timeout:.3g}s")
         message = exc.details() or code.name

@@ -10,6 +10,7 @@ import httpx
 import orjson
 
 from shipyard.client._errors import error_class_for_status, server_error
+from shipyard.client._tls import ClientTls, closed_hint, handshake_error
 from shipyard.client._transport import Unavailable
 from shipyard.errors import ShipyardError
 from shipyard.protocol import oip
@@ -82,14 +83,18 @@ class RestTransport:
         *,
         headers: dict[str, str] | None = None,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # keep every connection a burst opened: httpx's default keeps 20, so 64 callers at once
         # would close and reopen 44 connections per round
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, transport=http_transport, limits=limits
+            base_url=self.base_url, headers=headers, transport=http_transport, limits=limits,
+            # an https:// URL is always checked: against ca_file or the system store (http_transport: its own)
+            verify=tls.ssl_context() if tls is not None and http_transport is None else True,
         )
+        self._tls = tls
 
     async def _send(
         self, method: str, path: str, timeout: float, *, model: str | None = None, version: str | None = None,
@@ -97,12 +102,17 @@ class RestTransport:
     ) -> httpx.Response:
         try:
             response = await self._client.request(method, path, timeout=timeout, **kwargs)
-        except httpx.ConnectError as exc:
-            raise Unavailable(ShipyardError(f"cannot reach {self.base_url}: {exc}")) from None
-        except httpx.TimeoutException:
-            raise ShipyardError(f"no answer from {self.base_url}{path} within {timeout:.3g}s") from None
         except httpx.TransportError as exc:
-            raise ShipyardError(f"{method} {self.base_url}{path} failed: {exc}") from None
+            # a failed handshake is not worth another try: the same certificates fail the same way
+            tls = handshake_error(exc, self.base_url) if self._tls is not None else None
+            if tls is not None:
+                raise tls from None
+            if isinstance(exc, httpx.ConnectError):
+                raise Unavailable(ShipyardError(f"cannot reach {self.base_url}: {exc}")) from None
+            if isinstance(exc, httpx.TimeoutException):
+                raise ShipyardError(f"no answer from {self.base_url}{path} within {timeout:.3g}s") from None
+            reason = str(exc) or f"the connection closed without an answer ({type(exc).__name__})"
+            raise ShipyardError(f"{method} {self.base_url}{path} failed: {reason}{closed_hint(self._tls)}") from None
         if response.status_code < 400 or response.status_code in ok_statuses:
             return response
         message, field, type_name, kind = response.text, None, None, None

@@ -389,12 +389,15 @@ class _RolloutControllerService:
 def _grpc_server(dp: DataPlane, settings: Settings, port: int, auth: Authenticator | None) -> GrpcServer:
     """The gRPC listener, imported only when asked for (MissingDependency without the extra)."""
     require("grpc", "grpc", "grpcio")
+    from shipyard.security.tls import ServerTls
     from shipyard.serving.grpc.auth import AuthInterceptor
     from shipyard.serving.grpc.server import GrpcServer
 
+    tls = ServerTls.from_config(settings.security.tls)
     return GrpcServer(dp, host=settings.host, port=port, max_message_bytes=settings.max_body_bytes,
                       grace_seconds=settings.graceful_shutdown_seconds,
-                      interceptors=[AuthInterceptor(auth)] if auth is not None else ())
+                      interceptors=[AuthInterceptor(auth)] if auth is not None else (),
+                      credentials=tls.grpc_credentials() if tls is not None else None)
 
 
 @contextlib.asynccontextmanager
@@ -412,7 +415,14 @@ def serve(
     on_ready: Callable[[], Any] | None = None,
     grpc_port: int | None = None,
 ) -> None:
-    """Serve until interrupted. Blocks. ``grpc_port`` also serves gRPC, in the same process."""
+    """Serve until interrupted. Blocks. ``grpc_port`` also serves gRPC, in the same process.
+
+    With ``security.tls.certfile`` set both listeners speak TLS only; the certificate files are
+    checked before anything loads (ConfigError naming the setting and the file).
+    """
+    from shipyard.security.tls import ServerTls
+
+    tls = ServerTls.from_config(settings.security.tls)
     server = build_server(settings, models, on_ready=on_ready, grpc_port=grpc_port)
     config = uvicorn.Config(
         server.app,
@@ -425,7 +435,11 @@ def serve(
         timeout_keep_alive=int(settings.keep_alive_seconds),
         server_header=False,
         http=http_protocol(settings.header_timeout_seconds, settings.max_connections),
+        **(tls.uvicorn_kwargs() if tls is not None else {}),
     )
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    logger.info("listening on %s://%s:%d%s", "https" if tls is not None else "http", host, settings.port,
+                f" (client certificates: {tls.client_auth})" if tls is not None else "")
     # uvicorn drains in-flight requests on SIGINT/SIGTERM, then re-raises the signal to
     # whatever handler was there before; make that a clean exit 0 rather than death by signal.
     previous = {sig: signal.signal(sig, _exit_cleanly) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -36,6 +36,8 @@ class GrpcServer:
         port: port to bind (0: any free port; ``port`` holds the real one after ``start``).
         max_message_bytes: largest request accepted (RESOURCE_EXHAUSTED beyond it), as REST's body limit.
         grace_seconds: how long ``stop`` lets calls in flight finish.
+        credentials: ``grpc.ServerCredentials`` to serve TLS with (``ServerTls.grpc_credentials``);
+            None: plaintext.
         interceptors: ``grpc.aio.ServerInterceptor``s every call passes (authentication).
     """
 
@@ -48,6 +50,7 @@ class GrpcServer:
         max_message_bytes: int,
         grace_seconds: float = 30.0,
         interceptors: Sequence[Any] = (),
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.host = host
@@ -55,6 +58,7 @@ class GrpcServer:
         self.max_message_bytes = max_message_bytes
         self.grace_seconds = grace_seconds
         self.interceptors = tuple(interceptors)
+        self.credentials = credentials
         self._server: Any = None
 
     async def start(self) -> None:
@@ -71,7 +75,10 @@ class GrpcServer:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
         where = address(self.host, self.port)
         try:
-            bound = server.add_insecure_port(where)
+            if self.credentials is not None:
+                bound = server.add_secure_port(where, self.credentials)
+            else:
+                bound = server.add_insecure_port(where)
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen for gRPC on {where}: {exc}") from None
         if not bound:
@@ -79,7 +86,8 @@ class GrpcServer:
         await server.start()
         self._server = server
         self.port = int(bound)
-        logger.info("gRPC listening on %s", address(self.host, self.port))
+        logger.info("gRPC listening on %s://%s", "grpcs" if self.credentials is not None else "grpc",
+                    address(self.host, self.port))
 
     async def stop(self) -> None:
         """Stop taking calls; let those in flight finish for up to ``grace_seconds``."""
