@@ -127,7 +127,8 @@ def _rest(world: World, method: str, path: str, token: str | None = None, *, hea
 
 
 def _path(endpoint: Endpoint) -> str:
-    return (endpoint.path.replace("{name}", "demo").replace("{version}", "1").replace("{job_id}", "nosuchjob"))
+    return (endpoint.path.replace("{name}", "demo").replace("{version}", "1").replace("{job_id}", "nosuchjob")
+            .replace("{alias}", "nosuchalias"))
 
 
 #: For each need, a key that lacks it.
@@ -337,3 +338,26 @@ def test_a_model_restricted_key_sees_only_its_models(world: World) -> None:
     assert listing["models"] == []  # it may use 'other' only, which this server does not serve
     assert _rest(world, "GET", "/v2/models/demo", world.keys["o"]).status_code == 403
     assert [m["name"] for m in _rest(world, "GET", "/v1/models", world.keys["r"]).json()["models"]] == ["demo"]
+
+
+def test_admin_routes_move_aliases_and_the_audit_log_names_who_from_where(world: World) -> None:
+    admin = world.keys["a"]
+    moved = _rest(world, "PUT", "/v1/models/demo/aliases/staging", admin, body={"version": 1})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["alias"] == "staging" and moved.json()["version"] == 1
+    assert _rest(world, "GET", "/v1/models/demo/aliases", admin).json()["aliases"]["staging"] == 1
+    bad = _rest(world, "PUT", "/v1/models/demo/aliases/staging", admin, body={"version": "one"})
+    assert bad.status_code == 400 and bad.json()["field"] == "version"
+    assert _rest(world, "DELETE", "/v1/models/demo/aliases/staging", admin).status_code == 200
+    entries = _rest(world, "GET", "/v1/audit?target=demo&action=alias", admin).json()["entries"]
+    assert [(e["action"], e["target"], e["actor"]) for e in entries[:2]] == [
+        ("alias.delete", "demo@staging", "t-a"), ("alias.set", "demo@staging", "t-a")]
+    assert entries[0]["source"].startswith("127.0.0.1:")
+    created = _rest(world, "GET", "/v1/audit?action=key.create", admin).json()["entries"]
+    assert {e["details"]["name"] for e in created} >= {"t-p", "t-a", "t-expired"}
+    assert all("sy_" not in orjson.dumps(e).decode() for e in created)  # no secret in the log
+    verified = _rest(world, "GET", "/v1/audit/verify", admin).json()
+    assert verified["ok"] and verified["checked"] == verified["head_seq"] >= 3
+    # a predict key may not move aliases, read the log, or use the admin routes at all
+    refused = _rest(world, "PUT", "/v1/models/demo/aliases/staging", world.keys["p"], body={"version": 1})
+    assert refused.status_code == 403
