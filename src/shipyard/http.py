@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -12,12 +13,17 @@ from typing import Any
 from shipyard.errors import ShipyardError
 
 
-def post_json(url: str, body: Any, timeout: float = 30) -> Any:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
+def post_json(url: str, body: Any, timeout: float = 30, *, token: str | None = None,
+              ca_file: str | None = None) -> Any:
+    """POST ``body`` as JSON and read the JSON answer; ``token`` is sent as a bearer credential and
+    ``ca_file`` verifies an https server (the system store otherwise)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https://") else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")

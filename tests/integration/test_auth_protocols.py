@@ -361,3 +361,20 @@ def test_admin_routes_move_aliases_and_the_audit_log_names_who_from_where(world:
     # a predict key may not move aliases, read the log, or use the admin routes at all
     refused = _rest(world, "PUT", "/v1/models/demo/aliases/staging", world.keys["p"], body={"version": 1})
     assert refused.status_code == 403
+
+
+def test_the_cli_predicts_against_an_authenticated_server_with_a_token(world: World) -> None:
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "shipyard", "predict", "demo", "--url", world.server.url,
+           "--data", orjson.dumps([ROW]).decode()]
+    env = {k: v for k, v in os.environ.items() if k != "SHIPYARD_TOKEN"}
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode == 1 and "401" in refused.stderr and "no credentials" in refused.stderr
+    answered = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                              env={**env, "SHIPYARD_TOKEN": world.keys["p"]})
+    assert answered.returncode == 0, answered.stderr
+    assert orjson.loads(answered.stdout)["predictions"] == [0]
+    assert "unknown environment variable" not in answered.stderr

@@ -20,9 +20,14 @@ from shipyard.types import InferenceResponse, ModelRef, Tensor
 @click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Input file (.csv/.json/.jsonl/.parquet/.npy).")
 @click.option("--url", help="Ask a running server (e.g. http://127.0.0.1:8000) instead of loading the model here.")
+@click.option("--token", envvar="SHIPYARD_TOKEN", default=None,
+              help="API key or JWT sent to --url as a bearer credential. Env: SHIPYARD_TOKEN.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA certificates an https --url is verified against (default: the system store).")
 @click.pass_context
 @handle_errors
-def predict(ctx: click.Context, ref: str, data: str | None, input_file: Path | None, url: str | None) -> None:
+def predict(ctx: click.Context, ref: str, data: str | None, input_file: Path | None, url: str | None,
+            token: str | None, ca_file: str | None) -> None:
     """Predict with REF (name, name@alias or name:VERSION) and print the predictions as JSON."""
     if (data is None) == (input_file is None):
         fail("give exactly one of --data JSON or --input FILE")
@@ -32,7 +37,7 @@ def predict(ctx: click.Context, ref: str, data: str | None, input_file: Path | N
         if not isinstance(payload, (list, dict)):
             payload = payload.to_dict(orient="records") if hasattr(payload, "to_dict") else payload.tolist()
         body = {"instances": payload} if isinstance(payload, list) else {"inputs": payload}
-        print_json(post_json(f"{url.rstrip('/')}/v1/models/{ref}:predict", body))
+        print_json(post_json(f"{url.rstrip('/')}/v1/models/{ref}:predict", body, token=token, ca_file=ca_file))
         return
     reg = Registry.from_settings(settings_from(ctx))
     try:

@@ -18,6 +18,7 @@ from shipyard.config._sections import (
     _SERVICE_LINK,
     CONFIG_VARIABLE,
     ENV_PREFIX,
+    OTHER_VARIABLES,
     logger,
 )
 from shipyard.config._settings import Settings, setting_names
@@ -100,7 +101,7 @@ def _check_keys(data: Any, cls: type, keys: tuple[str | int, ...], *, owner: str
 def _variables(env: Mapping[str, str]) -> Iterator[tuple[str, tuple[str | int, ...], Any]]:
     """(variable, key path, value) of each non-empty ``SHIPYARD_*`` variable that names a setting."""
     for variable, raw in env.items():
-        if not variable.startswith(ENV_PREFIX) or raw == "" or variable == CONFIG_VARIABLE:
+        if not variable.startswith(ENV_PREFIX) or raw == "" or variable in OTHER_VARIABLES:
             continue
         found = _env_target(variable)
         if found is None:
@@ -245,7 +246,7 @@ def _warn_unknown_variables(env: Mapping[str, str]) -> None:
     """Log each ``SHIPYARD_*`` variable that is no setting (typos such as SHIPYARD_MAX_QEUE), once."""
     variables = {n: ENV_PREFIX + n.upper() for n in setting_names()}
     for key in env:
-        if (not key.startswith(ENV_PREFIX) or key == CONFIG_VARIABLE or key in _warned
+        if (not key.startswith(ENV_PREFIX) or key in OTHER_VARIABLES or key in _warned
                 or _SERVICE_LINK.match(key) or _env_target(key) is not None):
             continue
         _warned.add(key)

@@ -14,6 +14,8 @@ logger = logging.getLogger("shipyard.config")  # one logger for the package, the
 
 ENV_PREFIX = "SHIPYARD_"
 CONFIG_VARIABLE = "SHIPYARD_CONFIG"
+#: Variables the command line reads that are no setting: never warned about as unknown.
+OTHER_VARIABLES = frozenset({CONFIG_VARIABLE, "SHIPYARD_TOKEN"})
 """Names the settings file when no ``-c`` is given."""
 # Kubernetes service links for a Service named "shipyard": not ours, never warned about
 _SERVICE_LINK = re.compile(r"^SHIPYARD_(SERVICE_[A-Z0-9_]+|PORT_\d+_[A-Z]+(_[A-Z]+)?)$")
