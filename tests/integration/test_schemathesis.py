@@ -27,6 +27,10 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 
+from shipyard.config import Settings
+from shipyard.demo import register_demo
+from shipyard.registry import Registry
+from shipyard.security.keys import KeyStore
 from shipyard.testing import RunningServer, run_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -59,26 +63,58 @@ def _leak_paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server(demo_home: Path) -> Iterator[RunningServer]:
+def fuzzed_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry of its own holding the demo: the fuzzing moves aliases (the admin routes) and writes keys."""
+    home = tmp_path_factory.mktemp("fuzzed") / "home"
+    reg = Registry.from_settings(Settings(home=home))
+    try:
+        register_demo(reg)
+    finally:
+        reg.close()
+    return home
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(fuzzed_home: Path) -> Iterator[RunningServer]:
     # a server of its own: the fuzzing queues asynchronous jobs and fills the logs; feedback on, so its
     # routes (/v1/feedback, /quality) are fuzzed too
-    with run_server(demo_home, ["demo@champion"], args=["--workers", "1", "--max-body-bytes", "65536"],
+    with run_server(fuzzed_home, ["demo@champion"], args=["--workers", "1", "--max-body-bytes", "65536"],
                     env={"SHIPYARD_MONITORING__FEEDBACK__ENABLED": "true"}) as server:
         yield server
 
 
-def test_schemathesis_cli_finds_nothing(fuzzed_server: RunningServer, tmp_path: Path) -> None:
-    """The CLI's coverage phase (boundary and type-confused values for every parameter) and fuzzing."""
+def _cli(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     names = [c.__name__ for c in CHECKS]
-    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{fuzzed_server.url}/openapi.json",
+    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
            "--checks", ",".join(names), "--phases", "coverage,fuzzing", "--max-examples", "25", "--seed", "1",
-           "--request-timeout", "10", "--no-color"]
+           "--request-timeout", "10", "--no-color", *extra]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS.stem,
            "PYTHONPATH": os.pathsep.join([str(HOOKS.parent), os.environ.get("PYTHONPATH", "")])}
     # cwd: the CLI keeps its example database in ./.schemathesis
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False, cwd=tmp_path)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False, cwd=tmp_path)
+
+
+def test_schemathesis_cli_finds_nothing(fuzzed_server: RunningServer, tmp_path: Path) -> None:
+    """The CLI's coverage phase (boundary and type-confused values for every parameter) and fuzzing."""
+    done = _cli(fuzzed_server.url, tmp_path)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "Traceback" not in fuzzed_server.log()
+
+
+def test_schemathesis_cli_with_authentication_on_finds_nothing(fuzzed_home: Path, tmp_path: Path) -> None:
+    """The same with API keys required and an admin key sent: every route reached past its check, and the
+    document declaring 401/403/429 where credentials are needed."""
+    reg = Registry.from_settings(Settings(home=fuzzed_home))
+    try:
+        _, token = KeyStore(reg.database).create("fuzzer", ["admin"])
+    finally:
+        reg.close()
+    # demo:1, not demo@champion: the first run may have deleted the alias through the admin routes
+    with run_server(fuzzed_home, ["demo:1"], args=["--workers", "1", "--max-body-bytes", "65536"],
+                    env={"SHIPYARD_SECURITY__AUTH__ENABLED": "true"}) as server:
+        done = _cli(server.url, tmp_path, "--header", f"Authorization: Bearer {token}")
+        assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+        assert "Traceback" not in server.log()
 
 
 def test_fuzzing_aimed_at_the_served_model_finds_nothing(fuzzed_server: RunningServer) -> None:

@@ -83,6 +83,7 @@ class ModelRepository:
         self.runtimes = dict(runtimes or {})
         """Model name -> the runtime mode it is served with instead of ``runtime_mode``."""
         self._resolved: dict[ModelRef, _Resolved] = {}
+        self._vanished: set[ModelRef] = set()  # aliases deleted while served: warned about once
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._guard = threading.Lock()
@@ -144,7 +145,15 @@ class ModelRepository:
     async def refresh(self) -> None:
         """Re-read every alias followed; switch each that moved, once its new version is loaded everywhere."""
         for ref, hit in list(self._resolved.items()):
-            version = await anyio.to_thread.run_sync(self.registry.resolve, ref)
+            try:
+                version = await anyio.to_thread.run_sync(self.registry.resolve, ref)
+            except ModelNotFound as exc:  # the alias was deleted: keep answering with what it last meant
+                if ref not in self._vanished:
+                    self._vanished.add(ref)
+                    logger.warning("%s; still serving version %d for %s until the alias is set again",
+                                   exc, hit.version, ref)
+                continue
+            self._vanished.discard(ref)
             if version == hit.version:
                 self._resolved[ref] = _Resolved(version, self._clock())
                 continue

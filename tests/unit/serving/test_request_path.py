@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -228,6 +229,28 @@ async def test_alias_move_preloads_then_switches_and_releases_the_old_version(
             assert [e.route for e in recorder.events] == ["champion", "champion", "champion", "1"]
     finally:
         registry.set_alias("m", "champion", 1)
+
+
+async def test_a_served_alias_deleted_keeps_its_last_version_with_one_warning(
+    shared: tuple[Settings, Registry], caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings, registry = shared
+    registry.set_alias("m", "doomed", 2)
+    server = build_server(settings.replace(alias_refresh_seconds=60, cache_size=0), ["m@doomed"], registry=registry)
+    repo = server.repository
+    body = {"instances": [{"x1": 1.0, "x2": 2.0}]}
+    async with started(server), http(server) as c:
+        registry.delete_alias("m", "doomed")
+        with caplog.at_level(logging.WARNING, logger="shipyard.hosting.repository"):
+            await repo.refresh()
+            await repo.refresh()
+        assert (await c.post("/v1/models/m:predict", json=body)).json()["model_version"] == "2"
+        warnings = [r.getMessage() for r in caplog.records if r.name == "shipyard.hosting.repository"]
+        assert len(warnings) == 1 and "still serving version 2 for m@doomed" in warnings[0]
+        assert not any(r.exc_info for r in caplog.records)
+        registry.set_alias("m", "doomed", 1)  # set again: followed again
+        await repo.refresh()
+        assert (await c.post("/v1/models/m:predict", json=body)).json()["model_version"] == "1"
 
 
 async def test_services_start_in_order_and_stop_in_reverse_also_when_one_fails() -> None:

@@ -4,7 +4,8 @@
 does; a failed gate refuses the move (409, audited as refused) unless ``"force": true``.
 ``DELETE`` removes an alias and ``POST .../rollback`` moves it back; neither is gated. Every move
 is written to the audit log in its own transaction by the registry, with the caller's principal and
-address. ``GET /v1/audit`` reads the log and ``GET /v1/audit/verify`` checks its hash chain.
+address. ``GET /v1/audit`` reads the log (a recorded configuration's text left out: it names paths) and
+``GET /v1/audit/verify`` checks its hash chain.
 
 The registry and the gates block (database, model loading), so they run off the event loop.
 """
@@ -49,6 +50,15 @@ def _as_caller(request: Request) -> Iterator[None]:
     client = request.scope.get("client")
     with acting_as(ANONYMOUS, source_var.get() or (f"{client[0]}:{client[1]}" if client else "server")):
         yield
+
+
+def _shown(entry: dict[str, Any]) -> dict[str, Any]:
+    """An audit entry as the network sees it: a recorded configuration's text (paths, hosts) stays on the
+    registry's side; its sha256 and changed keys are shown. ``shipyard audit --json`` shows all of it."""
+    details = entry.get("details")
+    if isinstance(details, dict) and "yaml" in details:
+        entry["details"] = {**details, "yaml": None}
+    return entry
 
 
 def _alias_request(body: bytes) -> tuple[int, bool]:
@@ -132,7 +142,7 @@ def admin_endpoints(app: RestApp) -> list[Endpoint]:
         events = await anyio.to_thread.run_sync(lambda: log.read(
             action=q.get("action") or None, target=q.get("target") or None, actor=q.get("actor") or None,
             since=since, limit=int(limit_text)))
-        return _json({"entries": [e.to_dict() for e in events]})
+        return _json({"entries": [_shown(e.to_dict()) for e in events]})
 
     async def verify(request: Request) -> Response:
         from shipyard.security.audit import AuditLog
