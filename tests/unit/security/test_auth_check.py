@@ -49,3 +49,53 @@ def test_listening_beyond_loopback_needs_auth_or_insecure(caplog: pytest.LogCapt
     with caplog.at_level(logging.WARNING, logger="shipyard.security.auth"):
         exposure_check(Settings(host="0.0.0.0", security=SecurityConfig(insecure=True)))
     assert "INSECURE: listening on 0.0.0.0 with authentication off" in caplog.text
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_authenticator_checks_keys_scopes_and_the_metrics_setting(settings: Settings) -> None:
+    from shipyard.errors import PermissionDenied
+    from shipyard.registry import Registry
+    from shipyard.security.auth import Authenticator
+    from shipyard.security.keys import KeyStore
+
+    on = settings.replace(security=SecurityConfig(auth=AuthConfig(enabled=True, metrics="read")))
+    registry = Registry.from_settings(on)
+    try:
+        store = KeyStore(registry.database)
+        _, reader = store.create("reader", ["read"])
+        _, admin = store.create("boss", ["admin"])
+        auth = Authenticator.from_settings(on, registry.database)
+        assert auth is not None and Authenticator.from_settings(settings, registry.database) is None
+        await auth.start()
+        assert await auth.check(None, "open") is None  # health probes
+        with pytest.raises(Unauthenticated):
+            await auth.check(None, "metrics")  # metrics: read
+        assert (await auth.check(f"Bearer {reader}", "metrics")).name == "reader"  # type: ignore[union-attr]
+        with pytest.raises(PermissionDenied, match="key 'reader' needs the 'predict' scope"):
+            await auth.check(f"Bearer {reader}", "predict")
+        for need in ("predict", "feedback", "read", "admin", "authenticated"):  # admin implies every scope
+            assert (await auth.check(f"Bearer {admin}", need)).name == "boss"  # type: ignore[union-attr]
+        with pytest.raises(Unauthenticated, match="invalid API key"):
+            await auth.check("Bearer not-a-key-and-no-jwt-issuer", "read")
+        with pytest.raises(AssertionError):
+            await auth.check(f"Bearer {admin}", "reed")  # a typo in a route table never passes
+    finally:
+        registry.close()
+
+
+def test_requests_carry_their_principal_into_the_prediction_log() -> None:
+    from shipyard.context import RequestContext
+    from shipyard.monitoring.events import PredictionEvent
+    from shipyard.monitoring.predlog import to_record
+    from shipyard.security.principal import Principal, acting_as
+
+    with acting_as(Principal("fraud-scorer", "key", frozenset({"predict"})), "10.0.0.7:5000"):
+        ctx = RequestContext.new("rest")
+    assert ctx.principal == "fraud-scorer" and RequestContext.new("rest").principal is None
+    event = PredictionEvent(ctx, "fraud", 3, "champion", None, None, 0.0, 0.001, "ok")
+    assert to_record(event)["principal"] == "fraud-scorer"
