@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import logging
 import socket
 import sys
 import threading
@@ -34,6 +35,38 @@ AUDIENCE = "shipyard-test"
 
 
 pytestmark = pytest.mark.integration  # a real HTTP server serves the JWKS
+
+
+class JwtLog(logging.Handler):
+    """What ``shipyard.security.jwt`` logs, read straight off its logger: whatever another test did to the
+    propagation or levels of the loggers above it (pytest's caplog listens at the root)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def caplog() -> Iterator[JwtLog]:
+    handler = JwtLog()
+    logger = logging.getLogger("shipyard.security.jwt")
+    saved = (logger.level, logger.disabled)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]
 
 
 class Clock:
@@ -450,7 +483,7 @@ def test_retired_key_stops_working_after_refresh(
 
 
 def test_unreachable_refresh_keeps_the_old_keys(
-    verifier: JwtVerifier, jwks: JwksServer, rsa_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
+    verifier: JwtVerifier, jwks: JwksServer, rsa_key: rsa.RSAPrivateKey, caplog: JwtLog
 ) -> None:
     jwks.stop()
     assert verifier.refresh() is False
@@ -459,7 +492,7 @@ def test_unreachable_refresh_keeps_the_old_keys(
 
 
 def test_unknown_kid_with_the_provider_unreachable_is_refused(
-    verifier: JwtVerifier, jwks: JwksServer, rsa_key2: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
+    verifier: JwtVerifier, jwks: JwksServer, rsa_key2: rsa.RSAPrivateKey, caplog: JwtLog
 ) -> None:
     jwks.stop()
     with pytest.raises(Unauthenticated, match="'k2' is not among"):
@@ -499,7 +532,7 @@ def test_watch_picks_up_new_keys_and_stops(
 
 
 def test_watch_keeps_keys_when_the_provider_goes_away(
-    jwks: JwksServer, clock: Clock, rsa_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
+    jwks: JwksServer, clock: Clock, rsa_key: rsa.RSAPrivateKey, caplog: JwtLog
 ) -> None:
     v = JwtVerifier(config(jwks_url=jwks.url), clock=clock, watch_seconds=0.01)
     v.load()
@@ -538,7 +571,7 @@ def test_jwks_error_status_at_load_is_a_clear_error(jwks: JwksServer, clock: Clo
 
 
 def test_jwks_without_usable_keys_is_refused_at_load(
-    jwks: JwksServer, clock: Clock, caplog: pytest.LogCaptureFixture
+    jwks: JwksServer, clock: Clock, caplog: JwtLog
 ) -> None:
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     jwks.keys = [

@@ -118,7 +118,8 @@ async def test_a_405_names_the_allowed_methods(client: httpx.AsyncClient) -> Non
 
 async def test_every_405_allow_header_matches_the_route_table(server: Server, client: httpx.AsyncClient) -> None:
     for e in server.endpoints:
-        path = e.path.replace("{name}", "m").replace("{version}", "1").replace("{job_id}", "j")
+        path = (e.path.replace("{name}", "m").replace("{version}", "1").replace("{job_id}", "j")
+                .replace("{alias}", "a"))
         r = await client.request("PATCH", path)
         assert r.status_code == 405, path
         assert set(r.headers["allow"].split(", ")) == set(e.allow.split(", ")), path

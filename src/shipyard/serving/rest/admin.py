@@ -118,6 +118,9 @@ def admin_endpoints(app: RestApp) -> list[Endpoint]:
                 lambda: registry.delete_alias(name, alias, actor=current_actor().name))
         return _json(_move(move))
 
+    async def alias_route(request: Request) -> Response:
+        return await (set_alias if request.method == "PUT" else delete_alias)(request)
+
     async def rollback(request: Request) -> Response:
         name, alias = request.path_params["name"], request.path_params["alias"]
         with _as_caller(request):
@@ -154,12 +157,11 @@ def admin_endpoints(app: RestApp) -> list[Endpoint]:
     return [
         Endpoint(("GET",), "/v1/models/{name}/aliases", aliases, "A model's aliases and every past move",
                  Body("AliasList"), errors=(400, 404, 500), scope="admin"),
-        Endpoint(("PUT",), "/v1/models/{name}/aliases/{alias}", set_alias,
-                 "Point an alias at a version after the promotion gates pass (409 when one fails, unless "
-                 "force); audited", Body("AliasMove"), Body("AliasRequest"), errors=(*move_errors, 413, 415),
-                 scope="admin"),
-        Endpoint(("DELETE",), "/v1/models/{name}/aliases/{alias}", delete_alias, "Remove an alias; audited",
-                 Body("AliasMove"), errors=move_errors, scope="admin"),
+        # one route for both methods, so a 405 on the path names both in Allow
+        Endpoint(("PUT", "DELETE"), "/v1/models/{name}/aliases/{alias}", alias_route,
+                 "PUT: point an alias at a version after the promotion gates pass (409 when one fails, unless "
+                 "force); DELETE: remove it. Audited", Body("AliasMove"), Body("AliasRequest"),
+                 errors=(*move_errors, 413, 415), scope="admin"),
         Endpoint(("POST",), "/v1/models/{name}/aliases/{alias}/rollback", rollback,
                  "Move an alias back to the version it pointed at before its latest move; audited",
                  Body("AliasMove"), errors=move_errors, scope="admin"),
