@@ -170,7 +170,7 @@ def exposure_check(settings: Settings) -> None:
     if not settings.security.insecure:
         raise ConfigError(
             f"refusing to listen on {settings.host} without authentication: anyone who can reach it could "
-            "predict, read and load models. Turn authentication on (security.auth.enabled: true, or "
+            "predict, read every model and move its aliases. Turn authentication on (security.auth.enabled: true, or "
             "SHIPYARD_SECURITY__AUTH__ENABLED=true) and create a key with 'shipyard keys create NAME "
             "--scope predict', or listen on 127.0.0.1, or pass --insecure if this network is trusted"
         )
