@@ -112,7 +112,24 @@ def test_a_body_the_handler_never_reads_ends_the_connection(server: RunningServe
             b"Content-Length: %d\r\n\r\n" % (MAX_BODY // 2))
     reply = exchange(server.port, head + b"[")
     assert status_of(reply) in (200, 405), reply[:500]
+    assert b"\r\nconnection: close\r\n" in reply.lower(), reply[:500]  # a keep-alive client must not reuse it
     assert_still_serving(server)
+
+
+def test_a_keep_alive_client_goes_on_after_an_answer_that_did_not_wait_for_its_body(server: RunningServer) -> None:
+    """A 413 and a 404 answered before their bodies were read close their connections, saying so first:
+    the client's next request goes on a new connection and is answered."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(3):
+            big = client.post("/v1/models/demo:predict", content=b" " * (MAX_BODY + 1),
+                              headers={"content-type": "application/json"})
+            assert big.status_code == 413
+            unknown = client.post("/v1/models/nosuchmodel:predict", content=b"[" * 1000,
+                                  headers={"content-type": "application/json"})
+            assert unknown.status_code == 404
+            ok = client.post("/v1/models/demo:predict", content=b'{"instances": [' + ROW + b"]}",
+                             headers={"content-type": "application/json"})
+            assert ok.status_code == 200
 
 
 def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(server: RunningServer) -> None:

@@ -17,9 +17,10 @@ h11 without it) and adds two rules:
   has no such bound and buffers a header value of any length (h11, without
   httptools, caps the head at 16 KiB by itself).
 * **unread bodies**: a response sent before its request's body was read
-  (a 413, or a 404 for an unknown model) ends the connection: the server
-  half-closes and drops what still comes, rather than reading and dropping
-  a body for as long as the client cares to send one.
+  (a 413, or a 404 for an unknown model) ends the connection: its head says
+  ``connection: close`` (so a keep-alive client opens a new one), and the
+  server half-closes and drops what still comes, rather than reading and
+  dropping a body for as long as the client cares to send one.
 * **connection cap**: a connection beyond ``max_connections`` open ones is
   answered ``503`` (``Retry-After: 1``) and closed at once, before anything is
   read, so the ones already open keep being served.
@@ -169,6 +170,26 @@ def limited_protocol(base: type[asyncio.Protocol], *, header_timeout: float, max
         def on_headers_complete(self) -> None:
             self._in_head = False
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is None or getattr(cycle, "_shipyard_send", None) is not None:
+                return
+            send = cycle.send  # the app looks it up when its task first runs, after this
+
+            async def send_saying_close(message: Any) -> None:
+                # answered before the body came: say so in the head (uvicorn writes "connection: close"
+                # for a cycle not kept alive), so a client never sends another request on it; the
+                # connection is then half-closed by on_response_complete, not reset under the answer
+                if message["type"] == "http.response.start" and cycle.more_body and cycle.keep_alive:
+                    cycle.keep_alive = False
+                    try:
+                        await send(message)
+                    finally:
+                        cycle.keep_alive = True
+                    return
+                await send(message)
+
+            cycle._shipyard_send = send
+            cycle.send = send_saying_close
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
