@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 MAX_CREDENTIAL_BYTES = 8192
 #: API keys start with this; anything else is read as a JWT.
 KEY_PREFIX = "sy_"
+_SPACE = re.compile(r"\s")
 
 
 class Authenticator:
@@ -100,9 +102,10 @@ class Authenticator:
         if token.startswith(KEY_PREFIX):
             if self.keys is None:
                 raise Unauthenticated("API keys are not accepted by this server; send a JWT")
-            if self.keys.may_read(token):  # an id not held: re-read (at most once a second) off the loop
+            held = self.keys.verify_held(token)
+            if held is None:  # an id not held: re-read the keys (at most once a second) off the loop
                 return await anyio.to_thread.run_sync(self.keys.verify, token)
-            return self.keys.verify(token)
+            return held
         if self.jwt is None:
             raise Unauthenticated("invalid API key")
         return await self.jwt.verify_async(token)
@@ -145,7 +148,7 @@ def bearer_token(authorization: str | None) -> str:
     if scheme.lower() != "bearer":
         raise Unauthenticated(f"unsupported authorization scheme '{scheme[:20]}'; use 'Bearer KEY'")
     token = token.strip()
-    if not token or any(c.isspace() for c in token):
+    if not token or _SPACE.search(token):
         raise Unauthenticated("malformed credentials: 'Authorization: Bearer KEY' takes one token")
     return token
 

@@ -365,7 +365,17 @@ class KeyRing:
             Unauthenticated: ``invalid API key`` for a malformed token, an unknown key or a wrong secret
                 (which one is not said); the right secret of a revoked or expired key says so.
         """
+        return self._verify(parse_token(token))
+
+    def verify_held(self, token: str) -> Principal | None:
+        """``verify`` without reading the database: None for a well-formed token of a key id not held
+        (an event loop then calls ``verify`` from a thread)."""
         parsed = parse_token(token)
+        if parsed is not None and parsed[0] not in self._entries:
+            return None
+        return self._verify(parsed)
+
+    def _verify(self, parsed: tuple[str, str] | None) -> Principal:
         if parsed is None:
             raise Unauthenticated("invalid API key")
         key_id, secret = parsed
@@ -379,12 +389,6 @@ class KeyRing:
             raise Unauthenticated(f"API key {entry.key.name} expired at {iso(entry.key.expires_at)}; "
                                   "ask an admin for a new key")
         return entry.principal
-
-    def may_read(self, token: str) -> bool:
-        """Whether ``verify(token)`` may read the database (a well-formed token of an id not held), so an
-        event loop calls it from a thread."""
-        parsed = parse_token(token)
-        return parsed is not None and parsed[0] not in self._entries
 
     def _reload_for(self, key_id: str) -> _Entry | None:
         """Re-read the keys for an unknown id, unless a read was tried less than a second ago."""
