@@ -266,10 +266,13 @@ def main() -> None:
             model, row = models[name]
             record = row.to_dict(orient="records")
             body = orjson.dumps({"instances": record})
-            results: dict[str, Result] = {"(a) raw predict": Result()}
-            for _ in range(args.rounds):
+            results: dict[str, Result] = {"(a) raw predict": Result(), **{label: Result() for label in chosen}}
+            for round_ in range(args.rounds):
                 results["(a) raw predict"].points.setdefault(1, []).append(raw_point(model, row, args.duration))
-                for label, (kind, extra, extra_env) in chosen.items():
+                # every other round in reverse: a config run right after another server stopped is slower,
+                # and a fixed order would charge that to the later configs every time
+                order = list(chosen.items()) if round_ % 2 == 0 else list(reversed(chosen.items()))
+                for label, (kind, extra, extra_env) in order:
                     port = free_port()
                     if kind == "bare":
                         cmd = [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(port),
