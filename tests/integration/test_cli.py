@@ -76,6 +76,31 @@ def test_quickstart_registers_serves_and_prints_a_working_curl_line(tmp_path: Pa
     assert proc.returncode == 0  # SIGTERM drains and exits cleanly
 
 
+def test_a_sigterm_to_the_whole_process_group_drains_without_a_worker_dying_first(tmp_path: Path) -> None:
+    """systemd (KillMode=control-group), `timeout` and `kill -- -PGID` signal the model workers too: they
+    leave shutdown to the server, which drains and exits 0 without a worker death or a traceback."""
+    port = free_port()
+    env = {**os.environ, "SHIPYARD_HOME": str(tmp_path / "home")}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "shipyard", "quickstart", "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "curl" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert "curl" in log.read_text(), log.read_text()
+        os.killpg(proc.pid, signal.SIGTERM)  # the server, its model workers and the forkserver at once
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "died" not in text and "Traceback" not in text, text
+
+
 def test_register_show_alias_rollback_predict(tmp_path: Path, iris_files) -> None:
     home = tmp_path / "home"
     model_path, sample, model = iris_files

@@ -247,7 +247,7 @@ class WorkerPool:
                 await self._until_ready(self._spawn(index))
                 logger.info("model worker %d replaced", index)
                 return
-            except ShipyardError as exc:
+            except (ShipyardError, OSError, EOFError) as exc:  # EOFError: the forkserver itself is gone
                 logger.error("replacement of worker %d failed: %s; retrying in 1s", index, exc)
                 await asyncio.sleep(1)
 
@@ -263,9 +263,11 @@ def _rebuild(kind: str, message: str) -> ShipyardError:
 
 def worker_main(conn: Connection, settings: Settings, versions: list[tuple[str, int]]) -> None:
     """Load the served versions, then answer calls until told to stop or the pipe closes."""
-    # The server process owns shutdown: it drains requests, then sends "stop".
+    # The server process owns shutdown: it drains requests, then sends "stop" (SIGKILL after a grace).
+    # Ctrl-C (SIGINT) and a SIGTERM sent to the whole process group (systemd's default KillMode,
+    # `timeout`, `kill -- -PGID`) reach the workers too; ignoring both lets the server drain first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from shipyard.hosting.compiled import CompiledCache, load_for_serving
     from shipyard.registry import Registry
 
