@@ -16,16 +16,21 @@ from shipyard.registry import Registry
 from shipyard.testing import PostgresUnavailable, RunningServer, postgres_server, run_server
 
 
-@pytest.fixture(scope="session")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SHIPYARD_HOME holding the quickstart model as demo:1 (alias champion)."""
-    home = tmp_path_factory.mktemp("demo") / "home"
+def make_demo_home(tmp_path_factory: pytest.TempPathFactory, name: str = "demo") -> Path:
+    """A new SHIPYARD_HOME holding the quickstart model as demo:1 (alias champion)."""
+    home = tmp_path_factory.mktemp(name) / "home"
     reg = Registry.from_settings(Settings(home=home))
     try:
         register_demo(reg)
     finally:
         reg.close()
     return home
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's SHIPYARD_HOME holding the quickstart model as demo:1 (alias champion)."""
+    return make_demo_home(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

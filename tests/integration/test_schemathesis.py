@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
+from tests.integration.conftest import make_demo_home
 
 from shipyard.config import Settings
-from shipyard.demo import register_demo
 from shipyard.registry import Registry
 from shipyard.security.keys import KeyStore
 from shipyard.testing import RunningServer, run_server
@@ -65,13 +65,7 @@ def _leak_paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def fuzzed_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry of its own holding the demo: the fuzzing moves aliases (the admin routes) and writes keys."""
-    home = tmp_path_factory.mktemp("fuzzed") / "home"
-    reg = Registry.from_settings(Settings(home=home))
-    try:
-        register_demo(reg)
-    finally:
-        reg.close()
-    return home
+    return make_demo_home(tmp_path_factory, "fuzzed")
 
 
 @pytest.fixture(scope="module")
