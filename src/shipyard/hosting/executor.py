@@ -1,19 +1,34 @@
-"""Where a model call runs: in this process (inline or on a thread), or in worker processes.
+"""Where a model call runs: in this process (inline, or on the model's own lane thread).
 
 Every executor has the same shape: ``await executor.run(model, arrays)`` with inputs
 that already passed the signature, and ``capacity``, how many calls it can run at
 once (the batcher keeps that many batches in flight).
+
+A CPU-bound model gains nothing from concurrent calls in one process: they take turns
+on the GIL, and each extra thread adds switching (a forest called from 32 threads at
+once answers *slower* than from one). So each model gets one lane: a thread of its own
+that runs its calls one at a time, with the callers waiting in a queue in front of it.
+Native code that releases the GIL (tree traversal, ONNX Runtime, BLAS) runs on the lane
+while the event loop goes on parsing and answering other requests; libraries with
+threads of their own (ONNX Runtime's intra-op pool, XGBoost) parallelise inside a call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import queue
+import statistics
+import threading
 import time
-from typing import Protocol
-
-import anyio.to_thread
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from shipyard.registry import LoadedModel
 from shipyard.runtime.base import Arrays
+
+logger = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
@@ -27,35 +42,159 @@ class Executor(Protocol):
         """Stop whatever the executor started."""
         ...
 
+    def release(self, name: str, version: int) -> None:
+        """Forget a version no longer served (what it holds for it, e.g. a lane thread)."""
+        ...
+
+
+class Lane:
+    """One thread running one model's calls, one at a time, in the order they came.
+
+    ``submit`` hands a call over and returns a future of the event loop; the thread
+    sets it through ``call_soon_threadsafe``. The thread starts with the first call
+    and ends at ``close`` (calls already queued finish first).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"shipyard-lane {self.name}", daemon=True)
+            self._thread.start()
+        self._calls.put((call, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            call, future = item
+            try:
+                result = call()
+            except BaseException as exc:  # delivered to the caller, never lost with the thread
+                future.get_loop().call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
+
+    def close(self) -> threading.Thread | None:
+        """Stop the thread once the queued calls ran; the thread, to join (None: it never started)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._calls.put(None)
+        return thread
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():  # the caller gave up (deadline); the call's result has nowhere to go
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+class _Cost:
+    """What a model's calls cost in CPU time of the thread running them: the median of the latest ones.
+
+    CPU time, not wall time: a call waiting for the GIL or a core is not a more expensive
+    call, and a measure that counted those waits would move a cheap model off the event loop
+    just when the server is busiest (and keep it there, each hop adding waits of its own).
+    A model that waits without working (a remote call, a device to sync with) costs little
+    CPU but would stall the loop: one seen doing that inline is kept on its lane (``waits``).
+    """
+
+    WINDOW = 31
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque(maxlen=self.WINDOW)
+        self._median: float | None = None
+        self.waits = False
+
+    def add(self, seconds: float) -> None:
+        self._recent.append(seconds)
+        if len(self._recent) % 8 == 1 or self._median is None:  # a median every few calls is plenty
+            self._median = statistics.median(self._recent)
+
+    def cheap(self, below_ms: float) -> bool:
+        return not self.waits and self._median is not None and self._median * 1e3 < below_ms
+
 
 class InProcessExecutor:
-    """Runs the model in the server process.
+    """Runs the model in the server process: inline when cheap, else on the model's lane.
 
-    Short calls run inline on the event loop: a thread hop would cost more than
-    the call (and the model holds the GIL anyway). Calls whose running average
-    exceeds ``inline_below_ms`` go to a thread so health probes and other models
-    stay responsive while they run. The first call of a model always uses a thread.
+    A call cheaper than a thread hop and the GIL hand-back (a linear model's ~0.1 ms) runs
+    inline on the event loop. A model whose calls cost ``inline_below_ms`` or more of CPU
+    (median of its latest calls), or that waits inside them, runs on its lane, so the loop
+    stays free for other requests, health probes and other models while it runs. A model's
+    first calls go to the lane until its cost is known.
     """
 
     capacity = 1
 
-    def __init__(self, inline_below_ms: float = 10.0) -> None:
+    #: An inline call is timed once in this many (reading a thread's CPU clock is a system call).
+    SAMPLE_INLINE = 16
+
+    def __init__(self, inline_below_ms: float = 1.0) -> None:
         self.inline_below_ms = inline_below_ms
-        self._avg_ms: dict[int, float] = {}
+        self._lanes: dict[str, tuple[Lane, _Cost]] = {}
+        self._calls = 0
+
+    def _lane(self, model: LoadedModel) -> tuple[Lane, _Cost]:
+        key = model.version.ref
+        entry = self._lanes.get(key)
+        if entry is None:
+            entry = self._lanes[key] = (Lane(key), _Cost())
+        return entry
+
+    def runs_inline(self, model: LoadedModel) -> bool:
+        """Whether the next call of ``model`` runs inline on the event loop (it cannot be interrupted there)."""
+        entry = self._lanes.get(model.version.ref)
+        return entry is not None and entry[1].cheap(self.inline_below_ms)
 
     async def run(self, model: LoadedModel, arrays: Arrays) -> Arrays:
-        key = id(model)
-        avg = self._avg_ms.get(key)
-        started = time.perf_counter()
-        if avg is not None and avg < self.inline_below_ms:
+        lane, cost = self._lane(model)
+        if cost.cheap(self.inline_below_ms):
+            self._calls += 1
+            if self._calls % self.SAMPLE_INLINE:
+                return model.run(arrays)
+            wall, cpu = time.perf_counter(), time.thread_time()
             result = model.run(arrays)
-        else:
-            result = await anyio.to_thread.run_sync(model.run, arrays)
-        took = (time.perf_counter() - started) * 1e3
-        self._avg_ms[key] = took if avg is None else 0.9 * avg + 0.1 * took
-        return result
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            cost.add(cpu)
+            if wall * 1e3 >= self.inline_below_ms and cpu * 2e3 < self.inline_below_ms:
+                cost.waits = True  # it held the loop waiting, not working: its lane from now on
+                logger.info("%s waits inside its calls (%.1f ms, %.1f ms of it working): it runs on its "
+                            "own thread from now on", model.version.ref, wall * 1e3, cpu * 1e3)
+            return result
+
+        def call() -> Arrays:
+            started = time.thread_time()
+            try:
+                return model.run(arrays)
+            finally:
+                cost.add(time.thread_time() - started)
+
+        return await lane.submit(call)  # type: ignore[no-any-return]
+
+    def release(self, name: str, version: int) -> None:
+        """Stop the lane of a version no longer served (calls already queued on it finish first)."""
+        entry = self._lanes.pop(f"{name}:{version}", None)
+        if entry is not None:
+            entry[0].close()
 
     async def close(self) -> None:
-        self._avg_ms.clear()
+        threads = [t for lane, _ in self._lanes.values() if (t := lane.close()) is not None]
+        self._lanes.clear()
+        if threads:
+            import anyio.to_thread
 
+            def join() -> None:
+                for thread in threads:
+                    thread.join()
 
+            await anyio.to_thread.run_sync(join)

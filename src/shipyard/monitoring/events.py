@@ -11,9 +11,9 @@ an observer that raises is logged and keeps receiving events.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -69,24 +69,39 @@ class PredictionObserver(Protocol):
 
 
 class Observers:
-    """A bounded queue from the request path to the observers, drained by one thread.
+    """A bounded hand-over from the request path to the observers, drained by one thread.
 
-    ``emit`` never blocks: with the queue full the event is dropped and counted in
-    ``dropped``. ``start``/``stop`` follow the server's service lifecycle; ``stop``
-    delivers what is queued, then flushes every observer.
+    ``emit`` appends to a queue and never blocks: no lock, and no wake-up of the
+    thread per request (a wake-up per request takes the GIL from the event loop each
+    time). While events come, the thread takes what is pending every ``linger``
+    seconds and delivers it in batches of at most ``max_batch``; after ``PARK_AFTER``
+    seconds without any it parks, and the next event wakes it. With ``max_queue`` events taken and not yet
+    delivered, an event is dropped and counted in ``dropped``. ``start``/``stop``
+    follow the server's service lifecycle; ``stop`` delivers what is pending, then
+    flushes every observer.
     """
+
+    PARK_AFTER = 1.0
+    """Seconds without events after which the thread waits for the next one rather than look every linger."""
 
     def __init__(self, observers: Sequence[PredictionObserver], *, max_queue: int = 10_000,
                  max_batch: int = 512, linger: float = 0.01) -> None:
         self.observers = list(observers)
+        self.max_queue = max_queue
         self.max_batch = max_batch
         self.linger = linger
         """Seconds the thread waits after a first event for more, so it wakes a bounded number of times a
-        second rather than once a request (each wake takes the GIL from the event loop)."""
-        self._queue: queue.Queue[PredictionEvent | None] = queue.Queue(max_queue)
+        second rather than once a request."""
+        self._pending: deque[PredictionEvent] = deque()  # append and popleft are atomic
+        self._parked = True
+        """The thread waits for a first event (else it takes what is pending every ``linger`` seconds)."""
+        self._wake = threading.Event()
+        self._stopping = False
         self._thread: threading.Thread | None = None
+        # each counter has one writer (the emitting thread, the observers' thread): no lock needed
+        self._accepted = 0
         self.dropped = 0
-        """Events not delivered because the queue was full."""
+        """Events not delivered because ``max_queue`` were waiting already."""
         self.delivered = 0
 
     def __bool__(self) -> bool:
@@ -99,56 +114,63 @@ class Observers:
         self.observers.append(observer)
 
     def emit(self, event: PredictionEvent) -> None:
-        """Queue ``event`` for every observer; drop and count when the queue is full."""
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
+        """Hand ``event`` to every observer; drop and count it when ``max_queue`` are waiting."""
+        if self._accepted - self.delivered >= self.max_queue:
             self.dropped += 1
+            return
+        self._accepted += 1
+        self._pending.append(event)
+        if self._parked:
+            self._parked = False
+            self._wake.set()
 
     async def start(self) -> None:
         if self.observers and self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(target=self._run, name="shipyard-observers", daemon=True)
             self._thread.start()
 
     async def stop(self) -> None:
-        """Deliver what is queued, flush every observer, stop the thread."""
+        """Deliver what is pending, flush every observer, stop the thread."""
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        self._queue.put(None)  # after every queued event; blocks only while the queue is full
+        self._stopping = True
+        self._parked = False
+        self._wake.set()
         import anyio.to_thread
 
         await anyio.to_thread.run_sync(thread.join)
 
     def drain(self, timeout: float = 5.0) -> None:
-        """Wait until every event queued so far is delivered (tests and shutdown use it)."""
+        """Wait until every event taken so far is delivered (tests and shutdown use it)."""
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self._accepted > self.delivered and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def _run(self) -> None:
+        idle_since: float | None = None
         while True:
-            first = self._queue.get()
-            if first is not None and self.linger > 0:
+            if self._parked:
+                self._wake.wait()
+                self._wake.clear()
+            elif not self._stopping and self.linger > 0:
                 time.sleep(self.linger)
-            batch: list[PredictionEvent] = []
-            done = first is None
-            if first is not None:
-                batch.append(first)
-            while not done and len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    done = True
-                else:
-                    batch.append(nxt)
-            if batch:
-                self._deliver(batch)
-            for _ in range(len(batch) + (1 if done else 0)):
-                self._queue.task_done()
-            if done:
+            pending = self._pending
+            if pending:
+                idle_since = None
+                while pending:
+                    batch = [pending.popleft() for _ in range(min(len(pending), self.max_batch))]
+                    self._deliver(batch)
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > self.PARK_AFTER:
+                # nothing for a while: wait for the next event instead of waking every linger
+                self._parked = True
+                idle_since = None
+                if self._pending:  # one came between the look and the flag: take it now
+                    self._parked = False
+            if self._stopping and not self._pending:
                 for observer in self.observers:
                     try:
                         observer.flush()

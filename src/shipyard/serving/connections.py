@@ -132,12 +132,14 @@ def limited_protocol(base: type[asyncio.Protocol], *, header_timeout: float, max
         def data_received(self, data: bytes) -> None:
             if self._refused is not None or self._head_refusal is not None or self._draining:
                 return  # the request of a refused connection is read and dropped
-            if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
-                self._arm()  # the first bytes of a further request on a kept-alive connection
             was_in_head, self._head_began_now = self._in_head, False
             super().data_received(data)
             if self._header_timer is not None and self.cycle is not self._cycle_at_arm:
                 self._disarm()  # a new request's headers are complete: the handler has it now
+            if self._header_timer is None and self._in_head and (was_in_head or self._head_began_now):
+                # a head begun and not complete in these bytes: from now its deadline runs (a whole head
+                # in one read, the usual case, never needs the timer)
+                self._arm()
             if self._in_head and was_in_head and not self._head_began_now:
                 # all of ``data`` went into a head still incomplete: the parser buffers a header
                 # until its end, so count raw bytes too, or one endless header would grow unseen

@@ -444,13 +444,19 @@ class DataPlane:
 
     async def _within_deadline(self, model: LoadedModel, arrays: Arrays, stats: ModelStats, rows: int,
                                shadow: bool = False) -> Arrays:
-        if self.request_timeout is None:
+        if self.request_timeout is None or self._runs_inline(model):
             return await self._predict(model, arrays, stats, rows, shadow)
         try:
             async with asyncio.timeout(self.request_timeout):  # in place; wait_for would add a task
                 return await self._predict(model, arrays, stats, rows, shadow)
         except TimeoutError:
             raise RequestTimeout(self.request_timeout) from None
+
+    def _runs_inline(self, model: LoadedModel) -> bool:
+        """Whether a call of ``model`` runs on the event loop, unbatched: nothing could time it out mid-way."""
+        inline = getattr(self.executor, "runs_inline", None)
+        return (inline is not None and self.batching.get(model.name, self.default_batching) is None
+                and inline(model))
 
     async def predict_batch(self, model: LoadedModel, arrays: Arrays, ctx: RequestContext) -> Arrays:
         """A batch of validated rows from a stream (asynchronous requests): admission, deadline, observers.
@@ -526,7 +532,10 @@ class DataPlane:
         return batcher
 
     def _released(self, name: str, version: int) -> None:
-        """A version no reference reaches any more: its batcher goes (requests already in it finish)."""
+        """A version no reference reaches any more: its batcher and lane go (requests already in them finish)."""
+        release = getattr(self.executor, "release", None)  # the worker pool holds nothing per version
+        if release is not None:
+            release(name, version)
         batcher = self._batchers.pop((name, version), None)
         if batcher is not None:
             task = asyncio.get_running_loop().create_task(batcher.close())

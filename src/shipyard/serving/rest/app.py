@@ -15,6 +15,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard import __version__
@@ -51,10 +52,16 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
 
 
 class RequestIdMiddleware:
-    """Keeps or creates the request id, exposes it in a contextvar and the response header."""
+    """Keeps or creates the request id, exposes it in a contextvar and the response header.
 
-    def __init__(self, app: ASGIApp) -> None:
+    The ``hot`` routes (predictions) are matched here first and run straight away: the same
+    route and handler the app would reach, without the app's exception middleware and the
+    walk down the whole table (their handlers turn every error into a response themselves).
+    """
+
+    def __init__(self, app: ASGIApp, hot: Sequence[Route] = ()) -> None:
         self.app = app
+        self.hot = list(hot)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,6 +83,13 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
+            if scope["method"] == "POST":
+                for route in self.hot:
+                    match, child = route.matches(scope)
+                    if match is Match.FULL:
+                        scope.update(child)
+                        await route.handle(scope, receive, send_with_id)
+                        return
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
@@ -319,8 +333,6 @@ class RestApp:
         return json_response({"error": f"{request.method} is not allowed on {request.url.path}"}, 405, headers)
 
     def build(self) -> ASGIApp:
-        app = Starlette(
-            routes=starlette_routes(self.endpoints, _guard, self.auth),
-            exception_handlers={404: self.not_found, 405: self.method_not_allowed},
-        )
-        return RequestIdMiddleware(app)
+        routes = starlette_routes(self.endpoints, _guard, self.auth)
+        app = Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.method_not_allowed})
+        return RequestIdMiddleware(app, hot=[r for r, e in zip(routes, self.endpoints, strict=True) if e.hot])
