@@ -13,7 +13,6 @@ this process itself (one worker, and unit tests).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait

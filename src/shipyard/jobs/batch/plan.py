@@ -18,9 +18,9 @@ from typing import Any
 from shipyard.config import Settings
 from shipyard.jobs.batch.local import InlineExecutor, Job
 from shipyard.jobs.batch.parts import LAYOUT, read_manifest
+from shipyard.jobs.batch.pool import preload_modules, process_pool
 from shipyard.jobs.batch.readers import discover, open_reader
 from shipyard.jobs.batch.scoring import ModelPin, ScoringSpec, output_schema
-from shipyard.jobs.batch.pool import preload_modules, process_pool
 from shipyard.registry import ModelVersion, Registry
 from shipyard.types import ModelRef
 
@@ -94,7 +94,9 @@ def plan_job(
 
 
 @contextlib.contextmanager
-def executor(engine: str, workers: int, flavor: str, warm: tuple[ModelPin, Settings] | None = None) -> Iterator[Executor]:
+def executor(
+    engine: str, workers: int, flavor: str, warm: tuple[ModelPin, Settings] | None = None
+) -> Iterator[Executor]:
     """Where chunks run: this process (one local worker), a process pool, or a Dask cluster.
 
     ``warm``: the model each pool worker loads as it starts (local engine).

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import forkserver
@@ -102,3 +103,19 @@ def process_pool(
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def wait_ready(pool: Executor, workers: int, timeout: float = 120.0) -> None:
+    """Return once ``workers`` distinct processes of ``pool`` have run a task (for measuring start-up).
+
+    A worker takes tasks only after its initializer (the model load) is done, so this is
+    the moment every worker is ready to score.
+    """
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(seen)} of {workers} workers ready after {timeout:.0f}s")
+        futures = [pool.submit(os.getpid) for _ in range(workers)]
+        seen.update(f.result() for f in futures)
+        time.sleep(0.002)
