@@ -1,25 +1,35 @@
-"""Batch throughput and memory: the raw model in memory vs the local engine vs Spark, same data.
+"""Batch throughput and memory: the local engine against the thinnest correct job a user could write.
 
-    .venv/bin/python bench/batch.py [--rows 1000000 10000000] [--rounds 2] [--models demo linear]
-                                    [--workers 2] [--batch-rows 100000] [--no-spark]
+    .venv/bin/python bench/batch.py [--rows 1000000 10000000] [--rounds 3] [--models demo linear]
+                                    [--workers 2] [--batch-rows 100000] [--paths io local raw spark]
 
 Registers the quickstart model (``demo``: 100-tree RandomForest) and a cheap linear
 model (``linear``: LogisticRegression) in a throwaway SHIPYARD_HOME, writes N iris-like
-rows (an ``id`` and four features) to Parquet, then per round and per model times, each
-in a fresh process:
+rows (an ``id`` and four features, row groups of a million rows) to Parquet, then per
+round, per model and per path times, each in a fresh process:
 
-* raw:   ``model.predict(frame)`` of the estimator loaded from the registry, the whole
-         frame already in memory (reading it is not timed);
+* io:    the baseline. One process reads the file with pyarrow row group by row group,
+         predicts each group's NumPy block and writes ``id`` + prediction with one
+         ``ParquetWriter`` (the model loaded and warmed before the clock starts);
 * local: ``shipyard.batch_predict(..., engine="local")`` from the Parquet file to Parquet
-         parts (workers, reading, checking, writing: everything, start-up included);
+         parts (forkserver, workers, model loads, reading, checking, writing with fsync:
+         everything, start-up included);
+* raw:   ``model.predict`` of all rows already in memory (reading them is not timed);
 * spark: ``predict_spark`` on ``spark.read.parquet`` written back to Parquet, in a
          ``local[workers]`` session started before the clock starts.
 
+The baseline and the raw call run NumPy's BLAS on one thread: OpenBLAS's default (a
+thread per core) made a LogisticRegression predict 4-10x slower on a busy two-core
+machine, and the baseline must be the fastest simple job, not one that flatters us.
+
+Start-up, measured apart: from the call to every worker having loaded the model (what
+``batch_predict`` does before its first task), beside the time a fresh interpreter takes
+to import the modules the forkserver imports, the floor under it.
+
 Peak RSS is the largest sum of resident memory over the process and all its children
-(workers, forkserver, the JVM), sampled every 20 ms. A one-part run of the local engine
-gives its fixed start-up cost (forkserver, imports, model load); "after start-up" subtracts
-it. Prints a Markdown table of medians over rounds, with the machine's load average: other
-processes on the same cores slow the two-worker runs more than the one-core raw call.
+(workers, forkserver, the JVM), sampled every 20 ms. Prints Markdown tables of medians
+over rounds, with the machine's load average: other processes on the same cores slow
+the two-worker engine more than the one-process baseline.
 """
 
 from __future__ import annotations
@@ -95,17 +105,56 @@ def run_measured(args: list[str], env: dict[str, str], out: Path | None = None) 
 # -- the measured children -------------------------------------------------------------------------
 
 
+def _one_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def child_raw(ref: str, data: str) -> dict[str, Any]:
     import pandas as pd
 
     import shipyard
 
+    _one_blas_thread()
     model = shipyard.load(ref).runtime.model  # type: ignore[attr-defined]
     frame = pd.read_parquet(data, columns=FEATURES)
     model.predict(frame.head(1000))  # warm up
     t0 = time.perf_counter()
     model.predict(frame)
     return {"seconds": time.perf_counter() - t0, "rows": len(frame)}
+
+
+def child_io(ref: str, data: str, out: str) -> dict[str, Any]:
+    """The thinnest correct job a user could write: one process, row group by row group."""
+    import warnings
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import shipyard
+
+    _one_blas_thread()
+    model = shipyard.load(ref).runtime.model  # type: ignore[attr-defined]
+    # fitted on a DataFrame, the estimator warns on NumPy input; the values are the same
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
+    model.predict(np.zeros((10, len(FEATURES))))  # warm up
+    t0 = time.perf_counter()
+    source = pq.ParquetFile(data)
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    for g in range(source.num_row_groups):
+        group = source.read_row_group(g, columns=["id", *FEATURES])
+        X = np.column_stack([group.column(f).to_numpy() for f in FEATURES])
+        table = pa.table({"id": group.column("id"), "predict": model.predict(X)})
+        if writer is None:
+            writer = pq.ParquetWriter(out, table.schema)
+        writer.write_table(table)
+        rows += group.num_rows
+    if writer is not None:
+        writer.close()
+    return {"seconds": time.perf_counter() - t0, "rows": rows}
 
 
 def child_local(ref: str, data: str, out: str, workers: int, batch_rows: int) -> dict[str, Any]:
@@ -115,6 +164,41 @@ def child_local(ref: str, data: str, out: str, workers: int, batch_rows: int) ->
     r = shipyard.batch_predict(ref, data, out, id_columns=["id"], workers=workers, batch_rows=batch_rows,
                                progress=False)
     return {"seconds": time.perf_counter() - t0, "rows": r.rows, "parts": r.parts}
+
+
+def child_startup(ref: str, data: str, out: str, workers: int, batch_rows: int) -> dict[str, Any]:
+    """What ``batch_predict`` does before its first task, until every worker has loaded the model."""
+    from shipyard.config import Settings
+    from shipyard.jobs.batch.pool import start_forkserver, wait_ready
+
+    given = Settings.from_env()
+    t0 = time.perf_counter()
+    start_forkserver(ref, given)
+    from shipyard.jobs.batch import plan
+
+    s = plan.absolute(given)
+    job = plan.plan_job(ref, data, Path(out), output_format="parquet", id_columns=("id",), keep_input=False,
+                        batch_rows=batch_rows, input_format=None, settings=s)
+    with plan.executor("local", workers, job.flavor, (job.spec.pin, job.settings)) as executor:
+        wait_ready(executor, workers)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds}
+
+
+def child_imports(ref: str) -> dict[str, Any]:
+    """A fresh interpreter importing what the forkserver imports: the floor under the start-up."""
+    from shipyard.jobs.batch.pool import preload_modules
+    from shipyard.registry import Registry
+
+    reg = Registry.from_settings()
+    try:
+        flavor = reg.get(ref).flavor
+    finally:
+        reg.close()
+    code = f"import importlib\nfor m in {preload_modules(flavor)!r}:\n    importlib.import_module(m)"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return {"seconds": time.perf_counter() - t0}
 
 
 def child_spark(ref: str, data: str, out: str, workers: int, batch_rows: int) -> dict[str, Any]:
@@ -172,17 +256,25 @@ def write_rows(path: Path, n: int, chunk: int = 1_000_000) -> None:
             w.write_table(pa.table(cols, schema=schema))
 
 
+PATHS = ("io", "local", "raw", "spark")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="input sizes, one table row each")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["demo", "linear"])
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--batch-rows", type=int, default=100_000)
-    ap.add_argument("--no-spark", action="store_true")
+    ap.add_argument("--paths", nargs="+", choices=PATHS, default=["io", "local", "raw"],
+                    help="what to time (spark: Java 17+ on PATH)")
+    ap.add_argument("--no-spark", action="store_true", help="leave spark out even if --paths has it")
+    ap.add_argument("--no-startup", action="store_true", help="skip the start-up measurement")
     ap.add_argument("--keep", type=Path, help="keep the data and outputs in this folder")
     args = ap.parse_args()
-    args.load_before = os.getloadavg()[0]
+    if args.no_spark and "spark" in args.paths:
+        args.paths.remove("spark")
+    args.load_before = _load()
 
     with tempfile.TemporaryDirectory(prefix="shipyard-bench-batch-") as tmp:
         root = args.keep or Path(tmp)
@@ -195,66 +287,80 @@ def main() -> None:
         if not tiny.exists():
             write_rows(tiny, 1000)
         rows_out: list[tuple[str, int, str, list[dict[str, Any]]]] = []
+        startup: dict[str, dict[str, list[float]]] = {}
+        if not args.no_startup:
+            for model in args.models:
+                got = startup.setdefault(model, {"startup": [], "imports": []})
+                for r in range(args.rounds):
+                    print(f"{model} start-up, round {r + 1}/{args.rounds}", file=sys.stderr)
+                    out = root / f"startup-{model}"
+                    got["startup"].append(run_measured(
+                        ["_startup", model, str(tiny), str(out), str(args.workers), str(args.batch_rows)], env, out
+                    )["seconds"])
+                    got["imports"].append(run_measured(["_imports", model], env)["seconds"])
         for n in args.rows:
             data = root / f"rows-{n}.parquet"
             if not data.exists():
                 print(f"writing {n:,} rows to {data} ...", file=sys.stderr)
                 write_rows(data, n)
             for model in args.models:
-                results: dict[str, list[dict[str, Any]]] = {"raw": [], "local": [], "spark": [], "start-up": []}
+                results: dict[str, list[dict[str, Any]]] = {path: [] for path in args.paths}
                 for r in range(args.rounds):
                     print(f"{model} {n:,} rows, round {r + 1}/{args.rounds}", file=sys.stderr)
-                    results["raw"].append(run_measured(["_raw", model, str(data)], env))
-                    out = root / f"out-{model}-{n}"
-                    results["local"].append(run_measured(
-                        ["_local", model, str(data), str(out), str(args.workers), str(args.batch_rows)], env, out))
-                    if n == args.rows[0]:
-                        tiny_out = root / f"tiny-{model}"
-                        results["start-up"].append(run_measured(
-                            ["_local", model, str(tiny), str(tiny_out), str(args.workers), str(args.batch_rows)],
-                            env, tiny_out))
-                    if not args.no_spark:
-                        spark_out = root / f"spark-{model}-{n}"
-                        results["spark"].append(run_measured(
-                            ["_spark", model, str(data), str(spark_out), str(args.workers), "10000"], env, spark_out))
+                    for path in args.paths:
+                        out = root / f"{path}-{model}-{n}"
+                        if path == "raw":
+                            got = run_measured(["_raw", model, str(data)], env)
+                        elif path == "io":
+                            out = out.with_suffix(".parquet")
+                            out.unlink(missing_ok=True)
+                            got = run_measured(["_io", model, str(data), str(out)], env)
+                        else:
+                            batch = "10000" if path == "spark" else str(args.batch_rows)
+                            got = run_measured([f"_{path}", model, str(data), str(out), str(args.workers), batch],
+                                               env, out)
+                        got["load"] = _load()
+                        results[path].append(got)
                 for path, rounds in results.items():
-                    if rounds:
-                        rows_out.append((model, n, path, rounds))
-        _table(rows_out, args)
+                    rows_out.append((model, n, path, rounds))
+        _table(rows_out, startup, args)
 
 
-def _table(rows: list[tuple[str, int, str, list[dict[str, Any]]]], args: argparse.Namespace) -> None:
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _table(rows: list[tuple[str, int, str, list[dict[str, Any]]]], startup: dict[str, dict[str, list[float]]],
+           args: argparse.Namespace) -> None:
     labels = {
-        "raw": "raw model.predict, all rows in memory",
-        "local": f"local engine, Parquet -> Parquet, {args.workers} workers",
-        "start-up": "local engine on 1,000 rows (fixed start-up cost)",
-        "spark": f"Spark local[{args.workers}] predict_spark, Parquet -> Parquet",
+        "io": "I/O baseline: one process, pyarrow row groups -> NumPy -> predict -> ParquetWriter",
+        "local": f"`shipyard batch`, local engine, {args.workers} workers (start-up included)",
+        "raw": "raw `model.predict`, all rows already in memory",
+        "spark": f"Spark local[{args.workers}] `predict_spark`, Parquet -> Parquet",
     }
+    print(f"\n{os.cpu_count()} cores; load average (1, 5, 15 min) {args.load_before} before, {_load()} after; "
+          f"medians of {args.rounds} rounds; batch rows {args.batch_rows:,}\n")
+    if startup:
+        print("| model | engine start-up: forkserver + workers ready | floor: a fresh interpreter importing "
+              "the forkserver's modules |")
+        print("| --- | ---: | ---: |")
+        for model, got in startup.items():
+            start, floor = statistics.median(got["startup"]), statistics.median(got["imports"])
+            print(f"| {model} | {start:.2f} s | {floor:.2f} s |")
+        print()
+    print("| model | rows | path | seconds | rows/s | vs I/O baseline | peak RSS MiB | load (1 min) during rounds |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
     base: dict[tuple[str, int], float] = {}
-    startup = {model: statistics.median(r["seconds"] for r in rounds)
-               for model, _, path, rounds in rows if path == "start-up"}
-    print(f"\n{os.cpu_count()} cores, load average {args.load_before:.1f} before and {os.getloadavg()[0]:.1f} "
-          f"after (other work on the machine); median of {args.rounds} rounds; batch rows {args.batch_rows:,}\n")
-    print("| model | rows | path | seconds | rows/s | vs raw | rows/s after start-up | vs raw | peak RSS MiB |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model, n, path, rounds in rows:
+        if path == "io":
+            base[(model, n)] = statistics.median(r["seconds"] for r in rounds)
     for model, n, path, rounds in rows:
         seconds = statistics.median(r["seconds"] for r in rounds)
         rss = statistics.median(r["peak_rss"] for r in rounds) / 2**20
-        if path == "start-up":
-            print(f"| {model} | 1,000 | {labels[path]} | {seconds:.2f} | | | | | {rss:,.0f} |")
-            continue
-        speed = n / seconds
-        if path == "raw":
-            base[(model, n)] = speed
-        ratio = speed / base[(model, n)]
-        steady = ""
-        if path == "local" and model in startup and seconds > startup[model]:
-            warm = n / (seconds - startup[model])
-            steady = f"{warm:,.0f} | {warm / base[(model, n)]:.2f}x"
-        else:
-            steady = " | "
-        print(f"| {model} | {n:,} | {labels[path]} | {seconds:.2f} | {speed:,.0f} | {ratio:.2f}x | {steady} | "
-              f"{rss:,.0f} |")
+        ratio = f"{base[(model, n)] / seconds:.2f}x" if (model, n) in base else ""
+        loads = ", ".join(r["load"].split()[0] for r in rounds)
+        print(f"| {model} | {n:,} | {labels[path]} | {seconds:.2f} | {n / seconds:,.0f} | {ratio} | {rss:,.0f} | "
+              f"{loads} |")
 
 
 if __name__ == "__main__":
@@ -262,6 +368,12 @@ if __name__ == "__main__":
         kind, rest = sys.argv[1], sys.argv[2:]
         if kind == "_raw":
             res = child_raw(rest[0], rest[1])
+        elif kind == "_io":
+            res = child_io(rest[0], rest[1], rest[2])
+        elif kind == "_startup":
+            res = child_startup(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]))
+        elif kind == "_imports":
+            res = child_imports(rest[0])
         elif kind == "_local":
             res = child_local(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4]))
         else:

@@ -10,6 +10,7 @@
 * ``writers``  atomic part and rejects files
 * ``worker``   per-process model cache and the part task
 * ``local``    the driver, on worker processes or any executor
+* ``pool``     the local engine's forkserver and worker processes
 * ``dask``     the driver on a dask.distributed cluster
 * ``spark``    ``predict_spark`` (DataFrame in, DataFrame out) and the Spark engine
 * ``progress`` rich bar or log lines
@@ -85,13 +86,19 @@ def batch_predict(
         ConfigError: ``output`` holds something else, or a bad option.
     """
     require("pyarrow", "batch")
-    from shipyard.jobs.batch import plan
-
     _check(format, engine, workers, max_reject_ratio, batch_rows)
     ids = tuple(dict.fromkeys(id_columns))
-    s = plan.absolute(settings or Settings.from_env())
-    out = Path(output).expanduser().resolve()
     n_workers = workers or os.cpu_count() or 1
+    given = settings or Settings.from_env()
+    pool = engine == "local" and n_workers > 1
+    if pool:  # its imports take seconds: let them run while this process plans the job
+        from shipyard.jobs.batch.pool import start_forkserver
+
+        start_forkserver(model, given)
+    from shipyard.jobs.batch import plan
+
+    s = plan.absolute(given)
+    out = Path(output).expanduser().resolve()
     if engine == "spark":
         from shipyard.jobs.batch.spark import run_spark
 
@@ -107,10 +114,10 @@ def batch_predict(
             model, input, out, output_format=format, id_columns=ids, keep_input=keep_input,
             batch_rows=batch_rows, input_format=input_format, settings=s,
         )
-        with plan.executor(engine, n_workers, job.flavor) as executor:
+        warm = (job.spec.pin, job.settings) if pool else None
+        with plan.executor(engine, n_workers, job.flavor, warm) as executor:
             result = local.run(
-                job, executor, engine=engine, workers=n_workers, progress=reporter(progress),
-                spool=engine == "local" and n_workers > 1,
+                job, executor, engine=engine, workers=n_workers, progress=reporter(progress), spool=pool, spans=pool
             )
     if result.reject_ratio > max_reject_ratio:
         raise RejectLimitExceeded(result, max_reject_ratio)

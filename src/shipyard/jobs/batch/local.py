@@ -12,13 +12,10 @@ this process itself (one worker, and unit tests).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
-import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +43,7 @@ from shipyard.jobs.batch.readers import InputFile, Reader
 from shipyard.jobs.batch.result import BatchResult
 from shipyard.jobs.batch.scoring import ScoringSpec
 from shipyard.jobs.batch.spool import Spool
-from shipyard.jobs.batch.worker import PartOutcome, PartTask, run_part, watch_driver
+from shipyard.jobs.batch.worker import PartTask, SpanTask, run_part, run_span
 from shipyard.jobs.batch.writers import concatenate
 
 logger = logging.getLogger(__name__)
@@ -64,22 +61,6 @@ class InlineExecutor(Executor):
         except BaseException as exc:  # handed to the caller through the future, like a pool does
             fut.set_exception(exc)
         return fut
-
-
-@contextlib.contextmanager
-def process_pool(workers: int, preload: list[str]) -> Iterator[Executor]:
-    """``workers`` processes forked from a forkserver that has imported ``preload``.
-
-    Not plain fork: the driver runs pyarrow threads, which a fork would copy mid-work.
-    Not spawn: every worker would import the model's libraries itself.
-    """
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(preload)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=watch_driver, initargs=(os.getpid(),))
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
@@ -101,11 +82,20 @@ class Job:
 
 
 def run(
-    job: Job, executor: Executor, *, engine: str, workers: int, progress: Reporter, spool: bool = False
+    job: Job,
+    executor: Executor,
+    *,
+    engine: str,
+    workers: int,
+    progress: Reporter,
+    spool: bool = False,
+    spans: bool = False,
 ) -> BatchResult:
     """Run (or resume) ``job`` on ``executor`` and finish its output folder.
 
     ``spool``: hand chunks to the workers as files (local worker processes; see ``spool.py``).
+    ``spans``: let the workers read Parquet inputs themselves, a span of chunks per task
+    (local worker processes; see ``readers.plan_spans``); other inputs are read here.
     """
     t0 = time.monotonic()
     out = job.output
@@ -128,7 +118,8 @@ def run(
     spooler = Spool(out) if spool else None
     try:
         records = _drive(
-            job, executor, journal, state.parts, state.files, progress, spooler, max_in_flight=2 * workers
+            job, executor, journal, state.parts, state.files, progress, spooler,
+            workers=workers if spans else 0, max_in_flight=2 * workers,
         )
     finally:
         progress.close()
@@ -148,10 +139,15 @@ def _drive(
     progress: Reporter,
     spool: Spool | None,
     *,
+    workers: int,
     max_in_flight: int,
 ) -> dict[str, PartRecord]:
+    """Submit every part still to do, journal each as its task reports it written.
+
+    ``workers`` > 0: Parquet files go out as spans that the workers read themselves.
+    """
     records = dict(records)
-    pending: dict[Future[PartOutcome], PartTask] = {}
+    pending: dict[Future[Any], str] = {}  # task -> name of its first part, for journal order
     chunks_of: dict[int, int] = {}  # chunks per file, known once the file is read to its end
     done_of: dict[int, int] = {}
     for rec in records.values():
@@ -166,42 +162,62 @@ def _drive(
     def collect(block: bool) -> None:
         done, _ = wait(list(pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
         failure: BaseException | None = None
-        for fut in sorted(done, key=lambda f: pending[f].name):
+        for fut in sorted(done, key=lambda f: pending[f]):
             pending.pop(fut)
             try:
-                o = fut.result()
+                result = fut.result()
             except BaseException as exc:
                 failure = failure or exc
                 continue
-            rec = PartRecord(o.name, o.file, o.chunk, o.rows, o.predicted, o.rejected)
-            journal.append(rec)
-            records[rec.part] = rec
-            done_of[rec.file] = done_of.get(rec.file, 0) + 1
-            progress.advance(rec.rows)
-            file_finished(rec.file)
+            for o in result if isinstance(result, list) else [result]:
+                rec = PartRecord(o.name, o.file, o.chunk, o.rows, o.predicted, o.rejected)
+                journal.append(rec)
+                records[rec.part] = rec
+                done_of[rec.file] = done_of.get(rec.file, 0) + 1
+                progress.advance(rec.rows)
+                file_finished(rec.file)
         if failure is not None:
             for fut in pending:
                 fut.cancel()
             raise failure
 
+    def submit(name: str, fn: Callable[..., Any], *args: Any) -> None:
+        while len(pending) >= max_in_flight:
+            collect(block=True)
+        pending[executor.submit(fn, *args)] = name
+        collect(block=False)
+
     out = str(job.output)
+    total = job.reader.total_rows() or 0
+    span_rows = max(job.batch_rows, -(-total // (2 * workers))) if workers else 0
     for file in job.files:
         if file.index in files_done:
+            continue
+
+        def part(k: int, path: str = file.path, index: int = file.index) -> PartTask:
+            return PartTask(
+                part_name(index, k), index, k, path, k * job.batch_rows, out, job.output_format, job.spec,
+                job.settings,
+            )
+
+        spans = job.reader.spans(file, job.batch_rows, span_rows) if workers else None
+        if spans is not None:
+            schema = job.reader.schema()
+            for span in spans:
+                tasks = tuple(part(k) for k in range(span.first, span.first + span.chunks))
+                todo = tuple(t.name not in records for t in tasks)
+                if any(todo):
+                    submit(tasks[0].name, run_span, SpanTask(tasks, todo, span, schema, job.batch_rows))
+            chunks_of[file.index] = sum(span.chunks for span in spans)
+            file_finished(file.index)
             continue
         count = 0
         for k, chunk in enumerate(job.reader.chunks(file, job.batch_rows)):
             count = k + 1
-            name = part_name(file.index, k)
-            if name in records:
+            task = part(k)
+            if task.name in records:
                 continue
-            while len(pending) >= max_in_flight:
-                collect(block=True)
-            task = PartTask(
-                name, file.index, k, file.path, k * job.batch_rows, out, job.output_format, job.spec, job.settings
-            )
-            payload = spool.put(chunk, name) if spool is not None else chunk
-            pending[executor.submit(run_part, task, payload)] = task
-            collect(block=False)
+            submit(task.name, run_part, task, spool.put(chunk, task.name) if spool is not None else chunk)
         chunks_of[file.index] = count
         file_finished(file.index)
     while pending:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.config import Settings
-from shipyard.jobs.batch.local import InlineExecutor, Job, process_pool
+from shipyard.jobs.batch.local import InlineExecutor, Job
 from shipyard.jobs.batch.parts import LAYOUT, read_manifest
+from shipyard.jobs.batch.pool import preload_modules, process_pool
 from shipyard.jobs.batch.readers import discover, open_reader
 from shipyard.jobs.batch.scoring import ModelPin, ScoringSpec, output_schema
-from shipyard.jobs.batch.worker import preload_modules
 from shipyard.registry import ModelVersion, Registry
 from shipyard.types import ModelRef
 
@@ -94,8 +94,13 @@ def plan_job(
 
 
 @contextlib.contextmanager
-def executor(engine: str, workers: int, flavor: str) -> Iterator[Executor]:
-    """Where chunks run: this process (one local worker), a process pool, or a Dask cluster."""
+def executor(
+    engine: str, workers: int, flavor: str, warm: tuple[ModelPin, Settings] | None = None
+) -> Iterator[Executor]:
+    """Where chunks run: this process (one local worker), a process pool, or a Dask cluster.
+
+    ``warm``: the model each pool worker loads as it starts (local engine).
+    """
     if engine == "dask":
         from shipyard.jobs.batch.dask import dask_executor
 
@@ -104,5 +109,5 @@ def executor(engine: str, workers: int, flavor: str) -> Iterator[Executor]:
     elif workers == 1:
         yield InlineExecutor()
     else:
-        with process_pool(workers, preload_modules(flavor)) as ex:
+        with process_pool(workers, preload_modules(flavor), warm) as ex:
             yield ex

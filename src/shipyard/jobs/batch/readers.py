@@ -8,6 +8,10 @@ pyarrow's own type inference would fail the whole file. JSON Lines are parsed
 line by line with orjson for the same reason (pyarrow's JSON reader stops at
 the first line whose types differ from the others), and a line that is not
 JSON becomes a rejected row.
+
+A Parquet file can also be cut into spans (``plan_spans``): runs of whole
+chunks that line up with the file's row groups, which a worker process reads
+itself (``read_span``), so the driver moves no data at all.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from shipyard.errors import InvalidInput
 from shipyard.jobs.batch.parts import rechunk
@@ -126,6 +131,9 @@ class Reader(Protocol):
     def chunks(self, file: InputFile, rows: int) -> Iterator[Chunk]:
         """The file's rows, chunk by chunk, in order."""
 
+    def spans(self, file: InputFile, rows: int, max_rows: int) -> list[Span] | None:
+        """The file cut into spans of chunks that a worker reads itself, or None if it cannot."""
+
 
 def open_reader(fmt: str, files: list[InputFile], signature: Signature, columns: Sequence[str] | None) -> Reader:
     """A reader for ``files`` that reads the signature inputs plus ``columns`` (None: every column)."""
@@ -176,11 +184,7 @@ class DatasetReader:
         return sum(int(frag.count_rows()) for frag in self._fragments.values())
 
     def chunks(self, file: InputFile, rows: int) -> Iterator[Chunk]:
-        frag = self._fragments[file.path]
-        have = frag.physical_schema.names
-        missing = [c for c in self.needed if c not in have]
-        if missing:
-            raise InvalidInput(f"input column '{missing[0]}' is not in {file.path}", field=missing[0])
+        frag = self._check(file)
         # one thread and a short read-ahead: memory bounded by a row group or two, not the file
         batches = frag.to_batches(
             schema=self.dataset.schema, columns=self._columns, batch_size=rows, batch_readahead=_READAHEAD,
@@ -188,6 +192,107 @@ class DatasetReader:
         )
         for table in rechunk(batches, rows):
             yield Chunk(table)
+
+    def spans(self, file: InputFile, rows: int, max_rows: int) -> list[Span] | None:
+        """``file`` cut into spans a worker reads itself (``read_span``); None for CSV."""
+        if self.fmt != "parquet":
+            return None
+        self._check(file)
+        return plan_spans(parquet_groups(file.path), rows, max_rows)
+
+    def _check(self, file: InputFile) -> ds.Fragment:
+        frag = self._fragments[file.path]
+        have = frag.physical_schema.names
+        missing = [c for c in self.needed if c not in have]
+        if missing:
+            raise InvalidInput(f"input column '{missing[0]}' is not in {file.path}", field=missing[0])
+        return frag
+
+
+@dataclass(frozen=True)
+class Span:
+    """Chunks ``first .. first + chunks - 1`` of one Parquet file, and where they lie in it."""
+
+    first: int
+    chunks: int
+    groups: tuple[int, ...]
+    """The row groups that hold the span's rows."""
+
+    skip: int
+    """Rows of the first of those groups before the span's first row."""
+
+    rows: int
+
+
+def plan_spans(group_rows: Sequence[int], batch_rows: int, max_rows: int) -> list[Span]:
+    """Cut a file of row groups into spans of whole chunks of ``batch_rows`` rows.
+
+    A span starts at the first chunk that starts in a row group, so that no row group is
+    read by two spans except where a chunk straddles two groups (its reader decodes at
+    most ``batch_rows`` rows it skips). A span longer than ``max_rows`` is cut in equal
+    pieces, each of which decodes the rows of its group before its start: the price of
+    giving every worker a share of a file with fewer row groups than workers.
+
+    Args:
+        group_rows: rows of each row group, in file order.
+        batch_rows: rows per chunk (the last chunk of the file may be shorter).
+        max_rows: the most rows a span should hold (at least one chunk).
+    """
+    starts = np.concatenate([[0], np.cumsum(group_rows, dtype=np.int64)])
+    total = int(starts[-1])
+    n_chunks = -(-total // batch_rows)
+    edges = sorted({min(-(-int(s) // batch_rows), n_chunks) for s in starts[:-1]} | {0, n_chunks})
+    per_span = max(1, max_rows // batch_rows)
+    spans: list[Span] = []
+    for a, b in zip(edges, edges[1:], strict=False):
+        pieces = -(-(b - a) // per_span)
+        cuts = [a + (b - a) * i // pieces for i in range(pieces + 1)]
+        for first, end in zip(cuts, cuts[1:], strict=False):
+            lo, hi = first * batch_rows, min(end * batch_rows, total)
+            g0 = int(np.searchsorted(starts, lo, side="right")) - 1
+            g1 = int(np.searchsorted(starts, hi, side="left"))
+            spans.append(Span(first, end - first, tuple(range(g0, g1)), lo - int(starts[g0]), hi - lo))
+    return spans
+
+
+def parquet_groups(path: str) -> list[int]:
+    """Rows of each row group of a Parquet file (from its footer)."""
+    meta = pq.read_metadata(path)
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def read_span(path: str, span: Span, schema: pa.Schema, batch_rows: int) -> Iterator[Chunk]:
+    """The chunks of ``span``, read from the file here, with the columns and types of ``schema``.
+
+    They hold the same rows, columns and types as ``DatasetReader.chunks`` gives for the
+    same chunk numbers, so a part is the same whichever way its rows were read.
+    """
+    source = pq.ParquetFile(path, pre_buffer=False)
+    try:
+        batches = source.iter_batches(
+            batch_size=batch_rows, row_groups=list(span.groups), columns=schema.names, use_threads=False
+        )
+        skip, left = span.skip, span.rows
+
+        def wanted() -> Iterator[pa.RecordBatch]:
+            nonlocal skip, left
+            for batch in batches:
+                if skip >= batch.num_rows:
+                    skip -= batch.num_rows
+                    continue
+                batch = batch.slice(skip, left)
+                skip = 0
+                left -= batch.num_rows
+                yield batch
+                if left == 0:
+                    return
+
+        for table in rechunk(wanted(), batch_rows):
+            if table.schema != schema:
+                table = table.select(schema.names).cast(schema)
+            yield Chunk(table)
+    finally:
+        source.close()
 
 
 class JsonLinesReader:
@@ -220,6 +325,9 @@ class JsonLinesReader:
         return pa.schema([pa.field(c, self._types.get(c, pa.string())) for c in self._columns])
 
     def total_rows(self) -> int | None:
+        return None
+
+    def spans(self, file: InputFile, rows: int, max_rows: int) -> list[Span] | None:
         return None
 
     def chunks(self, file: InputFile, rows: int) -> Iterator[Chunk]:
