@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
@@ -101,6 +102,10 @@ class _Lifespan:
                     logger.error("could not start: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # Everything made so far (modules, models, the app) lives as long as the process: out of
+                # the collector's reach, a full collection walks only what requests made since, instead of
+                # pausing every request for the ~0.2 s it takes to walk a quarter million start-up objects.
+                gc.freeze()
                 if self.on_ready is not None:
                     self.on_ready()
                 await send({"type": "lifespan.startup.complete"})
