@@ -316,7 +316,7 @@ class Row:
 
 def starter(broker: str, folder: Path) -> contextlib.AbstractContextManager[str]:
     """The broker's server for the block (base URL); ImportError/AttributeError when a piece is missing."""
-    importlib.import_module(f"shipyard.jobs.stream.{broker}")
+    importlib.import_module(f"shipyard.streams.{broker}")
     importlib.import_module(CLIENTS[broker])
     if broker == "local":
         return contextlib.nullcontext(str(folder / "streams.db"))
