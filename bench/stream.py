@@ -19,6 +19,10 @@ SQL count, XLEN, JetStream stream info, reading the Kafka topic); start-up is ex
 * model:    in this process: JSON decoding + ``predict`` in batches of B with the same
             runtime (the model + parsing floor, no broker).
 
+shipyard/raw is the median over rounds of each round's ratio (the two phases of a round run
+back to back). CPU µs/msg is the user + system time of the timed process (all its threads)
+over the timed span, per message: what each loop costs, whatever else the machine runs.
+
 Each phase has a deadline (--timeout); servers and children are stopped, also on errors.
 Prints a Markdown table of medians over rounds, ratios, and the command line.
 """
@@ -238,9 +242,24 @@ async def preload(broker: str, base: str, src: str, dst: str, payloads: list[tup
     await out.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (librdkafka's and the executors' too)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Timing:
+    seconds: float
+    cpu: float | None
+    """CPU seconds the process spent over those seconds (None where /proc cannot tell)."""
+    lag: float | None
+
+
 async def timed(cmd: list[str], ready: str, counter: Counter, dst: str, n: int, timeout: float,
-                metrics_url: str | None = None) -> tuple[float, float | None]:
-    """Start ``cmd``; seconds from its ``ready`` line on stderr until ``dst`` holds ``n`` messages; peak lag."""
+                metrics_url: str | None = None) -> Timing:
+    """Start ``cmd``; seconds (and its CPU seconds) from its ``ready`` line on stderr until ``dst`` holds ``n``
+    messages; peak lag."""
     env = {**os.environ, "SHIPYARD_LOG_LEVEL": "info", "SHIPYARD_LOG_FORMAT": "text"}
     sub = asyncio.subprocess
     proc = await asyncio.create_subprocess_exec(*cmd, stdin=sub.DEVNULL, stdout=sub.DEVNULL, stderr=sub.PIPE, env=env)
@@ -273,6 +292,7 @@ async def timed(cmd: list[str], ready: str, counter: Counter, dst: str, n: int, 
             if not seen.is_set():
                 raise PhaseFailed(f"exited with {proc.returncode} before it was ready: " + " / ".join(tail))
             t0 = time.perf_counter()
+            cpu0 = _cpu_or_none(proc.pid)
             if metrics_url:
                 tasks.append(asyncio.create_task(scrape(metrics_url)))
             while (done := await counter.count(dst)) < n:
@@ -280,6 +300,7 @@ async def timed(cmd: list[str], ready: str, counter: Counter, dst: str, n: int, 
                     raise PhaseFailed(f"exited with {proc.returncode} at {done}/{n}: " + " / ".join(tail))
                 await asyncio.sleep(0.02)
             seconds = time.perf_counter() - t0
+            cpu1 = _cpu_or_none(proc.pid)
     except TimeoutError:
         raise PhaseFailed(f"timed out after {timeout:.0f}s with {done}/{n} outputs: " + " / ".join(tail)) from None
     finally:
@@ -287,7 +308,15 @@ async def timed(cmd: list[str], ready: str, counter: Counter, dst: str, n: int, 
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return seconds, (max(peak) if peak else None)
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return Timing(seconds, cpu, max(peak) if peak else None)
+
+
+def _cpu_or_none(pid: int) -> float | None:
+    try:
+        return cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 async def stop(proc: asyncio.subprocess.Process, grace: float = 30.0) -> None:
@@ -310,13 +339,16 @@ class Row:
     broker: str
     raw: list[float] = field(default_factory=list)
     shipyard: list[float] = field(default_factory=list)
+    raw_cpu: list[float] = field(default_factory=list)
+    """CPU microseconds per message."""
+    shipyard_cpu: list[float] = field(default_factory=list)
     lag: list[float] = field(default_factory=list)
     note: str = ""
 
 
 def starter(broker: str, folder: Path) -> contextlib.AbstractContextManager[str]:
     """The broker's server for the block (base URL); ImportError/AttributeError when a piece is missing."""
-    importlib.import_module(f"shipyard.jobs.stream.{broker}")
+    importlib.import_module(f"shipyard.streams.{broker}")
     importlib.import_module(CLIENTS[broker])
     if broker == "local":
         return contextlib.nullcontext(str(folder / "streams.db"))
@@ -347,8 +379,10 @@ async def bench_broker(broker: str, folder: Path, home: Path, payloads: list[tup
                 await asyncio.wait_for(preload(broker, base, src, dst, payloads), args.timeout)
                 counter = await Counter(broker, base).open()
                 cmd = [sys.executable, __file__, "_raw", broker, base, src, dst, f"bench-raw-{r}", str(b)]
-                seconds, _ = await timed(cmd, READY_RAW, counter, dst, n, args.timeout)
-                row.raw.append(n / seconds)
+                got = await timed(cmd, READY_RAW, counter, dst, n, args.timeout)
+                row.raw.append(n / got.seconds)
+                if got.cpu is not None:
+                    row.raw_cpu.append(got.cpu / n * 1e6)
                 src, dst = f"bench-sy-{r}-in", f"bench-sy-{r}-out"
                 await asyncio.wait_for(preload(broker, base, src, dst, payloads), args.timeout)
                 port = free_port()
@@ -356,11 +390,13 @@ async def bench_broker(broker: str, folder: Path, home: Path, payloads: list[tup
                        "--source", stream_url(broker, base, src, source=True), "--sink", stream_url(broker, base, dst),
                        "--group", f"bench-sy-{r}", "--batch-size", str(b), "--metrics-port", str(port),
                        "--runtime", args.runtime]
-                seconds, lag = await timed(cmd, READY_SHIPYARD, counter, dst, n, args.timeout,
-                                           f"http://127.0.0.1:{port}/metrics")
-                row.shipyard.append(n / seconds)
-                if lag is not None:
-                    row.lag.append(lag)
+                got = await timed(cmd, READY_SHIPYARD, counter, dst, n, args.timeout,
+                                  f"http://127.0.0.1:{port}/metrics")
+                row.shipyard.append(n / got.seconds)
+                if got.cpu is not None:
+                    row.shipyard_cpu.append(got.cpu / n * 1e6)
+                if got.lag is not None:
+                    row.lag.append(got.lag)
             except Exception as exc:  # PhaseFailed, broker errors: report and go on with the next broker
                 row.note = f"failed in round {r}: {type(exc).__name__}: {exc}"[:600]
                 return row
@@ -420,14 +456,18 @@ def print_table(rows: list[Row], model_rate: float, args: argparse.Namespace, co
           f"median of {args.rounds} round(s)\n")
     print(f"{os.cpu_count()} cores, load average {load:.1f} before and {os.getloadavg()[0]:.1f} after\n")
     print("| broker | raw loop msg/s | shipyard msg/s | model alone msg/s | shipyard/raw | shipyard/model "
-          "| peak lag seen |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| CPU µs/msg raw | CPU µs/msg shipyard | peak lag seen |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        raw, sy = (statistics.median(v) if v else None for v in (row.raw, row.shipyard))
-        vs_raw = _fmt(sy / raw if sy and raw else None, ".2f", "x")
+        raw, sy, raw_cpu, sy_cpu = (statistics.median(v) if v else None
+                                    for v in (row.raw, row.shipyard, row.raw_cpu, row.shipyard_cpu))
+        # raw and shipyard run back to back in each round: the median of the rounds' ratios is steadier
+        # on a shared machine than the ratio of the medians
+        ratios = [s / r for r, s in zip(row.raw, row.shipyard, strict=False)]
+        vs_raw = _fmt(statistics.median(ratios) if ratios else None, ".2f", "x")
         vs_model = _fmt(sy / model_rate if sy else None, ".2f", "x")
         print(f"| {row.broker} | {_fmt(raw)} | {_fmt(sy)} | {model_rate:,.0f} | {vs_raw} | {vs_model} "
-              f"| {_fmt(max(row.lag) if row.lag else None)} |")
+              f"| {_fmt(raw_cpu, '.1f')} | {_fmt(sy_cpu, '.1f')} | {_fmt(max(row.lag) if row.lag else None)} |")
     notes = [f"- {row.broker}: {row.note}" for row in rows if row.note]
     if notes:
         print("\n" + "\n".join(notes))

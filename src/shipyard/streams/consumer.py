@@ -1,26 +1,27 @@
 """The stream consumer loop: fetch a micro-batch, predict once, send results, then acknowledge.
 
-Two tasks share a bounded queue:
+Three tasks, in fetch order:
 
 * the fetcher collects up to ``batch_size`` messages (waiting at most
   ``max_wait_ms`` for company once one arrived) and queues the batch; when
-  ``max_in_flight`` batches wait, it blocks, so a slow model or sink slows the
+  ``max_in_flight + 3`` batches are read and not yet acknowledged, it waits for
+  an acknowledgement before reading more, so a slow model or sink slows the
   reading instead of filling memory (backpressure);
-* the processor takes batches in order: scores them (one model call), sends
-  results and dead letters, and only when the broker confirmed both, acknowledges
-  the batch. The next batch is scored while the previous one is being sent and
-  acknowledged, but a batch is sent only after its predecessor was acknowledged,
-  so batches finish in fetch order (which keeps Kafka's offset commits contiguous).
-
-At most ``max_in_flight + 3`` batches are read and not yet acknowledged: the
-queued ones, the one being collected, the one being scored, the one being sent.
+* the scorer takes batches in order and scores each (one model call per batch);
+* the deliverer takes every batch scored so far, sends their results and dead
+  letters (one send per sink) and, only when the broker confirmed them,
+  acknowledges their messages (one ack). While it waits for the broker the
+  scorer goes on, so under load one broker round trip carries several batches
+  (group commit), and with a fast model the loop runs at the broker's pace
+  rather than one round trip per batch. Deliveries run one at a time, so
+  batches finish in fetch order (which keeps Kafka's offset commits contiguous).
 
 Nothing is acknowledged that is not on the sink, so a crash at any point leaves
 the broker to deliver the unfinished messages again (at-least-once; outputs
 carry the input id for consumers that need to drop duplicates). Failures of the
 broker or model (not of a message) are retried with backoff: the loop never
-dies of them, it waits. ``stop`` starts a drain: no new fetches, the queued
-batches are finished and acknowledged, then everything closes.
+dies of them, it waits. ``stop`` starts a drain: no new fetches, the batches
+already read are finished and acknowledged, then everything closes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shipyard.errors import InvalidOption, ShipyardError
 from shipyard.registry import LoadedModel
-from shipyard.streams.broker import Message, Sink, Source
+from shipyard.streams.broker import Message, Record, Sink, Source
 from shipyard.streams.scoring import RunModel, Scored, score
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,15 @@ class _GaveUp:
     """A stop's drain deadline passed while a step kept failing."""
 
 
+@dataclass
+class _Scored:
+    """A batch scored and waiting to be delivered."""
+
+    batch: list[Message]
+    scored: Scored
+    fetched: float
+
+
 @dataclass(frozen=True)
 class StreamOptions:
     batch_size: int = 64
@@ -57,7 +67,8 @@ class StreamOptions:
     max_wait_ms: float = 5.0
     """How long a started batch waits for more messages before it goes (0: take what is there)."""
     max_in_flight: int = 4
-    """Batches fetched and waiting for the model/sink before the fetcher stops reading (backpressure)."""
+    """Batches waiting for the model/sink before the fetcher stops reading (backpressure): at most
+    ``max_in_flight + 3`` batches are read and not yet acknowledged."""
     poll_seconds: float = 0.25
     """Longest single wait on an empty source; bounds how fast a stop is noticed."""
     drain_seconds: float = 30.0
@@ -149,24 +160,29 @@ class StreamConsumer:
         self._give_up_at: float | None = None
         self.in_flight = 0
         """Messages fetched and not yet acknowledged."""
+        self._in_flight_gauge = self.metrics.in_flight.labels(self.name)
 
     async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> StreamStats:
         """Consume until ``stop`` is set, then drain. Returns what was done."""
         opened: list[Source | Sink] = []
         try:
-            for end in (self.source, self.sink, self.dead_letter_sink):
+            # Sinks first: a producer connects (Kafka's idempotent producer also gets its producer id) while
+            # the source joins its group, instead of stalling the first send by up to a second.
+            for end in (self.sink, self.dead_letter_sink, self.source):
                 await end.start()
                 opened.append(end)
             if started is not None:
                 started()
-            queue: asyncio.Queue[list[Message] | None] = asyncio.Queue(self.options.max_in_flight)
+            # unbounded: the fetcher takes a slot per batch, so at most max_in_flight + 3 are ever queued
+            queue: asyncio.Queue[list[Message] | None] = asyncio.Queue()
+            slots = asyncio.Semaphore(self.options.max_in_flight + 3)
             helpers = [
-                asyncio.create_task(self._fetch_loop(queue, stop), name="stream-fetch"),
+                asyncio.create_task(self._fetch_loop(queue, slots, stop), name="stream-fetch"),
                 asyncio.create_task(self._lag_loop(stop), name="stream-lag"),
                 asyncio.create_task(self._drain_clock(stop), name="stream-drain-clock"),
             ]
             try:
-                await self._process_loop(queue, stop)
+                await self._process_loop(queue, slots)
             finally:
                 for task in helpers:
                     task.cancel()
@@ -184,12 +200,17 @@ class StreamConsumer:
 
     # -- fetching -------------------------------------------------------------------
 
-    async def _fetch_loop(self, queue: asyncio.Queue[list[Message] | None], stop: asyncio.Event) -> None:
+    async def _fetch_loop(
+        self, queue: asyncio.Queue[list[Message] | None], slots: asyncio.Semaphore, stop: asyncio.Event
+    ) -> None:
         backoff = _Backoff()
         while not stop.is_set():
+            if not await _acquire_or_stop(slots, stop):
+                break
             try:
                 batch = await self._collect(stop)
             except Exception as exc:
+                slots.release()
                 self.metrics.retries.labels(self.name, "fetch").inc()
                 logger.warning("fetching from %s failed (%s); retrying in %.1fs", self.name, exc, backoff.next)
                 await _sleep_or_stop(backoff.wait(), stop)
@@ -197,8 +218,10 @@ class StreamConsumer:
             backoff.reset()
             if batch:
                 self._count_in_flight(len(batch))
-                await queue.put(batch)
-        await queue.put(None)
+                queue.put_nowait(batch)
+            else:
+                slots.release()
+        queue.put_nowait(None)
 
     async def _collect(self, stop: asyncio.Event) -> list[Message]:
         """One batch: the first message waits up to poll_seconds, the rest up to max_wait_ms after it."""
@@ -218,7 +241,7 @@ class StreamConsumer:
 
     def _count_in_flight(self, change: int) -> None:
         self.in_flight += change
-        self.metrics.in_flight.labels(self.name).set(self.in_flight)
+        self._in_flight_gauge.set(self.in_flight)
 
     async def _drain_clock(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -226,52 +249,85 @@ class StreamConsumer:
         logger.info("stopping %s: finishing what was fetched (%d message(s))", self.name,
                     self.in_flight)
 
-    async def _process_loop(self, queue: asyncio.Queue[list[Message] | None], stop: asyncio.Event) -> None:
-        """Score batch k+1 while batch k is being sent and acknowledged; acknowledgements stay in order."""
-        delivering: asyncio.Task[bool] | None = None
-        delivering_size = 0
-        while True:
-            batch = await queue.get()
-            if batch is None:
-                break
-            fetched = time.monotonic()
-            received_at = time.time()
-            scored = await self._retry("model", lambda: self._score(batch, received_at))  # noqa: B023 (awaited here)
-            if delivering is not None:
-                ok = await delivering
-                self._count_in_flight(-delivering_size)
-                delivering = None
-                if not ok:
-                    self.stats.unfinished += delivering_size
-                    scored = _GaveUp()  # nothing after a batch that was not acknowledged may be
-            if isinstance(scored, _GaveUp):
-                self._count_in_flight(-len(batch))
-                self.stats.unfinished += len(batch) + sum(len(b) for b in _drain(queue))
-                return
-            delivering = asyncio.create_task(self._deliver(batch, scored, fetched))
-            delivering_size = len(batch)
-        if delivering is not None:
-            ok = await delivering
-            self._count_in_flight(-delivering_size)
-            if not ok:
-                self.stats.unfinished += delivering_size
+    async def _process_loop(self, queue: asyncio.Queue[list[Message] | None], slots: asyncio.Semaphore) -> None:
+        """Score batches in order and hand them to the deliverer, which sends and acknowledges them in order."""
+        scored_batches: asyncio.Queue[_Scored | None] = asyncio.Queue()
+        deliverer = asyncio.create_task(self._deliver_loop(scored_batches, slots), name="stream-deliver")
+        try:
+            while True:
+                batch = await queue.get()
+                if batch is None:
+                    break
+                fetched = time.monotonic()
+                received_at = time.time()
+                scored = await self._retry("model", lambda: self._score(batch, received_at))  # noqa: B023 (awaited here)
+                if isinstance(scored, _GaveUp) or deliverer.done():
+                    # nothing after a batch that was not acknowledged may be
+                    self._count_in_flight(-len(batch))
+                    self.stats.unfinished += len(batch) + sum(len(b) for b in _drain(queue))
+                    break
+                scored_batches.put_nowait(_Scored(batch, scored, fetched))
+                # let the deliverer start its send now, so the broker round trip overlaps the next model call
+                await asyncio.sleep(0)
+        except BaseException:
+            deliverer.cancel()
+            raise
+        finally:
+            scored_batches.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await deliverer
 
-    async def _deliver(self, batch: list[Message], scored: Scored, fetched: float) -> bool:
-        """Send the batch's results and dead letters, then acknowledge it; False when a stop's drain ran out."""
-        if isinstance(await self._retry("sink", lambda: self._send(scored)), _GaveUp):
+    async def _deliver_loop(self, scored_batches: asyncio.Queue[_Scored | None], slots: asyncio.Semaphore) -> None:
+        """Deliver every batch scored so far in one send and one ack; stop at the first that cannot be."""
+        while True:
+            item = await scored_batches.get()
+            if item is None:
+                return
+            group = [item]
+            last = False
+            while not scored_batches.empty():
+                more = scored_batches.get_nowait()
+                if more is None:
+                    last = True
+                    break
+                group.append(more)
+            delivered = await self._deliver(group)
+            size = sum(len(g.batch) for g in group)
+            self._count_in_flight(-size)
+            for _ in group:
+                slots.release()
+            if not delivered:
+                rest = _drain(scored_batches)
+                self._count_in_flight(-sum(len(g.batch) for g in rest))
+                self.stats.unfinished += size + sum(len(g.batch) for g in rest)
+                return
+            if last:
+                return
+
+    async def _deliver(self, group: list[_Scored]) -> bool:
+        """Send the batches' results and dead letters, then acknowledge them; False when a stop's drain ran out."""
+        if len(group) == 1:
+            results, dead_letters, messages = group[0].scored.results, group[0].scored.dead_letters, group[0].batch
+        else:
+            results = [r for g in group for r in g.scored.results]
+            dead_letters = [r for g in group for r in g.scored.dead_letters]
+            messages = [m for g in group for m in g.batch]
+        if isinstance(await self._retry("sink", lambda: self._send(results, dead_letters)), _GaveUp):
             return False
-        if isinstance(await self._retry("ack", lambda: self.source.ack(batch)), _GaveUp):
+        if isinstance(await self._retry("ack", lambda: self.source.ack(messages)), _GaveUp):
             return False
-        self.stats.batches += 1
-        self.stats.predicted += len(scored.results)
-        self.stats.dead_letters += len(scored.dead_letters)
-        self.metrics.messages.labels(self.name, "predicted").inc(len(scored.results))
-        if scored.dead_letters:
-            self.metrics.messages.labels(self.name, "dead_letter").inc(len(scored.dead_letters))
-            for r in scored.dead_letters:
+        now = time.monotonic()
+        for g in group:
+            self.stats.batches += 1
+            self.metrics.batch_size.labels(self.name).observe(len(g.batch))
+            self.metrics.latency.labels(self.name).observe(now - g.fetched)
+        self.stats.predicted += len(results)
+        self.stats.dead_letters += len(dead_letters)
+        self.metrics.messages.labels(self.name, "predicted").inc(len(results))
+        if dead_letters:
+            self.metrics.messages.labels(self.name, "dead_letter").inc(len(dead_letters))
+            for r in dead_letters:
                 logger.warning("dead letter from %s: %s", self.name, r.value[:300].decode("utf-8", "replace"))
-        self.metrics.batch_size.labels(self.name).observe(len(batch))
-        self.metrics.latency.labels(self.name).observe(time.monotonic() - fetched)
         return True
 
     async def _score(self, batch: list[Message], received_at: float) -> Scored:
@@ -279,13 +335,16 @@ class StreamConsumer:
         return await score(batch, model, self.run_model, source=self.name, received_at=received_at,
                            consumer=self.consumer_name)
 
-    async def _send(self, scored: Scored) -> None:
+    async def _send(self, results: list[Record], dead_letters: list[Record]) -> None:
         sends: list[Awaitable[None]] = []
-        if scored.results:
-            sends.append(self.sink.send(scored.results))
-        if scored.dead_letters:
-            sends.append(self.dead_letter_sink.send(scored.dead_letters))
-        await asyncio.gather(*sends)
+        if results:
+            sends.append(self.sink.send(results))
+        if dead_letters:
+            sends.append(self.dead_letter_sink.send(dead_letters))
+        if len(sends) == 1:
+            await sends[0]
+        else:
+            await asyncio.gather(*sends)
 
     async def _retry(self, stage: str, step: Callable[[], Awaitable[T]]) -> T | _GaveUp:
         """Run ``step`` until it succeeds, or until a stop's drain deadline passed."""
@@ -340,7 +399,28 @@ async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:
             await stop.wait()
 
 
-def _drain(queue: asyncio.Queue[list[Message] | None]) -> list[list[Message]]:
+async def _acquire_or_stop(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+    """Take a slot (True), or give up waiting for one once ``stop`` is set (False)."""
+    if not slots.locked():
+        await slots.acquire()  # free: no wait
+        return True
+    acquiring = asyncio.ensure_future(slots.acquire())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not acquiring.done():
+            acquiring.cancel()
+    if acquiring.cancelled():
+        return False
+    if stop.is_set():
+        slots.release()
+        return False
+    return True
+
+
+def _drain(queue: asyncio.Queue[T | None]) -> list[T]:
     out = []
     while not queue.empty():
         item = queue.get_nowait()

@@ -533,7 +533,14 @@ class KafkaSink(Sink):
         if self._producer is not None:
             return
         await asyncio.to_thread(_ensure_topic, _admin(self._shared, self.url), self.url, self._partitions)
-        self._producer = _new_client(_kafka().Producer, self._config, self.url)
+        producer = _new_client(_kafka().Producer, self._config, self.url)
+        # The topic's metadata now rather than on the first send, which would otherwise wait for it.
+        ck = _kafka()
+        try:
+            await asyncio.to_thread(producer.list_topics, self.url.topic, _CONNECT_TIMEOUT)
+        except ck.KafkaException as exc:
+            raise BrokerError(f"cannot reach the Kafka brokers of {self.url}: {_describe(exc)}") from None
+        self._producer = producer
 
     async def send(self, records: Sequence[Record]) -> None:
         producer = self._producer

@@ -85,6 +85,7 @@ _CONNECT_DEADLINE = 8.0
 _RECONNECT_ATTEMPTS = 30
 _RECONNECT_WAIT = 2.0
 _API_TIMEOUT = 5.0  # JetStream API requests, PubAcks and the ack barrier
+_MAX_PENDING_PUBLISHES = 4000  # unanswered publishes of a sink at once (nats-py's default too)
 _MIN_FETCH_TIMEOUT = 0.01  # nats-py refuses 0 and sends expires = timeout - 100 µs
 _FIRST_FETCH_WAIT = 0.05
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -201,13 +202,11 @@ class NatsSource(Source):
             msgs = await self._fetch(psub, batch, timeout - first)
         out: list[Message] = []
         for msg in msgs:
-            meta = msg.metadata
             headers = dict(msg.headers or {})
             key = headers.get(KEY_HEADER, headers.get(_MSG_ID_HEADER))
-            seq = meta.sequence.stream
+            seq, timestamp = _position(msg)
             self._unacked[seq] = msg
-            out.append(Message(id=str(seq), value=msg.data, key=key, headers=headers,
-                               timestamp=meta.timestamp.timestamp(), token=msg))
+            out.append(Message(id=str(seq), value=msg.data, key=key, headers=headers, timestamp=timestamp, token=msg))
         return out
 
     async def _fetch(self, psub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
@@ -238,8 +237,8 @@ class NatsSource(Source):
         except (TimeoutError, OSError, _nats_error()) as exc:
             raise BrokerError(f"cannot acknowledge {len(msgs)} message(s) of {self.url} "
                               f"(group '{self.group}'): {_describe(exc)}") from None
-        for msg in msgs:
-            self._unacked.pop(msg.metadata.sequence.stream, None)
+        for m in messages:
+            self._unacked.pop(int(m.id), None)
 
     async def lag(self) -> int | None:
         psub = self._started()
@@ -301,7 +300,7 @@ class NatsSink(Sink):
     async def start(self) -> None:
         self._nc = await _connect(self.url, name="shipyard sink")
         try:
-            self._js = self._nc.jetstream(timeout=_API_TIMEOUT)
+            self._js = self._nc.jetstream(timeout=_API_TIMEOUT, publish_async_max_pending=_MAX_PENDING_PUBLISHES)
             self.stream = await _ensure_stream(self._js, self.url, self.stream)
         except BaseException:
             await self.close()
@@ -312,18 +311,26 @@ class NatsSink(Sink):
             raise BrokerError(f"the NATS sink for {self.url} is not started")
         if not records:
             return
+        for at in range(0, len(records), _MAX_PENDING_PUBLISHES):
+            await self._send(records[at:at + _MAX_PENDING_PUBLISHES])
+
+    async def _send(self, records: Sequence[Record]) -> None:
+        assert self._js is not None
         futures: list[asyncio.Future[Any]] = []
+        publish = self._js.publish_async
+        topic, stream = self.url.topic, self.stream
         try:
             # publish_async writes every record before waiting: one connection keeps them in order,
-            # and the PubAcks come back concurrently (~8x faster than awaiting each publish).
+            # and the PubAcks come back concurrently (~8x faster than awaiting each publish). No
+            # wait_stall: with it every publish is a task and a trip through the event loop, and the
+            # client flushes each record in its own write; without it a publish never suspends (this
+            # sink is the connection's only publisher and sends at most _MAX_PENDING_PUBLISHES at once,
+            # all answered or cancelled before the next send), so a batch leaves in one write.
             for record in records:
                 headers = dict(record.headers)
                 if record.key is not None:
                     headers[KEY_HEADER] = record.key
-                futures.append(await self._js.publish_async(
-                    self.url.topic, record.value, wait_stall=_API_TIMEOUT, stream=self.stream,
-                    headers=headers or None,
-                ))
+                futures.append(await publish(topic, record.value, stream=stream, headers=headers or None))
         except (TimeoutError, OSError, _nats_error()) as exc:
             await _settle(futures)
             raise BrokerError(f"cannot publish to {self.url}: {_describe(exc)}") from None
@@ -345,6 +352,24 @@ class NatsSink(Sink):
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
             await _close(nc, self.url)
+
+
+def _position(msg: Msg) -> tuple[int, float]:
+    """(stream sequence, stored at in seconds) of a JetStream message, from its ack subject.
+
+    The subject is ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``,
+    or with ``<domain>.<account hash>.`` after ``$JS.ACK.`` (and maybe a token at the end) on newer
+    servers. Read here directly: nats-py's ``msg.metadata`` builds dataclasses and a datetime per
+    message, ~12 µs, as much as the rest of the consume-produce-acknowledge loop.
+    """
+    tokens = (msg.reply or "").split(".")
+    if tokens[:2] == ["$JS", "ACK"]:
+        if len(tokens) == 9:
+            return int(tokens[5]), int(tokens[7]) / 1e9
+        if len(tokens) >= 11:
+            return int(tokens[7]), int(tokens[9]) / 1e9
+    meta = msg.metadata  # anything else: let the client say (and raise on what is not JetStream's)
+    return meta.sequence.stream, meta.timestamp.timestamp()
 
 
 async def _settle(futures: list[asyncio.Future[Any]]) -> None:

@@ -311,3 +311,56 @@ async def test_lag_is_exported_as_a_prometheus_gauge(lr: LoadedModel, tmp_path: 
     await task
     text = generate_latest(consumer.metrics.registry).decode()
     assert 'shipyard_stream_messages_total{outcome="predicted",source="local://in"} 30.0' in text
+
+
+async def test_fragments_that_would_join_into_records_are_each_dead_letters(lr: LoadedModel) -> None:
+    # Each message alone is not a record; glued into one JSON array they would read as two.
+    first = orjson.dumps(_record(1)).decode()
+    second = orjson.dumps(_record(2)).decode()
+    head, tail = second.split(",", 1)
+    parts = [f"{first},{head}".encode(), tail.encode()]
+    scored = await score([_message(i, v) for i, v in enumerate(parts)], lr, _run, source="s", received_at=1.0)
+    assert scored.results == []
+    assert [orjson.loads(r.value)["id"] for r in scored.dead_letters] == ["0", "1"]
+
+
+class SlowCountingSink(Sink):
+    """A real embedded sink whose sends take a while, recording how many records each carried."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner, self.url, self.sizes = inner, inner.url, []
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def send(self, records: Sequence[Record]) -> None:
+        self.sizes.append(len(records))
+        await asyncio.sleep(0.05)
+        await self.inner.send(records)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_batches_scored_while_the_sink_is_busy_go_out_together_in_fetch_order(
+    lr: LoadedModel, tmp_path: Path
+) -> None:
+    streams = Streams(tmp_path)
+    await streams.produce("in", [_record(i) for i in range(200)])
+    sink = SlowCountingSink(open_sink(streams.url("out")))
+    consumer = streams.consumer(lr, sink=sink, batch_size=10, max_in_flight=4, max_wait_ms=0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+
+    async def all_out() -> bool:
+        return consumer.stats.predicted >= 200
+
+    await _until(all_out)
+    stop.set()
+    stats = await task
+    out = await streams.read("out")
+    assert [int(r["id"]) for r in out] == sorted(int(r["id"]) for r in out)  # sent in fetch order
+    assert len(out) == 200 and stats.batches == 20 and stats.unfinished == 0
+    assert max(sink.sizes) > 10 and len(sink.sizes) < 20  # several batches per send (and per ack)
+    assert max(sink.sizes) <= (4 + 3) * 10  # never more than the unacknowledged bound
+    assert await streams.unfinished("in", "g") == 0
