@@ -113,11 +113,13 @@ class _Cost:
     def __init__(self) -> None:
         self._recent: deque[float] = deque(maxlen=self.WINDOW)
         self._median: float | None = None
+        self._added = 0
         self.waits = False
 
     def add(self, seconds: float) -> None:
         self._recent.append(seconds)
-        if len(self._recent) % 8 == 1 or self._median is None:  # a median every few calls is plenty
+        self._added += 1
+        if self._added % 8 == 1 or self._added < 8:  # a median every few calls is plenty
             self._median = statistics.median(self._recent)
 
     def cheap(self, below_ms: float) -> bool:

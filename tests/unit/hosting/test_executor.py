@@ -130,3 +130,18 @@ async def test_release_and_close_stop_the_lane_threads() -> None:
     while any(t.name in ("shipyard-lane a:1", "shipyard-lane b:1") for t in threading.enumerate()):
         assert time.monotonic() < deadline, "lane threads still running"
         await asyncio.sleep(0.01)
+
+
+async def test_a_model_that_becomes_costly_moves_to_its_lane() -> None:
+    executor = InProcessExecutor(inline_below_ms=1.0)
+    model = Model("drifting")
+    for _ in range(100):
+        await executor.run(model, X)  # type: ignore[arg-type]
+    assert executor.runs_inline(model)  # type: ignore[arg-type]
+    model.cpu_ms = 3.0  # e.g. bigger requests: the median of the sampled inline calls follows
+    for _ in range(40 * InProcessExecutor.SAMPLE_INLINE):
+        await executor.run(model, X)  # type: ignore[arg-type]
+        if not executor.runs_inline(model):  # type: ignore[arg-type]
+            break
+    assert not executor.runs_inline(model)  # type: ignore[arg-type]
+    await executor.close()
