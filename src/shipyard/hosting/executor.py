@@ -114,6 +114,8 @@ class _Cost:
         self._recent: deque[float] = deque(maxlen=self.WINDOW)
         self._median: float | None = None
         self._added = 0
+        self.waited = 0
+        """Timed inline calls in a row that waited more than they worked."""
         self.waits = False
 
     def add(self, seconds: float) -> None:
@@ -140,6 +142,8 @@ class InProcessExecutor:
 
     #: An inline call is timed once in this many (reading a thread's CPU clock is a system call).
     SAMPLE_INLINE = 16
+    #: Timed inline calls in a row that must wait (not work) before a model is kept on its lane.
+    WAITS_AFTER = 3
 
     def __init__(self, inline_below_ms: float = 1.0) -> None:
         self.inline_below_ms = inline_below_ms
@@ -168,7 +172,10 @@ class InProcessExecutor:
             result = model.run(arrays)
             wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
             cost.add(cpu)
-            if wall * 1e3 >= self.inline_below_ms and cpu * 2e3 < self.inline_below_ms:
+            waited = wall * 1e3 >= self.inline_below_ms and cpu * 2e3 < self.inline_below_ms
+            # a process descheduled mid-call looks the same once: only a model that keeps doing it waits
+            cost.waited = cost.waited + 1 if waited else 0
+            if cost.waited >= self.WAITS_AFTER:
                 cost.waits = True  # it held the loop waiting, not working: its lane from now on
                 logger.info("%s waits inside its calls (%.1f ms, %.1f ms of it working): it runs on its "
                             "own thread from now on", model.version.ref, wall * 1e3, cpu * 1e3)
