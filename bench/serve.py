@@ -205,7 +205,8 @@ def wrk(url: str, body: bytes, concurrency: int, duration: float, tmp: Path,
         'wrk.method = "POST"\n'
         f"wrk.body = {lua_string(body.decode())}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        + "".join(f"wrk.headers[{lua_string(k)}] = {lua_string(v)}\n" for k, v in (headers or {}).items())
+        # spaces inside the index: ``t[[[k]]]`` would read as a call of t with a long string
+        + "".join(f"wrk.headers[ {lua_string(k)} ] = {lua_string(v)}\n" for k, v in (headers or {}).items())
     )
     seconds = max(1, round(duration))
     server_before = tree_cpu_s(server_pid) if server_pid else 0.0
