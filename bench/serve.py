@@ -237,9 +237,11 @@ def wrk(url: str, body: bytes, concurrency: int, duration: float, tmp: Path,
     wrk_cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / wall
     # this script sleeps in wait() meanwhile; the rest is other processes (never below 0: tick rounding)
     other_cpu = max(0.0, busy - wrk_cpu - (server_cpu if server_pid else 0.0))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = parse_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = parse_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    m_rps, m_p50, m_p99 = (re.search(pattern, out) for pattern in
+                           (r"Requests/sec:\s+([\d.]+)", r"\s50%\s+(\S+)", r"\s99%\s+(\S+)"))
+    if m_rps is None or m_p50 is None or m_p99 is None:
+        raise RuntimeError(f"wrk gave no figures for {url} at c={concurrency}:\n{out}")
+    rps, p50, p99 = float(m_rps.group(1)), parse_ms(m_p50.group(1)), parse_ms(m_p99.group(1))
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return Point(rps, p50, p99, int(errors.group(1)) if errors else 0,
@@ -531,7 +533,7 @@ def run_model(name: str, model: Any, row: np.ndarray, configs: list[Config], arg
                         res.points.setdefault(c, []).append(point)
                         raw.append({"model": name, "config": config.letter, "round": round_, "concurrency": c,
                                     **asdict(point)})
-            except RuntimeError as exc:
+            except (RuntimeError, subprocess.SubprocessError) as exc:
                 print(f"skipping {config.name} for {name} in round {round_ + 1}: {exc}", file=sys.stderr)
     return results
 
@@ -577,6 +579,27 @@ def start_summary(res: Result) -> dict[str, float]:
     }
 
 
+def table_rows(results: dict[str, Result], configs: list[Config]) -> list[dict[str, Any]]:
+    """One row per config and concurrency: medians over rounds, summed errors, the ratios."""
+    rows = []
+    for config in configs:
+        res = results[config.letter]
+        for c in sorted(res.points):
+            pts = res.points[c]
+            r = rps(results, config.letter, c)
+            vs_one = ratio(r, rps(results, config.one_worker, c)) if config.one_worker else float("nan")
+            vs_o = ratio(r, rps(results, "o", c)) if config.one_worker and config.letter != "o" else float("nan")
+            rows.append({
+                "config": config.letter, "name": config.name, "concurrency": c, "rps": r,
+                "p50_ms": med([p.p50_ms for p in pts]), "p99_ms": med([p.p99_ms for p in pts]),
+                "non_2xx": sum(p.errors for p in pts), "socket_errors": sum(p.socket_errors for p in pts),
+                "vs_bare": ratio(r, rps(results, "b", c)), "vs_one_worker": vs_one, "vs_bare_2_workers": vs_o,
+                "wrk_cpu": med([p.wrk_cpu for p in pts]), "server_cpu": med([p.server_cpu for p in pts]),
+                "other_cpu": med([p.other_cpu for p in pts]),
+            })
+    return rows
+
+
 def print_model(name: str, results: dict[str, Result], configs: list[Config], levels: list[int],
                 args: argparse.Namespace, load_before: str, load_after: str) -> None:
     print(f"\n### {name}: single-row requests, median of {args.rounds} rounds, {args.duration} s per point, wrk -t1\n")
@@ -584,20 +607,12 @@ def print_model(name: str, results: dict[str, Result], configs: list[Config], le
     print("| config | c | req/s | p50 ms | p99 ms | non-2xx | vs (b) bare | vs 1 worker | vs (o) bare 2 w. "
           "| wrk CPU | server CPU | others' CPU |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for config in configs:
-        res = results[config.letter]
-        for c in sorted(res.points):
-            pts = res.points[c]
-            r = rps(results, config.letter, c)
-            bad = sum(p.errors for p in pts)
-            sock = sum(p.socket_errors for p in pts)
-            errors = f"{bad}" + (f" (+{sock} socket)" if sock else "")
-            vs_one = ratio(r, rps(results, config.one_worker, c)) if config.one_worker else float("nan")
-            vs_o = ratio(r, rps(results, "o", c)) if config.one_worker and config.letter != "o" else float("nan")
-            print(f"| {config.name} | {c} | {r:.0f} | {med([p.p50_ms for p in pts]):.2f} | "
-                  f"{med([p.p99_ms for p in pts]):.2f} | {errors} | {x(ratio(r, rps(results, 'b', c)))} | "
-                  f"{x(vs_one)} | {x(vs_o)} | {pct(med([p.wrk_cpu for p in pts]))} | "
-                  f"{pct(med([p.server_cpu for p in pts]))} | {pct(med([p.other_cpu for p in pts]))} |")
+    for row in table_rows(results, configs):
+        errors = f"{row['non_2xx']}" + (f" (+{row['socket_errors']} socket)" if row["socket_errors"] else "")
+        print(f"| {row['name']} | {row['concurrency']} | {row['rps']:.0f} | {row['p50_ms']:.2f} | "
+              f"{row['p99_ms']:.2f} | {errors} | {x(row['vs_bare'])} | {x(row['vs_one_worker'])} | "
+              f"{x(row['vs_bare_2_workers'])} | {pct(row['wrk_cpu'])} | {pct(row['server_cpu'])} | "
+              f"{pct(row['other_cpu'])} |")
     print("\n| config | cold start s | idle RSS, largest process MB | mean per process MB | whole tree MB "
           "| processes |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -744,6 +759,7 @@ def run() -> None:
                 after = loadavg()
                 all_results[name] = results
                 report["models"][name] = {"loadavg_before": before, "loadavg_after": after,
+                                          "table": table_rows(results, configs),
                                           "starts": {k: start_summary(r) for k, r in results.items() if r.starts}}
                 print_model(name, results, configs, levels, args, before, after)
                 if args.json:
