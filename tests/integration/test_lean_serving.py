@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,12 +99,14 @@ def test_the_onnx_path_imports_no_training_stack(array_home: tuple[Path, Logisti
     assert modules.isdisjoint(NEVER_ON_THE_ONNX_PATH), sorted(modules & NEVER_ON_THE_ONNX_PATH)
 
 
-def test_the_onnx_path_of_a_model_with_column_names_needs_no_pandas(demo_home: Path) -> None:
+def test_the_onnx_path_of_a_model_with_column_names_needs_no_pandas(demo_home: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home)  # the session's home stays uncompiled for the other tests
     instance = dict.fromkeys(FEATURES, 1.0)
-    with run_server(demo_home, ["demo"], args=["--runtime", "onnx", "--workers", "1"]):
+    with run_server(home, ["demo"], args=["--runtime", "onnx", "--workers", "1"]):
         pass  # compiled and cached
 
-    answer, modules = _serve_and_probe(demo_home, "demo", {"instances": [instance]},
+    answer, modules = _serve_and_probe(home, "demo", {"instances": [instance]},
                                        "--runtime", "onnx", "--workers", "1")
 
     assert answer is not None and len(answer["predictions"]) == 1  # type: ignore[index]
