@@ -7,24 +7,43 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from shipyard.config import Settings
 from shipyard.errors import ShipyardError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
-err_console = Console(stderr=True)
+console: Console
+err_console: Console
+
+
+def __getattr__(name: str) -> Any:
+    """``console`` and ``err_console``, made (rich imported) when a command first prints with them.
+
+    ``shipyard serve`` prints no table: its process never imports rich.
+    """
+    if name not in ("console", "err_console"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    return globals().setdefault(name, Console(stderr=name == "err_console"))
+
+
+def _console(name: str) -> Console:
+    """The module's own way to the lazily made consoles (a module ``__getattr__`` serves only other modules)."""
+    made: Console = globals().get(name) or __getattr__(name)
+    return made
 
 
 def fail(message: str) -> None:
     """Print a one-line reason to stderr and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _console("err_console").print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(1)
 
 
@@ -44,12 +63,14 @@ def handle_errors(fn: F) -> F:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
     for c in columns:
         t.add_column(c)
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
-    console.print(t)
+    _console("console").print(t)
 
 
 def print_json(data: Any) -> None:

@@ -1,37 +1,59 @@
-"""The ``shipyard`` command group. Each noun lives in its own module."""
+"""The ``shipyard`` command group. Each noun lives in its own module.
+
+A command's module is imported when that command runs (or when ``--help`` lists them all):
+``shipyard serve`` does not import what ``shipyard batch`` or ``shipyard alerts`` need.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
 from shipyard import __version__
-from shipyard.cli import (
-    alerts,
-    alias,
-    audit,
-    batch,
-    config,
-    drift,
-    experiment,
-    export,
-    keys,
-    logs,
-    models,
-    predict,
-    profile,
-    quickstart,
-    register,
-    rollout,
-    serve,
-    stream,
-)
 from shipyard.cli._output import handle_errors
 from shipyard.config import Settings
 
+COMMANDS = {
+    "quickstart": "quickstart",
+    "register": "register",
+    "models": "models",
+    "alias": "alias",
+    "rollback": "alias",
+    "rollout": "rollout",
+    "serve": "serve",
+    "predict": "predict",
+    "batch": "batch",
+    "stream": "stream",
+    "export": "export",
+    "bundle": "export",
+    "config": "config",
+    "logs": "logs",
+    "experiment": "experiment",
+    "profile": "profile",
+    "alerts": "alerts",
+    "drift": "drift",
+    "keys": "keys",
+    "audit": "audit",
+}
+"""Each command's name and the module of ``shipyard.cli`` that defines it (under the same name)."""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class _Commands(click.Group):
+    """The group, importing a command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = importlib.import_module(f"shipyard.cli.{COMMANDS[cmd_name]}")
+            self.add_command(getattr(module, cmd_name))
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="shipyard")
 @click.option(
     "--home",
@@ -55,28 +77,6 @@ def cli(ctx: click.Context, home: Path | None, registry_url: str | None, artifac
     """
     ctx.ensure_object(dict)
     ctx.obj["settings"] = Settings.from_env(home=home, registry_url=registry_url, artifacts=artifacts)
-
-
-cli.add_command(quickstart.quickstart)
-cli.add_command(register.register)
-cli.add_command(models.models)
-cli.add_command(alias.alias)
-cli.add_command(alias.rollback)
-cli.add_command(rollout.rollout)
-cli.add_command(serve.serve)
-cli.add_command(predict.predict)
-cli.add_command(batch.batch)
-cli.add_command(stream.stream)
-cli.add_command(export.export)
-cli.add_command(export.bundle)
-cli.add_command(config.config)
-cli.add_command(logs.logs)
-cli.add_command(experiment.experiment)
-cli.add_command(profile.profile)
-cli.add_command(alerts.alerts)
-cli.add_command(drift.drift)
-cli.add_command(keys.keys)
-cli.add_command(audit.audit)
 
 
 def main() -> None:

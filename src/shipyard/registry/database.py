@@ -18,20 +18,20 @@ schema current and does nothing.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from shipyard.errors import RegistryError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ _LEGACY_MARKER = "shipyard_models"
 # pg_advisory_xact_lock key: any constant shared by every shipyard process ("shipyard" in ASCII)
 _PG_LOCK_KEY = 0x73686970796172
 _WRITE_FLAG = "shipyard_write"
+_REVISION_LINE = re.compile(r'^revision = "([0-9A-Za-z_]+)"$', re.MULTILINE)
+_version_table = sa.table(VERSION_TABLE, sa.column("version_num", sa.String))
 
 
 class Database:
@@ -117,6 +119,8 @@ class Database:
     @staticmethod
     def head() -> str:
         """The newest schema revision this shipyard knows."""
+        from alembic.script import ScriptDirectory
+
         head: str | None = ScriptDirectory.from_config(_config()).get_current_head()
         assert head is not None, "shipyard ships at least one schema revision"
         return head
@@ -125,12 +129,18 @@ class Database:
         """Bring the schema to the newest revision; a no-op when it is there already.
 
         Runs on open. Checks without a lock first, so opening a current database (even a
-        read-only SQLite file) writes nothing.
+        read-only SQLite file) writes nothing. Alembic (a third of a second and 10 MB) is
+        imported only when the recorded revision is not the newest file's.
         """
-        script = ScriptDirectory.from_config(_config())
-        head = self.head()
         with self.connect() as conn:
             current = _current(conn)
+        if current is not None and current == _newest_file_revision():
+            return
+        from alembic import command
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory.from_config(_config())
+        head = self.head()
         if current == head:
             return
         if current is not None and current not in {s.revision for s in script.walk_revisions()}:
@@ -162,8 +172,24 @@ class Database:
             logger.info("registry schema upgraded from %s to %s", _number(start), _number(head))
 
 
+def _newest_file_revision() -> str | None:
+    """The revision the highest-numbered file in ``migrations/versions`` declares (``rNNNN_*.py``).
+
+    What a current database records, read without Alembic: a database at this revision is at
+    the head, since every revision file names its predecessor and the numbers only grow (a unit
+    test checks that this is Alembic's head). None when no file says it plainly.
+    """
+    files = sorted(MIGRATIONS.joinpath("versions").glob("r[0-9][0-9][0-9][0-9]_*.py"))
+    if not files:
+        return None
+    match = _REVISION_LINE.search(files[-1].read_text(encoding="utf-8"))
+    return match.group(1) if match else None
+
+
 def _config(conn: Connection | None = None) -> Config:
     """Alembic's configuration, built in code: users need no alembic.ini."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
@@ -172,8 +198,13 @@ def _config(conn: Connection | None = None) -> Config:
 
 
 def _current(conn: Connection) -> str | None:
-    ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-    return ctx.get_current_revision()
+    """The revision recorded in the version table, read as Alembic reads it (None: no table, no row)."""
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(sa.select(_version_table.c.version_num)).scalars().all()
+    if len(rows) > 1:  # Alembic records one row per head; shipyard's history has a single branch
+        raise RegistryError(f"the registry database records several schema heads: {', '.join(sorted(rows))}")
+    return rows[0] if rows else None
 
 
 def _number(revision: str) -> int | str:

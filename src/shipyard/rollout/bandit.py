@@ -32,9 +32,10 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats
 
 from shipyard.errors import ConfigError
+
+# SciPy is imported inside the functions that draw: importing this module does not import it.
 
 __all__ = [
     "ArmRewards",
@@ -159,6 +160,7 @@ def thompson_bernoulli(
     Returns:
         Arm name to traffic share, summing to 1.
     """
+    from scipy import stats
     _check_arms(arms)
     alpha0, beta0 = prior
     if alpha0 <= 0 or beta0 <= 0:
@@ -210,6 +212,7 @@ def thompson_gaussian(
     Returns:
         Arm name to traffic share, summing to 1.
     """
+    from scipy import stats
     _check_arms(arms)
     n = np.array([a.n for a in arms], dtype=float)
     total = np.array([a.total for a in arms], dtype=float)

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from scipy import special
-
 from shipyard.rollout.statistics import Arm, Estimate, Proportion, usable, z_sum
+
+# SciPy is imported inside the function that computes: importing this module does not import it.
 
 Decision = Literal["pass", "fail", "undecided"]
 """A non-inferiority gate's answer at one look."""
@@ -99,6 +99,7 @@ def mixing_scale(minimum_detectable_effect: float, alpha: float = 0.05, power: f
         alpha: the sequential test's level.
         power: the power a fixed-horizon plan would target.
     """
+    from scipy import special
     if minimum_detectable_effect <= 0:
         raise ValueError("minimum_detectable_effect must be positive")
     c = 2 * math.log(1 / alpha)

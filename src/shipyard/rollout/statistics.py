@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import special, stats
+
+# SciPy is imported inside the functions that compute: a server whose controller never
+# computes a statistic (no canary, no bandit) does not import it.
 
 Alternative = Literal["two-sided", "greater", "less"]
 """Alternative hypothesis about treatment minus control: ``greater`` means treatment is larger."""
@@ -140,6 +142,7 @@ def estimate(arm: Arm, alpha: float = 0.05) -> Estimate:
     Returns:
         The estimate; for an arm too small to estimate, NaN with the widest possible interval.
     """
+    from scipy import stats
     if isinstance(arm, Proportion):
         if arm.n == 0:
             return Estimate(_NAN, 0.0, 1.0)
@@ -206,10 +209,12 @@ def _relative_lift(control: Arm, treatment: Arm, alpha: float, alternative: Alte
 # hundredth of the overhead, which matters to a simulation or a controller making many calls.
 def _normal_quantile(alpha: float, alternative: Alternative) -> float:
     """The upper ``alpha`` (one-sided) or ``alpha / 2`` (two-sided) standard normal quantile."""
+    from scipy import special
     return -float(special.ndtri(alpha / 2 if alternative == "two-sided" else alpha))
 
 
 def _normal_p_value(z: float, alternative: Alternative) -> float:
+    from scipy import special
     if alternative == "greater":
         return float(special.ndtr(-z))
     if alternative == "less":
@@ -219,6 +224,7 @@ def _normal_p_value(z: float, alternative: Alternative) -> float:
 
 def z_sum(alpha: float, power: float) -> float:
     """z_{1-alpha/2} + z_power: the standardized effect at which a two-sided test has ``power``."""
+    from scipy import special
     return float(special.ndtri(power) - special.ndtri(alpha / 2))
 
 
@@ -290,6 +296,7 @@ def compare_means(
         The comparison; arms with fewer than two units or both with zero variance give NaN
         statistics and ``significant=False``.
     """
+    from scipy import stats
     if not (usable(control) and usable(treatment)):
         return _empty_comparison(control, treatment, alternative)
     vc, vt = control.variance / control.n, treatment.variance / treatment.n
@@ -353,6 +360,7 @@ def mann_whitney(
     Returns:
         U, the p-value and the common-language effect size.
     """
+    from scipy import stats
     control = np.asarray(control_sample, dtype=float)
     treatment = np.asarray(treatment_sample, dtype=float)
     result = stats.mannwhitneyu(treatment, control, alternative=alternative)
@@ -391,6 +399,7 @@ def sample_ratio_mismatch(
         The chi-square statistic, its p-value and whether it signals a mismatch. An arm with
         weight zero that received units is a mismatch outright; no units at all is no evidence.
     """
+    from scipy import stats
     observed = np.asarray(observed_counts, dtype=float)
     weights = np.asarray(expected_weights, dtype=float)
     if observed.shape != weights.shape or observed.ndim != 1:
@@ -488,6 +497,7 @@ def benjamini_hochberg(p_values: Sequence[float], alpha: float = 0.05) -> FDRRes
     Controls the expected share of false discoveries among the rejections at ``alpha``
     (independent or positively dependent tests), via ``scipy.stats.false_discovery_control``.
     """
+    from scipy import stats
     ps = np.asarray(p_values, dtype=float)
     if ps.size == 0:
         return FDRResult((), ())

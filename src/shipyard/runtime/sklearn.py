@@ -54,6 +54,8 @@ class SklearnRuntime(Runtime):
         self.model = model
         self.methods = methods
         self.feature_names = getattr(model, "feature_names_in_", None)
+        if self.feature_names is not None:
+            require("pandas", "sklearn")  # at load, not on the first request: frames are built per call
 
     @classmethod
     def accepts_object(cls, obj: Any) -> bool:
@@ -143,8 +145,11 @@ class SklearnRuntime(Runtime):
 # subpackage, importing array-API shims for torch and dask (and pytest, for test helpers) when
 # they are installed: seconds and hundreds of MB that no model needs. While skops imports,
 # those are made to look absent (the walk skips what fails to import); afterwards they import
-# as usual.
-_UNNEEDED_FOR_SKOPS = ("torch", "dask", "pytest")
+# as usual. pandas too: scikit-learn imports it eagerly when installed (``sklearn.utils.fixes``,
+# which keeps it in a name nothing reads) and checks ``sys.modules`` for it when given data, so a
+# model fed NumPy arrays never needs it: 65 MB and a second of start-up. A model that needs
+# column names imports it when it loads (``SklearnRuntime``).
+_UNNEEDED_FOR_SKOPS = ("torch", "dask", "pytest", "pandas")
 
 
 class _HideWhileImporting(importlib.abc.MetaPathFinder):

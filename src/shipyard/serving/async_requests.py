@@ -23,10 +23,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-import httpx
 import orjson
 
 from shipyard.config import Settings
@@ -38,6 +37,9 @@ from shipyard.security.egress import HostAllowList, IPAddress
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.job_store import Job, JobStore
 from shipyard.streams.broker import Message, Record, Sink, Source, StreamUrl, open_sink, open_source
+
+if TYPE_CHECKING:
+    import httpx  # imported when a server with asynchronous requests starts
 from shipyard.streams.consumer import StreamConsumer, StreamMetrics, StreamOptions
 from shipyard.streams.naming import default_consumer, resolve_url
 from shipyard.streams.scoring import decode_message, iso
@@ -83,8 +85,6 @@ class AsyncRequests:
     async def start(self) -> None:
         """Open the broker ends; consumers and the collector run until ``stop``. Fails fast on a bad broker."""
         self._store = await anyio.to_thread.run_sync(JobStore, self.registry.database)
-        # no redirects: a 3xx to an internal address would go around the callback check
-        self._http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
         names = self.dp.repository.names()
         for name in names:
             sink = open_sink(requests_topic(self.base, name))
@@ -208,7 +208,12 @@ class AsyncRequests:
             task.add_done_callback(self._callbacks.discard)
 
     async def _call_back(self, job: Job) -> None:
-        assert job.callback is not None and self._http is not None
+        import httpx  # the first callback imports it: a server whose jobs name none never does
+
+        assert job.callback is not None
+        if self._http is None:
+            # no redirects: a 3xx to an internal address would go around the callback check
+            self._http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
         status = "not delivered"
         for attempt in range(CALLBACK_ATTEMPTS):
             try:
@@ -235,6 +240,8 @@ def pinned_request(client: httpx.AsyncClient, url: str, ip: IPAddress, body: byt
 
     ``Host`` and, for https, the TLS server name (SNI and certificate check) stay the URL's host.
     """
+    import httpx
+
     target = httpx.URL(url)
     request = client.build_request(
         "POST", target.copy_with(host=str(ip)), content=body,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tests.fixtures.schema import schema_diff
 from shipyard.config import Settings
 from shipyard.errors import RegistryError
 from shipyard.registry import Registry
-from shipyard.registry.database import VERSION_TABLE, Database
+from shipyard.registry.database import VERSION_TABLE, Database, _newest_file_revision
 from shipyard.serving.job_store import JobStore
 
 DB_LOGGER = "shipyard.registry.database"
@@ -173,3 +174,21 @@ def test_databases_opened_at_once_upgrade_once(tmp_path: Path) -> None:
         registry_v01.check(registry)
     finally:
         registry.close()
+
+
+def test_the_newest_revision_file_is_alembics_head() -> None:
+    """Opening a current database compares with the newest file's revision, without importing Alembic."""
+    assert _newest_file_revision() == Database.head()
+
+
+def test_opening_a_current_database_does_not_need_alembic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = sqlite_url(tmp_path)
+    Database(url).close()
+    for name in [m for m in sys.modules if m == "alembic" or m.startswith("alembic.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing any of it now raises
+    monkeypatch.setitem(sys.modules, "alembic", None)
+    db = Database(url)
+    try:
+        assert db.revision == _newest_file_revision()
+    finally:
+        db.close()

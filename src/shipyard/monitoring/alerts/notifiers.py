@@ -25,12 +25,14 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from shipyard.monitoring.alerts.rules import NotifierSpec
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "CommandNotifier",
@@ -154,6 +156,8 @@ class WebhookNotifier(Notifier):
     async def send(self, notification: Notification) -> Delivery:
         body = notification.to_json()
         headers = {"content-type": "application/json", "user-agent": "shipyard-alerts", **self.headers}
+        import httpx  # only once a webhook fires: a server that never alerts does not import it
+
         async with httpx.AsyncClient(transport=self._transport, timeout=self.timeout_seconds) as client:
 
             async def attempt() -> Delivery:
