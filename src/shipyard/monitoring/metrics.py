@@ -229,31 +229,47 @@ class ServingMetrics:
     # -- recording -----------------------------------------------------------------------------
 
     def observe(self, events: Sequence[PredictionEvent]) -> None:
-        """Count ``events`` (``PredictionObserver``; runs on the observers' thread)."""
+        """Count ``events`` (``PredictionObserver``; runs on the observers' thread).
+
+        Counters are added once per batch and label set (one locked add instead of one per
+        event); only the latency histogram takes each event's value.
+        """
         if not self.enabled:
             return
+        requests: dict[tuple[str, str, str, str], int] = {}
+        rows: dict[tuple[str, str, str], int] = {}
+        cached: dict[tuple[str, str, str], int] = {}
         for event in events:
             model, version = self._labels.pair(event.model, event.version)
             protocol = event.context.transport if event.context.transport in PROTOCOLS else OTHER
             outcome = event.outcome if event.outcome in OUTCOMES else OTHER
             rkey = (model, version, protocol, outcome)
-            requests = self._request_children.get(rkey)
-            if requests is None:
-                requests = self._request_children[rkey] = self.requests.labels(*rkey)
-            requests.inc()
+            requests[rkey] = requests.get(rkey, 0) + 1
             ekey = (model, version, protocol)
-            children = self._event_children.get(ekey)
-            if children is None:
-                children = self._event_children[ekey] = (
-                    self.latency.labels(*ekey), self.rows.labels(model, version),
-                    self.cache_hits.labels(model, version),
-                )
-            latency, rows, cache_hits = children
-            latency.observe(event.latency_s)
+            self._children(ekey)[0].observe(event.latency_s)
             if outcome == "ok" and event.rows:
-                rows.inc(event.rows)
+                rows[ekey] = rows.get(ekey, 0) + event.rows
             if event.cached:
-                cache_hits.inc()
+                cached[ekey] = cached.get(ekey, 0) + 1
+        for rkey, n in requests.items():
+            counter = self._request_children.get(rkey)
+            if counter is None:
+                counter = self._request_children[rkey] = self.requests.labels(*rkey)
+            counter.inc(n)
+        for ekey, n in rows.items():
+            self._children(ekey)[1].inc(n)
+        for ekey, n in cached.items():
+            self._children(ekey)[2].inc(n)
+
+    def _children(self, ekey: tuple[str, str, str]) -> tuple[Histogram, Counter, Counter]:
+        """The latency histogram, row and cache-hit counters of (model, version, protocol)."""
+        children = self._event_children.get(ekey)
+        if children is None:
+            model, version, _ = ekey
+            children = self._event_children[ekey] = (
+                self.latency.labels(*ekey), self.rows.labels(model, version), self.cache_hits.labels(model, version),
+            )
+        return children
 
     def flush(self) -> None:
         """Nothing is buffered: every event is counted as it is observed."""
