@@ -152,6 +152,10 @@ class SklearnRuntime(Runtime):
 _UNNEEDED_FOR_SKOPS = ("torch", "dask", "pytest", "pandas")
 
 
+def _no_estimators(*args: Any, **kwargs: Any) -> list[tuple[str, type]]:
+    return []
+
+
 class _HideWhileImporting(importlib.abc.MetaPathFinder):
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
@@ -169,9 +173,19 @@ def import_skops() -> Any:
     hide = tuple(n for n in _UNNEEDED_FOR_SKOPS if n not in sys.modules)
     finder = _HideWhileImporting(hide)
     sys.meta_path.insert(0, finder)
+    listing: Any = None
     try:
+        sk_utils = require("sklearn.utils", "sklearn", "scikit-learn")
+        # skops lists every scikit-learn estimator as trusted when it imports (walking and importing
+        # all of scikit-learn: half a second, 300 modules, 16 MB). shipyard never relies on that list:
+        # it trusts scikit-learn, NumPy and SciPy types by name itself (SAFE_PREFIXES) and passes skops
+        # the types it checked. So skops imports with an empty listing; its own default in this process
+        # trusts fewer types (stricter), never more.
+        listing, sk_utils.all_estimators = sk_utils.all_estimators, _no_estimators
         return require("skops.io", "sklearn", "skops")
     finally:
+        if listing is not None:
+            sk_utils.all_estimators = listing
         sys.meta_path.remove(finder)
         for name in [m for m in sys.modules if m.startswith("sklearn.externals.array_api_compat.")]:
             if name.split(".")[4:5] and name.split(".")[4] in hide:
