@@ -158,7 +158,7 @@ def build_server(
     )
     metrics = ServingMetrics(settings.monitoring.metrics,
                              multiprocess_dir=worker.metrics_dir if worker is not None else None)
-    predictions = prediction_log(settings)
+    predictions = prediction_log(settings, writer=f"w{worker.index}" if worker is not None else "")
     traffic = TrafficStore(reg.database)
     router = PolicyRouter(repo, traffic, refresh_seconds=settings.alias_refresh_seconds)
     # the fleet-wide per-arm counters canary gates, bandits and experiment reports read
