@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.fixtures.custom import register_source_model
 
-from shipyard.testing import run_server
+from shipyard.testing import free_port, run_server
 from shipyard.testing.server import RunningServer
 
 pytestmark = pytest.mark.integration
@@ -239,3 +239,42 @@ def test_grpc_connections_spread_over_the_workers(pid_home: Path) -> None:
             finally:
                 client.close()
         assert seen == workers
+
+
+def test_a_sigterm_to_the_whole_process_group_drains_once(pid_home: Path, tmp_path: Path) -> None:
+    """systemd, `timeout` and `kill -- -PGID` signal the group: the supervisor forwards, each worker drains once."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "shipyard", "serve", "pid", "--port", str(port),
+                                 "--workers", "2", "--async-broker", "off"],
+                                env={**os.environ, "SHIPYARD_HOME": str(pid_home)}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "workers ready" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert "workers ready" in log.read_text(), log.read_text()
+        workers = worker_pids(proc.pid)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "died" not in text and "Traceback" not in text and "killing it" not in text, text
+    assert text.count("Application shutdown complete") == 2
+    assert not [p for p in workers if Path(f"/proc/{p}").exists()]
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(pid_home: Path) -> None:
+    with run_server(pid_home, ["pid"], args=["--workers", "2", "--async-broker", "off"]) as server:
+        workers = all_ready(server)
+        server.process.kill()
+        server.process.wait(30)
+        deadline = time.monotonic() + 60
+        while [p for p in workers if Path(f"/proc/{p}").exists()] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if Path(f"/proc/{p}").exists()]

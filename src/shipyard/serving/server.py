@@ -87,7 +87,7 @@ class WorkerContext:
     index: int
     """0 to N-1; a replacement takes the index of the worker it replaces."""
     metrics_dir: str | None
-    """The folder the workers' Prometheus values share (None: metrics are off)."""
+    """The folder the workers' Prometheus values share (prometheus_client's multiprocess mode)."""
 
 
 class _Lifespan:
