@@ -1,11 +1,13 @@
 """``shipyard serve --workers N`` (N > 1): N whole server processes on shared sockets, supervised.
 
-The supervisor (the ``shipyard serve`` process) binds the HTTP socket once, reserves the
-gRPC port, then starts N worker processes. Each worker is a complete server, as
-``--workers 1`` runs it: uvicorn on the inherited socket, the gRPC listener (bound with
-SO_REUSEPORT beside its siblings), its own data plane, models and services. The kernel
-spreads new connections over the workers (a connection stays with the worker that
-accepted it).
+The supervisor (the ``shipyard serve`` process) reserves the HTTP and gRPC ports (bound
+with SO_REUSEPORT, never listening: a port in use fails here, port 0 becomes a real one),
+then starts N worker processes. Each worker is a complete server, as ``--workers 1`` runs
+it: uvicorn and the gRPC listener on sockets of its own bound to those ports with
+SO_REUSEPORT, its own data plane, models and services. The kernel spreads new connections
+evenly over the workers' listening sockets (a connection stays with its worker). One
+socket accepted by all workers would not: the worker that wakes first accepts a burst of
+connections, and under load (wrk's 32 at once) one worker got 22 of them, the other 6.
 
 * **Start**: the first worker loads alone (a compiled ONNX graph it caches is reused by
   the others), then the rest; the server is ready when every worker is (logged). A worker
@@ -59,8 +61,6 @@ FIRST_BACKOFF_SECONDS = 0.5
 LONGEST_BACKOFF_SECONDS = 10.0
 YOUNG_SECONDS = 10.0
 """A worker that dies sooner than this after it started counts as dying young."""
-BACKLOG = 2048
-"""Pending connections the shared socket queues (uvicorn's default)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class _Spec:
     settings: Settings
     models: list[str] | None
     index: int
+    port: int
     access_log: bool
     grpc_port: int | None
     metrics_dir: str
@@ -128,14 +129,14 @@ class Supervisor:
     # -- the whole run -----------------------------------------------------------------------
 
     def run(self) -> None:
-        """Bind, start the workers, supervise them until a signal, drain them. Blocks."""
+        """Reserve the ports, start the workers, supervise them until a signal, drain them. Blocks."""
         settings = self.settings
-        self._sock = _bind(settings.host, settings.port)
+        self._sock = _reserve(settings.host, settings.port, "HTTP")
         grpc_hold: socket.socket | None = None
         previous = self._catch_signals()
         try:
             if self.grpc_port is not None:
-                grpc_hold = _reserve(settings.host, self.grpc_port)
+                grpc_hold = _reserve(settings.host, self.grpc_port, "gRPC")
                 self.grpc_port = grpc_hold.getsockname()[1]
             self._metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
             # read by prometheus_client when a worker imports it: every worker writes its values there
@@ -253,9 +254,10 @@ class Supervisor:
 
     def _spawn(self, index: int, backoff: float = FIRST_BACKOFF_SECONDS) -> _Worker:
         reader, writer = self._ctx.Pipe(duplex=False)
-        spec = _Spec(self.settings, self.models, index, self.access_log, self.grpc_port, self._metrics_dir,
-                     os.getpid(), self.configure_logging)
-        process = self._ctx.Process(target=_worker_main, args=(spec, self._sock, writer),
+        assert self._sock is not None
+        spec = _Spec(self.settings, self.models, index, self._sock.getsockname()[1], self.access_log, self.grpc_port,
+                     self._metrics_dir, os.getpid(), self.configure_logging)
+        process = self._ctx.Process(target=_worker_main, args=(spec, writer),
                                     name=f"shipyard-worker-{index}")
         process.start()
         writer.close()
@@ -338,43 +340,40 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """The listening HTTP socket every worker accepts on (ConfigError when the address is taken)."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def _reserve(host: str, port: int) -> socket.socket:
-    """Hold the gRPC port (a free one for 0) with SO_REUSEPORT, so the workers can all bind it and no one else.
+def _reserve(host: str, port: int, what: str) -> socket.socket:
+    """Hold ``port`` (a free one for 0) with SO_REUSEPORT, so the workers can all bind it and no one else.
 
     The socket is bound, never listening: the kernel only hands connections to the workers'
     listening sockets. A server already on the port without SO_REUSEPORT makes this fail.
     """
     if not hasattr(socket, "SO_REUSEPORT"):
-        raise ConfigError("gRPC with --workers above 1 needs SO_REUSEPORT, which this platform lacks")
+        raise ConfigError("--workers above 1 needs SO_REUSEPORT, which this platform lacks")
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from None
+        where = "listen for gRPC" if what == "gRPC" else "listen"
+        raise ConfigError(f"cannot {where} on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """This worker's socket on the port the supervisor holds: bound, listening once uvicorn serves on it
+    (after the models loaded, so that no connection waits in the queue of a worker still loading)."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
     return sock
 
 
 # -- inside a worker process -------------------------------------------------------------------
 
 
-def _worker_main(spec: _Spec, sock: socket.socket, ready: Connection) -> None:
-    """One worker: a whole server on the shared socket; tells the supervisor when it is ready."""
+def _worker_main(spec: _Spec, ready: Connection) -> None:
+    """One worker: a whole server on the shared ports; tells the supervisor when it is ready."""
     _die_with(spec.parent_pid)
     # Ctrl-C in a terminal signals the whole foreground group; the supervisor forwards one SIGTERM
     # instead, so that a worker sees one signal (a second SIGINT would make uvicorn stop waiting).
@@ -395,7 +394,7 @@ def _worker_main(spec: _Spec, sock: socket.socket, ready: Connection) -> None:
         sys.exit(1)
     code: Any = 0
     try:
-        run_uvicorn(server, access_log=spec.access_log, sockets=[sock])
+        run_uvicorn(server, access_log=spec.access_log, sockets=[_bound(spec.settings.host, spec.port)])
     except SystemExit as exc:  # the clean exit after a signal
         code = exc.code
     # Everything is stopped and flushed (the services' stop hooks ran); skip the interpreter's
