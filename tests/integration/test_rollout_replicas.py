@@ -76,7 +76,7 @@ def test_replicas_share_one_policy_sticky_monotone_and_across_a_restart(
     cli(fleet, homes[0], "rollout", "start", "demo", "--split", "champion=80,challenger=20",
         "--sticky", "header:x-user")
     with ExitStack() as stack:
-        # replica a runs its models on 2 worker processes, b in-process: routing happens before either
+        # replica a is 2 server processes (3 holders of one lease, sharing the policy), b is one
         a = stack.enter_context(run_server(homes[0], ["demo@champion"], env=fleet, args=["--workers", "2"]))
         b = stack.enter_context(run_server(homes[1], ["demo@champion"], env=fleet, args=["--workers", "1"]))
         first = arms(a, USERS)

@@ -11,8 +11,8 @@ import pytest
 def _no_server_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn
 
-    import shipyard.hosting.workers
     import shipyard.serving.grpc.server
+    import shipyard.serving.supervisor
     import shipyard.testing.postgres
     import shipyard.testing.server
 
@@ -23,4 +23,4 @@ def _no_server_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shipyard.testing.server, "run_server", refuse)
     monkeypatch.setattr(shipyard.testing.postgres, "postgres_server", refuse)
     monkeypatch.setattr(shipyard.serving.grpc.server.GrpcServer, "start", refuse)  # call the servicer directly
-    monkeypatch.setattr(shipyard.hosting.workers.WorkerPool, "start", refuse)  # in-process: Settings(workers=1)
+    monkeypatch.setattr(shipyard.serving.supervisor.Supervisor, "run", refuse)  # in-process: Settings(workers=1)

@@ -12,8 +12,6 @@ import pytest
 
 from shipyard import errors
 from shipyard.client._errors import CLASS_BY_KIND, error_class, error_class_for_status, server_error
-from shipyard.config import Settings
-from shipyard.hosting.workers import WorkerPool
 from shipyard.protocol.status import STATUSES, Status, kind_for_grpc, kind_for_http, status_of
 from shipyard.serving.graphql.errors import code_for
 from shipyard.serving.grpc.errors import status_for as grpc_status_for
@@ -155,9 +153,3 @@ def test_bad_stream_options_are_invalid_options_naming_the_option(options: dict[
     with pytest.raises(errors.InvalidOption) as info:
         StreamOptions(**options)  # type: ignore[arg-type]
     assert info.value.option == option and info.value.kind == "invalid_input"
-
-
-def test_a_worker_pool_of_no_workers_is_an_invalid_option(tmp_path: Path) -> None:
-    with pytest.raises(errors.InvalidOption, match="at least one worker") as info:
-        WorkerPool(Settings(home=tmp_path), 0)
-    assert info.value.option == "workers"

@@ -8,6 +8,7 @@ docstrings of the ``Settings`` fields, so no default is written down twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,14 @@ def serve(ctx: click.Context, /, models: tuple[str, ...], config_file: Path | No
     champion; /v2/models/fraud@challenger/infer and /v2/models/fraud/versions/2/infer
     address others. Alias moves reach a running server within a few seconds.
     Settings come from -c FILE (shipyard.yaml), then SHIPYARD_* variables, then these flags.
+
+    \b
+    --workers N (N > 1) runs N whole server processes on the same port(s) under this one,
+    which restarts a worker that dies (the requests it held are lost with their connections)
+    and, on SIGTERM/SIGINT, lets every worker drain. Each worker loads the models (N times
+    the memory). /metrics sums every worker. Per worker, not shared: /v2/models/stats
+    (the statistics of the worker that answers), the response cache, rate limits,
+    --max-connections and --max-queue (each worker applies its own, so N times as much).
     """
     extra_fields = options.pop("extra_fields")
     options["extra_fields"] = ",".join(extra_fields) if extra_fields else None
@@ -94,4 +103,5 @@ def serve(ctx: click.Context, /, models: tuple[str, ...], config_file: Path | No
         settings = settings.replace(security=dataclasses.replace(settings.security, insecure=True))
     setup_logging(settings.log_level, settings.log_format)
     served = list(models) or [m.ref for m in settings.models]
-    run_server(settings, served, access_log=settings.access_log, grpc_port=settings.grpc_port)
+    run_server(settings, served, access_log=settings.access_log, grpc_port=settings.grpc_port,
+               configure_logging=functools.partial(setup_logging, settings.log_level, settings.log_format))

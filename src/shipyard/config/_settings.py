@@ -51,8 +51,9 @@ class Settings:
     """How often the rollout controller steps canaries and bandits (one replica at a time holds its lease;
     0: this server runs no controller)."""
 
-    workers: int = 0
-    """Model worker processes: 0 means one per CPU core; 1 runs the model inside the server process."""
+    workers: int = 1
+    """Server processes: 1 serves in this process; N > 1 runs N whole servers (each loads the models) on the
+    same port(s) under a supervisor that restarts a dead one; 0 means one per CPU core."""
 
     runtime: str = "native"
     """'native' (the model's own library), 'onnx' (compile to ONNX Runtime, fall back to native
@@ -238,7 +239,7 @@ class Settings:
 
     @property
     def worker_count(self) -> int:
-        """How many model workers ``workers`` means on this machine."""
+        """How many server processes ``workers`` means on this machine."""
         return self.workers or max(1, os.cpu_count() or 1)
 
     @property

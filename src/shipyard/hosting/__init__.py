@@ -4,6 +4,5 @@ Shared by the online server, stream jobs and asynchronous requests:
 
 * ``repository``  the versions one process serves: resolution of names and aliases, loading, release
 * ``executor``    where a model call runs (the ``Executor`` protocol; in process by default)
-* ``workers``     worker processes that hold the models and run the calls (``--workers N``)
 * ``compiled``    the ONNX twin of a native model (``--runtime onnx``), converted once and cached
 """

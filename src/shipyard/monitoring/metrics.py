@@ -7,9 +7,16 @@ observers' thread. What no event carries comes through cheap methods the serving
 core calls directly: ``batch`` (the batcher, once per model call), ``inflight``
 (the request path), ``model_loaded`` (the repository).
 
-Every series is recorded in the server process. Worker processes
-(``hosting/workers.py``) only run model calls; the server measures them from the
-outside (latency, batch duration), so no multiprocess collection is needed.
+With ``shipyard serve --workers N`` (N > 1) every worker is a whole server
+process with its own ``ServingMetrics``; the supervisor (``serving/supervisor.py``)
+gives them one throwaway folder (``PROMETHEUS_MULTIPROC_DIR``) and prometheus_client's
+multiprocess mode writes every counter, histogram and gauge there. A scrape reaches
+one worker, which sums the folder (``MultiProcessCollector``): counters and
+histograms over every worker that ever ran (a replaced one's counts stay),
+``shipyard_requests_in_flight`` over the live ones. The collectors that read the
+registry database (experiments, drift, alerts, realized metrics) are read once, by
+the answering worker; ``process_*`` series are left out then (they would describe
+one worker only). One process (``--workers 1``) keeps plain in-memory values.
 
 Label values are bounded so that a server cannot grow its series without limit:
 
@@ -23,6 +30,7 @@ Label values are bounded so that a server cannot grow its series without limit:
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import threading
 import time
@@ -32,6 +40,7 @@ from typing import get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from shipyard import __version__
 from shipyard.config import MetricsConfig
@@ -129,13 +138,39 @@ class _ObserverCounts:
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
-            "shipyard_observer_dropped_events", "Prediction events dropped because the observers' queue was full",
-            value=self.observers.dropped,
+            "shipyard_observer_dropped_events", _DROPPED_HELP, value=self.observers.dropped,
         )
         yield CounterMetricFamily(
-            "shipyard_observer_delivered_events", "Prediction events handed to the observers (metrics, log, drift)",
-            value=self.observers.delivered,
+            "shipyard_observer_delivered_events", _DELIVERED_HELP, value=self.observers.delivered,
         )
+
+
+class _SharedObserverCounts:
+    """The observers' queue counters as counters of the shared folder (workers' counts add up).
+
+    ``Observers`` keeps plain integers; ``sync`` adds what they grew by since the last call
+    (on each batch the metrics observe, and at each scrape of this worker).
+    """
+
+    def __init__(self, observers: Observers, registry: CollectorRegistry) -> None:
+        self.observers = observers
+        self.dropped = Counter("shipyard_observer_dropped_events", _DROPPED_HELP, registry=registry)
+        self.delivered = Counter("shipyard_observer_delivered_events", _DELIVERED_HELP, registry=registry)
+        self._seen = (0, 0)
+        self._lock = threading.Lock()
+
+    def sync(self) -> None:
+        with self._lock:
+            dropped, delivered = self.observers.dropped, self.observers.delivered
+            if dropped > self._seen[0]:
+                self.dropped.inc(dropped - self._seen[0])
+            if delivered > self._seen[1]:
+                self.delivered.inc(delivered - self._seen[1])
+            self._seen = (dropped, delivered)
+
+
+_DROPPED_HELP = "Prediction events dropped because the observers' queue was full"
+_DELIVERED_HELP = "Prediction events handed to the observers (metrics, log, drift)"
 
 
 class _Included:
@@ -151,6 +186,32 @@ class _Included:
         return self.registry.collect()
 
 
+class _AllWorkers:
+    """The exposition of a worker of ``--workers N``: the shared folder summed, then what only this worker reads.
+
+    Value-backed series (ours, and those of included registries such as the asynchronous
+    consumers' ``StreamMetrics``) are in the folder, so the local copy of a family the
+    folder has is skipped; families the folder lacks come from this worker (the collectors
+    that read the database at scrape time, and empty families that nothing recorded yet).
+    """
+
+    def __init__(self, folder: str, local: CollectorRegistry, before_scrape: Callable[[], None]) -> None:
+        self.shared = CollectorRegistry()
+        MultiProcessCollector(self.shared, path=folder)  # type: ignore[no-untyped-call]
+        self.local = local
+        self.before_scrape = before_scrape
+
+    def collect(self) -> Iterator[Metric]:
+        self.before_scrape()
+        seen = set()
+        for family in self.shared.collect():
+            seen.add(family.name)
+            yield family
+        for family in self.local.collect():
+            if family.name not in seen:
+                yield family
+
+
 class ServingMetrics:
     """The Prometheus series of one server, and their exposition.
 
@@ -158,13 +219,22 @@ class ServingMetrics:
         config: ``monitoring.metrics``; with ``enabled`` false nothing is recorded
             and only included registries are exposed.
         clock: wall-clock seconds, for the start-time gauge.
+        multiprocess_dir: the folder the workers of ``--workers N`` share (prometheus_client's
+            multiprocess mode, which ``PROMETHEUS_MULTIPROC_DIR`` turned on before prometheus_client
+            was imported); None: one process, in-memory values.
     """
 
-    def __init__(self, config: MetricsConfig | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: MetricsConfig | None = None, *, clock: Callable[[], float] = time.time,
+                 multiprocess_dir: str | os.PathLike[str] | None = None) -> None:
         self.config = config or MetricsConfig()
         self.enabled = self.config.enabled
         self.registry = CollectorRegistry()
         self._labels = _Labels(self.config.max_models)
+        self.multiprocess_dir = os.fspath(multiprocess_dir) if multiprocess_dir is not None else None
+        if self.multiprocess_dir is not None and not _multiprocess_values():
+            raise RuntimeError("shared metrics need PROMETHEUS_MULTIPROC_DIR set before prometheus_client is "
+                               "imported (the supervisor of --workers N sets it for its workers)")
+        self._shared_counts: _SharedObserverCounts | None = None
 
         mv = _MODEL_VERSION
         self.requests = Counter(
@@ -196,27 +266,30 @@ class ServingMetrics:
             "shipyard_batch_duration_seconds", "Duration of the batcher's model calls", mv,
             buckets=LATENCY_BUCKETS, registry=None,
         )
+        # how each gauge adds up over the workers of --workers N (ignored by one process)
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests taken and not yet answered", ["model"], registry=None,
+            multiprocess_mode="livesum",
         )
         self.load_time = Gauge(
             "shipyard_model_load_duration_seconds", "How long the latest load of the model version took", mv,
-            registry=None,
+            registry=None, multiprocess_mode="mostrecent",
         )
         self.build_info = Gauge(
             "shipyard_build_info", "Always 1; the labels name the shipyard and Python versions",
-            ["version", "python"], registry=None,
+            ["version", "python"], registry=None, multiprocess_mode="max",
         )
         self.start_time = Gauge(
             "shipyard_start_time_seconds", "When the server's metrics started, in seconds since the epoch",
-            registry=None,
+            registry=None, multiprocess_mode="min",
         )
         if self.enabled:
             for collector in (self.requests, self.latency, self.rows, self.cache_hits, self.batch_rows,
                               self.batch_requests, self.queue_time, self.batch_duration, self.in_flight,
                               self.load_time, self.build_info, self.start_time):
                 self.registry.register(collector)
-            ProcessCollector(registry=self.registry)
+            if self.multiprocess_dir is None:  # a worker's own process series would pass for the server's
+                ProcessCollector(registry=self.registry)
             self.build_info.labels(__version__, platform.python_version()).set(1)
             self.start_time.set(clock())
 
@@ -225,6 +298,10 @@ class ServingMetrics:
         self._request_children: dict[tuple[str, str, str, str], Counter] = {}
         self._batch_children: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram, Histogram]] = {}
         self._in_flight_children: dict[str, Gauge] = {}
+        self._exposed = self.registry
+        if self.multiprocess_dir is not None:
+            self._exposed = CollectorRegistry(auto_describe=False)
+            self._exposed.register(_AllWorkers(self.multiprocess_dir, self.registry, self._sync))
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -236,6 +313,8 @@ class ServingMetrics:
         """
         if not self.enabled:
             return
+        if self._shared_counts is not None:
+            self._shared_counts.sync()
         requests: dict[tuple[str, str, str, str], int] = {}
         rows: dict[tuple[str, str, str], int] = {}
         cached: dict[tuple[str, str, str], int] = {}
@@ -319,8 +398,16 @@ class ServingMetrics:
 
     def watch(self, observers: Observers) -> None:
         """Expose ``observers``' dropped and delivered event counts (read at each scrape)."""
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self.multiprocess_dir is None:
             self.registry.register(_ObserverCounts(observers))
+        else:
+            self._shared_counts = _SharedObserverCounts(observers, self.registry)
+
+    def _sync(self) -> None:
+        if self._shared_counts is not None:
+            self._shared_counts.sync()
 
     def include(self, registry: CollectorRegistry) -> None:
         """Expose ``registry``'s series too (e.g. the asynchronous-request consumers' ``StreamMetrics``).
@@ -340,4 +427,11 @@ class ServingMetrics:
             The body and its content type.
         """
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        return encoder(self._exposed), content_type
+
+
+def _multiprocess_values() -> bool:
+    """Whether prometheus_client writes values to the shared folder (chosen when it was imported)."""
+    from prometheus_client import values
+
+    return values.ValueClass is not values.MutexValue

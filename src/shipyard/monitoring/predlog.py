@@ -291,8 +291,10 @@ class PredictionLog:
             logger.exception("prediction log: closing the sink failed")
 
 
-def prediction_log(settings: Settings) -> PredictionLog | None:
+def prediction_log(settings: Settings, *, writer: str = "") -> PredictionLog | None:
     """The prediction log ``settings.monitoring.prediction_log`` asks for, or None when it is off.
+
+    ``writer`` names this process among the workers of ``--workers N`` (its own embedded files).
 
     Raises:
         ConfigError: the sink URL is not usable.
@@ -302,7 +304,7 @@ def prediction_log(settings: Settings) -> PredictionLog | None:
     if not config.enabled:
         return None
     sink = open_prediction_sink(config.sink, settings, max_file_bytes=config.max_file_bytes,
-                                max_total_bytes=config.max_total_bytes)
+                                max_total_bytes=config.max_total_bytes, writer=writer)
     return PredictionLog(sink, sample=config.sample, redact=config.redact, max_buffer=config.max_buffer)
 
 

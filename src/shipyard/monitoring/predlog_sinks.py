@@ -69,15 +69,19 @@ class PredictionSink(Protocol):
 
 
 def open_prediction_sink(sink: str, settings: Settings, *, max_file_bytes: int,
-                         max_total_bytes: int) -> PredictionSink:
+                         max_total_bytes: int, writer: str = "") -> PredictionSink:
     """The sink ``sink`` names: empty for the embedded files, else a stream or database URL.
+
+    ``writer`` tells the embedded files of one process from those of the others writing the same
+    folder (the workers of ``shipyard serve --workers N``: ``w0``, ``w1``, ...).
 
     Raises:
         ConfigError: an unknown scheme, or a URL its adapter refuses.
     """
     kind = sink_kind(sink)
     if kind == "file":
-        return FileSink(default_folder(settings), max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes)
+        return FileSink(default_folder(settings), max_file_bytes=max_file_bytes, max_total_bytes=max_total_bytes,
+                        writer=writer)
     if kind == "sql":
         return SqlSink(sink)
     from shipyard.streams.naming import resolve_url
@@ -124,11 +128,15 @@ class FileSink:
     """SQLite files ``predictions-<UTC time>.db`` in ``folder``: one is written; it is closed at ``max_file_bytes``
     and a new one begun; the oldest files go once all of them pass ``max_total_bytes``.
 
+    With ``writer`` set (a worker of ``--workers N``) the names end in ``-<writer>``: each worker
+    appends to its own newest file only, and retention never deletes the file another writer is on.
+
     Each file holds whole JSON records plus the columns ``shipyard logs`` filters on (model, version, time).
     """
 
-    def __init__(self, folder: Path, *, max_file_bytes: int, max_total_bytes: int) -> None:
+    def __init__(self, folder: Path, *, max_file_bytes: int, max_total_bytes: int, writer: str = "") -> None:
         self.folder = folder
+        self.writer = writer
         self.max_file_bytes = max_file_bytes
         self.max_total_bytes = max_total_bytes
         self._conn: sqlite3.Connection | None = None
@@ -157,7 +165,7 @@ class FileSink:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            existing = self.files()
+            existing = [f for f in self.files() if _writer(f) == self.writer]
             # keep appending to the newest file across restarts, unless it is full
             if existing and _size(existing[-1]) < self.max_file_bytes:
                 self.path = existing[-1]
@@ -168,10 +176,11 @@ class FileSink:
 
     def _new_path(self) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        path = self.folder / f"{_FILE_PREFIX}{stamp}.db"
+        end = f"-{self.writer}.db" if self.writer else ".db"
+        path = self.folder / f"{_FILE_PREFIX}{stamp}{end}"
         n = 1
         while path.exists():  # two rotations within a microsecond
-            path = self.folder / f"{_FILE_PREFIX}{stamp}-{n}.db"
+            path = self.folder / f"{_FILE_PREFIX}{stamp}-{n}{end}"
             n += 1
         return path
 
@@ -184,13 +193,22 @@ class FileSink:
     def _enforce_retention(self) -> None:
         files = self.files()
         total = sum(_size(f) for f in files)
+        current = {_writer(f): f for f in files}  # each writer's newest: being written
         for old in files:
             if total <= self.max_total_bytes or old == self.path:
                 break
+            if current.get(_writer(old)) == old:
+                continue
             total -= _size(old)
             for part in (old, old.with_name(old.name + "-wal"), old.with_name(old.name + "-shm")):
                 part.unlink(missing_ok=True)
             logger.info("prediction log: deleted %s (the files passed %d bytes)", old.name, self.max_total_bytes)
+
+
+def _writer(path: Path) -> str:
+    """The writer a log file's name ends with (``predictions-<stamp>[-<n>][-<writer>].db``), else ""."""
+    last = path.stem.rsplit("-", 1)[-1]
+    return last if last[:1].isalpha() else ""
 
 
 def _open(path: Path) -> sqlite3.Connection:

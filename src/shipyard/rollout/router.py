@@ -188,7 +188,7 @@ class PolicyRouter:
             self._changed(None, model)
 
     async def activate(self, policy: TrafficPolicy) -> None:
-        """Load every arm the policy can send traffic to (here and on the workers), then switch it in."""
+        """Load every arm the policy can send traffic to, then switch it in."""
         active = _activate(policy)
         for arm in (*active.primaries, *active.shadows):
             if arm.weight > 0:

@@ -112,8 +112,8 @@ def runtime_for(model: Any, flavor: str | None = None) -> type[Runtime]:
     return runtime_for_object(model)
 
 
-# What a worker process of each flavor imports before it forks (see serving/workers.py and
-# jobs/batch/worker.py), so each fork starts with the model's libraries already in memory.
+# What a worker process of each flavor imports before it forks (see jobs/batch/worker.py),
+# so each fork starts with the model's libraries already in memory.
 # scikit-learn goes through the runtime's own skops import, which keeps torch and dask out.
 _PRELOAD = {
     "sklearn": ["shipyard.runtime._sklearn_preload", "pandas", "sklearn.ensemble", "sklearn.linear_model"],

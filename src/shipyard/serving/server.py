@@ -4,8 +4,9 @@ Nothing else builds these objects. ``build_server`` gives the ASGI app (tests
 drive it in-process) and the ordered ``Services`` its lifespan starts and stops;
 ``serve`` runs it under uvicorn until SIGINT/SIGTERM: uvicorn stops accepting,
 finishes in-flight HTTP requests, then the services stop in reverse order (gRPC
-drains, asynchronous consumers finish what they read, batchers empty, workers
-stop, observers flush, models unload).
+drains, asynchronous consumers finish what they read, batchers empty, observers
+flush, models unload). With ``workers`` > 1 it runs N such processes instead,
+sharing the listening sockets, under ``serving/supervisor.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from shipyard.batching.policy import BatchPolicy
 from shipyard.config import Settings
 from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
-from shipyard.hosting.workers import WorkerPool, preload_modules, remote_model
 from shipyard.monitoring.alerts import AlertCollector, AlertService, AlertStore, MonitorSnapshot
 from shipyard.monitoring.drift_monitor import DriftCollector, DriftMonitor, DriftRecorder
 from shipyard.monitoring.events import Observers, PredictionObserver
@@ -79,6 +79,16 @@ class Server:
     """Every part beside the request handlers, in start order (stopped in reverse)."""
     endpoints: list[Endpoint] = field(default_factory=list)
     """The HTTP route table (what the app routes and /openapi.json documents)."""
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a worker process of ``--workers N`` learns from its supervisor."""
+
+    index: int
+    """0 to N-1; a replacement takes the index of the worker it replaces."""
+    metrics_dir: str | None
+    """The folder the workers' Prometheus values share (prometheus_client's multiprocess mode)."""
 
 
 class _Lifespan:
@@ -128,17 +138,18 @@ def build_server(
     on_ready: Callable[[], Any] | None = None,
     grpc_port: int | None = None,
     observers: list[PredictionObserver] | None = None,
+    worker: WorkerContext | None = None,
 ) -> Server:
     """Wire a server for ``models`` (references); no models means every registered model.
 
     ``grpc_port`` adds the gRPC listener (extra ``grpc``) on the same data plane;
-    ``observers`` see every prediction (besides those the settings turn on).
+    ``observers`` see every prediction (besides those the settings turn on);
+    ``worker`` says this process is one worker of ``--workers N`` (shared metrics, shared gRPC port).
     """
     exposure_check(settings)  # no listening beyond loopback without authentication
     reg = registry or Registry.from_settings(settings)
     record_config(reg.database, settings)  # the audit log notes the settings a server starts with, when changed
     auth = Authenticator.from_settings(settings, reg.database)
-    pool = WorkerPool(settings, settings.worker_count) if settings.worker_count > 1 else None
     policies = deployment.deployment_policies(settings, models or ())
     repo = ModelRepository(
         reg,
@@ -147,15 +158,12 @@ def build_server(
         runtime_mode=settings.runtime,
         compiled=CompiledCache(settings.cache_dir / "compiled") if settings.runtimes_used != {"native"} else None,
         extra_fields=settings.extra_fields_overrides,
-        # the server process keeps signatures; workers hold the models
-        loader=remote_model if pool is not None else None,
-        preload=pool.load if pool is not None else None,
-        unload=pool.unload if pool is not None else None,
         release_after_seconds=settings.request_timeout_seconds or 30.0,
         runtimes=policies.runtimes,
     )
-    metrics = ServingMetrics(settings.monitoring.metrics)
-    predictions = prediction_log(settings)
+    metrics = ServingMetrics(settings.monitoring.metrics,
+                             multiprocess_dir=worker.metrics_dir if worker is not None else None)
+    predictions = prediction_log(settings, writer=f"w{worker.index}" if worker is not None else "")
     traffic = TrafficStore(reg.database)
     router = PolicyRouter(repo, traffic, refresh_seconds=settings.alias_refresh_seconds)
     # the fleet-wide per-arm counters canary gates, bandits and experiment reports read
@@ -177,7 +185,6 @@ def build_server(
     declared = deployment.traffic_policies(settings)
     dp = DataPlane(
         repo,
-        executor=pool,
         batching=policies.batching,
         default_batching=policies.default_batching,
         cache=ResponseCache(policies.cache) if policies.cache is not None else None,
@@ -207,8 +214,8 @@ def build_server(
                        endpoints=[*(feedback.endpoints if feedback is not None else ()),
                                   *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ())])
 
-    # The order things start in; they stop in reverse. Models load first (readiness waits for them),
-    # then the processes that run them; the gRPC listener opens last and drains first.
+    # The order things start in; they stop in reverse. Models load first (readiness waits for them);
+    # the gRPC listener opens last and drains first.
     services: list[Service] = []
     if auth is not None:  # keys and signing keys loaded before any request is taken
         services += [Hooks("authentication", auth.start), _Loop("credential refresh", auth.watch)]
@@ -219,15 +226,7 @@ def build_server(
             await anyio.to_thread.run_sync(_declare, traffic, policy)
         await router.refresh()  # every policy's arms loaded before the server is ready
 
-    if pool is not None:
-
-        async def start_workers() -> None:
-            versions = repo.loaded_versions()
-            pool.preload(preload_modules({mv.flavor for mv in versions}, settings.runtime))
-            await pool.start(versions)
-
-        services.append(Hooks("workers", start_workers))
-    services.append(Hooks("traffic policies", start_traffic))  # after the workers: arms preload on them
+    services.append(Hooks("traffic policies", start_traffic))
     if predictions is not None:  # stops after the observers flushed into it: writes what is buffered, closes
         services.append(Hooks("prediction log", on_stop=_async(predictions.close)))
     if tracing.enabled:  # stops after the data plane: exports its last spans, then shuts the provider down
@@ -242,7 +241,7 @@ def build_server(
         services.append(alerting)
     services += [
         Hooks("observers", watched.start, watched.stop),  # stops after the data plane: sees every last event
-        Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor (the worker processes)
+        Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor
         _Loop("alias watcher", repo.watch),
         _Loop("traffic-policy watcher", router.watch),
     ]
@@ -255,7 +254,7 @@ def build_server(
         if feedback.stream is not None:  # stops before the observers: feedback it applies can still flush
             services.append(feedback.stream)
     if grpc_port is not None:
-        grpc_server = _grpc_server(dp, settings, grpc_port, auth)
+        grpc_server = _grpc_server(dp, settings, grpc_port, auth, reuse_port=worker is not None)
         services.append(Hooks("gRPC", grpc_server.start, grpc_server.stop))
     group = Services(services)
     return Server(settings, reg, repo, dp, _Lifespan(rest_app.build(), group, on_ready), group,
@@ -391,7 +390,8 @@ class _RolloutControllerService:
             await self.controller.stop()
 
 
-def _grpc_server(dp: DataPlane, settings: Settings, port: int, auth: Authenticator | None) -> GrpcServer:
+def _grpc_server(dp: DataPlane, settings: Settings, port: int, auth: Authenticator | None, *,
+                 reuse_port: bool = False) -> GrpcServer:
     """The gRPC listener, imported only when asked for (MissingDependency without the extra)."""
     require("grpc", "grpc", "grpcio")
     from shipyard.security.tls import ServerTls
@@ -402,7 +402,7 @@ def _grpc_server(dp: DataPlane, settings: Settings, port: int, auth: Authenticat
     return GrpcServer(dp, host=settings.host, port=port, max_message_bytes=settings.max_body_bytes,
                       grace_seconds=settings.graceful_shutdown_seconds,
                       interceptors=[AuthInterceptor(auth)] if auth is not None else (),
-                      credentials=tls.grpc_credentials() if tls is not None else None)
+                      credentials=tls.grpc_credentials() if tls is not None else None, reuse_port=reuse_port)
 
 
 @contextlib.asynccontextmanager
@@ -419,16 +419,43 @@ def serve(
     access_log: bool = False,
     on_ready: Callable[[], Any] | None = None,
     grpc_port: int | None = None,
+    configure_logging: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until interrupted. Blocks. ``grpc_port`` also serves gRPC, in the same process.
+    """Serve until interrupted. Blocks. ``grpc_port`` also serves gRPC.
 
+    With ``workers`` > 1 (``worker_count``) this process binds the sockets and supervises that many
+    worker processes, each a whole server (``serving/supervisor.py``); ``configure_logging`` (picklable)
+    sets their logging up as the caller did its own; ``on_ready`` runs once every worker is ready.
     With ``security.tls.certfile`` set both listeners speak TLS only; the certificate files are
     checked before anything loads (ConfigError naming the setting and the file).
     """
     from shipyard.security.tls import ServerTls
 
     tls = ServerTls.from_config(settings.security.tls)
+    if settings.worker_count > 1:
+        from shipyard.serving.supervisor import Supervisor
+
+        exposure_check(settings)  # before any worker starts, as one process checks before it loads
+        Supervisor(settings, models, access_log=access_log, grpc_port=grpc_port,
+                   configure_logging=configure_logging, on_ready=on_ready).run()
+        return
     server = build_server(settings, models, on_ready=on_ready, grpc_port=grpc_port)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    logger.info("listening on %s://%s:%d%s", "https" if tls is not None else "http", host, settings.port,
+                f" (client certificates: {tls.client_auth})" if tls is not None else "")
+    run_uvicorn(server, access_log=access_log)
+
+
+def run_uvicorn(server: Server, *, access_log: bool, sockets: list[socket.socket] | None = None) -> None:
+    """Run ``server`` under uvicorn until SIGINT/SIGTERM, on ``sockets`` (bound elsewhere) or its settings' port.
+
+    uvicorn drains in-flight requests on the signal, the lifespan stops the services; the process
+    then exits 0 rather than dying by the signal.
+    """
+    from shipyard.security.tls import ServerTls
+
+    settings = server.settings
+    tls = ServerTls.from_config(settings.security.tls)
     config = uvicorn.Config(
         server.app,
         host=settings.host,
@@ -442,14 +469,11 @@ def serve(
         http=http_protocol(settings.header_timeout_seconds, settings.max_connections),
         **(tls.uvicorn_kwargs() if tls is not None else {}),
     )
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    logger.info("listening on %s://%s:%d%s", "https" if tls is not None else "http", host, settings.port,
-                f" (client certificates: {tls.client_auth})" if tls is not None else "")
     # uvicorn drains in-flight requests on SIGINT/SIGTERM, then re-raises the signal to
     # whatever handler was there before; make that a clean exit 0 rather than death by signal.
     previous = {sig: signal.signal(sig, _exit_cleanly) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=sockets)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1,7 +1,7 @@
 """The lifecycle every part of a server shares: start in a fixed order, stop in the reverse one.
 
 A ``Service`` is anything a server runs beside its request handlers: model
-loading, worker processes, the alias watcher, the observers' thread, the
+loading, the alias watcher, the observers' thread, the
 asynchronous-request consumers, the gRPC listener. The composition root
 (``serving/server.py``) lists them once, in order; ``Services`` starts them
 one after the other (a failure stops those already started, in reverse, and

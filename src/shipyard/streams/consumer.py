@@ -107,11 +107,11 @@ class StreamMetrics:
         )
         self.lag = Gauge(
             "shipyard_stream_lag_messages", "Messages of the source the group has not finished (broker's count)",
-            ["source"], registry=self.registry,
+            ["source"], registry=self.registry, multiprocess_mode="max",  # every worker of a server reads one count
         )
         self.in_flight = Gauge(
             "shipyard_stream_in_flight_messages", "Messages fetched by this consumer, not yet acknowledged",
-            ["source"], registry=self.registry,
+            ["source"], registry=self.registry, multiprocess_mode="livesum",
         )
         self.retries = Counter(
             "shipyard_stream_retries", "Broker or model failures waited out, by stage", ["source", "stage"],

@@ -311,6 +311,33 @@ def test_file_sink_appends_to_the_newest_file_after_a_restart(tmp_path: Path) ->
     assert len(read_files(tmp_path, "fraud")) == 7
 
 
+def test_file_sinks_of_two_workers_write_their_own_files_and_read_back_together(tmp_path: Path) -> None:
+    sinks = [FileSink(tmp_path, max_file_bytes=48 * 1024, max_total_bytes=1 << 24, writer=f"w{i}") for i in (0, 1)]
+    for _ in range(3):  # interleaved, as the workers of one server write
+        for sink in sinks:
+            sink.write(_records(2))
+    for sink in sinks:
+        sink.close()
+    assert sinks[0].path != sinks[1].path
+    assert sorted(p.name.rsplit("-", 1)[-1] for p in sinks[0].files()) == ["w0.db", "w1.db"]
+    again = FileSink(tmp_path, max_file_bytes=48 * 1024, max_total_bytes=1 << 24, writer="w1")
+    again.write(_records(1))  # a replaced worker appends to its own newest file
+    again.close()
+    assert again.path == sinks[1].path
+    assert len(read_files(tmp_path, "fraud")) == 13
+
+
+def test_retention_spares_the_file_another_worker_is_writing(tmp_path: Path) -> None:
+    other = FileSink(tmp_path, max_file_bytes=1 << 20, max_total_bytes=1 << 24, writer="w0")
+    other.write(_records(20, rows=8))  # the oldest file, still being written
+    busy = FileSink(tmp_path, max_file_bytes=16 * 1024, max_total_bytes=40 * 1024, writer="w1")
+    for _ in range(30):
+        busy.write(_records(20, rows=8))
+    assert other.path is not None and other.path.exists()
+    other.close()
+    busy.close()
+
+
 def test_sql_sink_writes_and_reads_back_a_sqlite_table(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/predictions.db"
     table = SqlSink(url)

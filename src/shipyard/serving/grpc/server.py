@@ -38,6 +38,8 @@ class GrpcServer:
         grace_seconds: how long ``stop`` lets calls in flight finish.
         credentials: ``grpc.ServerCredentials`` to serve TLS with (``ServerTls.grpc_credentials``);
             None: plaintext.
+        reuse_port: share the port with the other workers of ``--workers N`` (SO_REUSEPORT: the
+            kernel spreads new connections over them); off, a second server on the port is refused.
         interceptors: ``grpc.aio.ServerInterceptor``s every call passes (authentication).
     """
 
@@ -51,6 +53,7 @@ class GrpcServer:
         grace_seconds: float = 30.0,
         interceptors: Sequence[Any] = (),
         credentials: grpc.ServerCredentials | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.dataplane = dataplane
         self.host = host
@@ -59,6 +62,7 @@ class GrpcServer:
         self.grace_seconds = grace_seconds
         self.interceptors = tuple(interceptors)
         self.credentials = credentials
+        self.reuse_port = reuse_port
         self._server: Any = None
 
     async def start(self) -> None:
@@ -69,7 +73,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", -1),
                 # without this a second server could bind the same port and share its traffic
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ]
         )
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
