@@ -30,8 +30,7 @@ knows HTTP.
     │   ├── PayloadTooLarge          [too_large]
     │   └── UnsupportedMediaType     [unsupported_media_type]
     ├── ModelNotReady                [unavailable]
-    │   ├── Overloaded               the model's queue is full; retry after a pause
-    │   └── WorkerDied               the worker process running the request died
+    │   └── Overloaded               the model's queue is full; retry after a pause
     ├── RequestTimeout               [timeout] the request outlived its deadline
     ├── InferenceError               the model itself raised
     ├── BrokerError                  [unavailable] a stream broker refused or failed an operation
@@ -360,10 +359,6 @@ class Overloaded(ModelNotReady):
         super().__init__(
             f"model {model} is overloaded ({queued} requests queued, the limit); retry in {retry_after:g}s"
         )
-
-
-class WorkerDied(ModelNotReady):
-    """The worker process handling the request exited; a replacement is starting."""
 
 
 class RequestTimeout(ShipyardError):

@@ -7,9 +7,8 @@ loaded on first use.
 
 Alias moves (``shipyard alias``, ``rollback``) reach a running server without a
 restart. A server runs ``watch``: every ``alias_refresh_seconds`` it re-reads
-the aliases it follows, and when one moved it loads the new version (in this
-process and, through ``preload``, on every worker process) *before* switching
-the alias to it, so no request waits for a load and none fails. A version that
+the aliases it follows, and when one moved it loads the new version *before*
+switching the alias to it, so no request waits for a load and none fails. A version that
 no reference reaches any more is released ``release_after_seconds`` later, once
 requests that were already using it have finished. Without ``watch`` (stream
 jobs, or ``alias_refresh_seconds=0``) an alias is re-read on the request path
@@ -28,7 +27,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import anyio.to_thread
@@ -59,11 +58,8 @@ class ModelRepository:
         alias_refresh_seconds: float = 2.0,
         runtime_mode: str = "native",
         compiled: CompiledCache | None = None,
-        loader: Callable[[ModelVersion], LoadedModel] | None = None,
         clock: Callable[[], float] = time.monotonic,
         extra_fields: Mapping[str, str] | None = None,
-        preload: Callable[[ModelVersion], Awaitable[None]] | None = None,
-        unload: Callable[[str, int], Awaitable[None]] | None = None,
         release_after_seconds: float = 30.0,
         runtimes: Mapping[str, str] | None = None,
     ) -> None:
@@ -76,7 +72,6 @@ class ModelRepository:
         self.alias_refresh_seconds = alias_refresh_seconds
         self.runtime_mode = runtime_mode
         self.compiled = compiled
-        self.loader = loader
         self._clock = clock
         self.extra_fields = dict(extra_fields or {})
         """Model name (``"*"``: every model) -> the policy it is served with instead of the version's own."""
@@ -88,10 +83,6 @@ class ModelRepository:
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._guard = threading.Lock()
         self.ready = False
-        self.preload = preload
-        """Loads a version wherever model calls run (every worker process) before traffic reaches it."""
-        self.unload = unload
-        """Releases a version wherever model calls run."""
         self.release_after_seconds = release_after_seconds
         self._alias_listeners: list[Callable[[str], None]] = []
         self._release_listeners: list[Callable[[str, int], None]] = []
@@ -166,11 +157,8 @@ class ModelRepository:
             self._release_later(ref.name, hit.version)
 
     async def ensure_loaded(self, name: str, version: int) -> LoadedModel:
-        """Load ``name:version`` here and wherever model calls run; returns once every place has it."""
-        model = await anyio.to_thread.run_sync(self.get, ModelRef(name, version=version))
-        if self.preload is not None:
-            await self.preload(model.version)
-        return model
+        """Load ``name:version`` (off the event loop); returns once it is loaded."""
+        return await anyio.to_thread.run_sync(self.get, ModelRef(name, version=version))
 
     def reachable(self) -> set[tuple[str, int]]:
         """Versions a served reference leads to now (fixed versions, and aliases as last resolved)."""
@@ -192,11 +180,6 @@ class ModelRepository:
             return
         for listener in self._release_listeners:
             listener(name, version)
-        if self.unload is not None:
-            try:
-                await self.unload(name, version)
-            except Exception:
-                logger.exception("unloading %s:%d from the workers failed", name, version)
         model.close()
         logger.info("released %s:%d (no served reference reaches it)", name, version)
 
@@ -285,8 +268,6 @@ class ModelRepository:
         if policy is not None and policy != mv.signature.extra_fields:
             logger.info("%s: extra fields %s (the version says %s)", mv.ref, policy, mv.signature.extra_fields)
             mv = replace(mv, signature=mv.signature.with_extra_fields(policy))
-        if self.loader is not None:
-            return self.loader(mv)
         return load_for_serving(self.registry, mv, self.runtimes.get(mv.name, self.runtime_mode), self.compiled)
 
     async def get_async(self, ref: ModelRef) -> LoadedModel:

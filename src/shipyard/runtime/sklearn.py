@@ -175,7 +175,7 @@ def import_skops() -> Any:
     sys.meta_path.insert(0, finder)
     listing: Any = None
     try:
-        sk_utils = require("sklearn.utils", "sklearn", "scikit-learn")
+        sk_utils: Any = require("sklearn.utils", "sklearn", "scikit-learn")
         # skops lists every scikit-learn estimator as trusted when it imports (walking and importing
         # all of scikit-learn: half a second, 300 modules, 16 MB). shipyard never relies on that list:
         # it trusts scikit-learn, NumPy and SciPy types by name itself (SAFE_PREFIXES) and passes skops
