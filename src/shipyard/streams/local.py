@@ -65,7 +65,10 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 """
 _OPTIONS = {"path", "ack_wait", "retention_hours"}
-_POLL_SECONDS = (0.002, 0.05)  # first and longest sleep between polls of an empty stream
+# First and longest sleep between polls of an empty stream. Each poll wakes a thread, and in a serving
+# process (asynchronous requests) every wake costs the request path: a model that releases the GIL often
+# hands it to the waking thread and back many times. An idle stream is looked at 4 times a second.
+_POLL_SECONDS = (0.002, 0.25)
 _TRIM_EVERY = 500  # sends between retention checks
 
 
