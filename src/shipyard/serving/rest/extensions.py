@@ -51,7 +51,7 @@ def extension_endpoints(app: RestApp) -> list[Endpoint]:
     async def index(request: Request) -> Response:
         body = await read_body(request, app.max_body_bytes)
         ready = False
-        if body.strip():  # tritonclient sends an empty body
+        if body:  # tritonclient sends none (whitespace alone is not JSON: 400, as anywhere else)
             check_json_type(request, False)
             doc = parse_json(body)
             if not isinstance(doc, dict):
