@@ -87,9 +87,14 @@ class Signature:
             s.datatype in ("FP32", "FP64") and s.shape == (-1,) for s in self.inputs
         )
         object.__setattr__(self, "float_columns", float_columns)
+        only = self.inputs[0] if len(self.inputs) == 1 else None
+        if self.format == "tensors" and only is not None and only.datatype == "FP64" and only.shape:
+            object.__setattr__(self, "float_tensor", only)
 
     float_columns: bool = field(default=False, init=False, compare=False, repr=False)
     """Every input is a 1-D float column: the common tabular case, which has a fast path."""
+    float_tensor: TensorSpec | None = field(default=None, init=False, compare=False, repr=False)
+    """The one input, when it is a single FP64 tensor of one or more dimensions (an array signature): a fast path."""
 
     @property
     def input_names(self) -> list[str]:
@@ -181,6 +186,14 @@ class Signature:
             fast = self._validate_float_columns(arrays)
             if fast is not None:
                 return fast
+        elif self.float_tensor is not None and len(arrays) == 1:
+            spec = self.float_tensor
+            a = arrays.get(spec.name)
+            # a well-formed float64 array of the declared shape, values finite: what the full check accepts as is
+            if (type(a) is np.ndarray and a.dtype == np.float64 and a.ndim == len(spec.shape) and a.shape[0]
+                    and all(want in (-1, got) for want, got in zip(spec.shape, a.shape, strict=True))
+                    and (spec.allow_nan or np.isfinite(a).all())):
+                return {spec.name: a}
         unknown = [k for k in arrays if k not in self._by_name]
         if unknown:
             raise self.unexpected_input(unknown[0], arrays)

@@ -24,6 +24,7 @@ reads one value from ``model.signature``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -39,6 +40,9 @@ from shipyard.registry import LoadedModel, ModelVersion, Registry
 from shipyard.types import ModelRef, is_version_number
 
 logger = logging.getLogger(__name__)
+
+# The names requests use are few: parse each once (a ModelRef is immutable; a refused name is not kept).
+_parse_ref = functools.lru_cache(maxsize=1024)(ModelRef.parse)
 
 
 @dataclass
@@ -201,7 +205,7 @@ class ModelRepository:
 
     def ref_for(self, name: str, version: str | None = None) -> ModelRef:
         """Turn a URL's model name (``demo``, ``demo@alias``) and optional version into a ref."""
-        ref = ModelRef.parse(name)
+        ref = _parse_ref(name)
         if ref.name not in self.defaults and not self.serve_all:
             raise ModelNotServed(ref.name, self.names())
         if version is not None and version != "":

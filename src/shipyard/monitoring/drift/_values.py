@@ -144,8 +144,23 @@ def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.bincount(np.searchsorted(edges, values, side="left"), minlength=edges.size + 1)
 
 
-def reconstruction_error(z: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Per row, the mean squared difference between standardized ``z`` and its PCA reconstruction."""
+SERVING_PRODUCT_CELLS = 200_000
+"""Largest matrix product (rows x features x components) the serving process computes at once."""
+
+
+def reconstruction_error(z: np.ndarray, components: np.ndarray, *, max_cells: int | None = None) -> np.ndarray:
+    """Per row, the mean squared difference between standardized ``z`` and its PCA reconstruction.
+
+    ``max_cells`` computes it in slices of rows whose products stay that small. The server bins
+    thousands of rows at a time; OpenBLAS hands a product above about 262,000 multiply-adds to its
+    worker threads, which then spin for a while and take a core from the requests. Below that it
+    runs on the calling thread, and a slice costs well under a millisecond.
+    """
+    size = z.shape[1] * max(1, components.shape[0])
+    step = z.shape[0] if max_cells is None else max(1, max_cells // max(1, size))
+    if z.shape[0] > step:
+        return np.concatenate([reconstruction_error(z[i : i + step], components)
+                               for i in range(0, z.shape[0], step)])
     residual = z - (z @ components.T) @ components
     error: np.ndarray = np.mean(residual * residual, axis=1)
     return error

@@ -22,7 +22,12 @@ from typing import Any
 import numpy as np
 
 from shipyard.monitoring.drift._sampling import merge_plan, reservoir_plan
-from shipyard.monitoring.drift._values import as_float, category_counts, reconstruction_error
+from shipyard.monitoring.drift._values import (
+    SERVING_PRODUCT_CELLS,
+    as_float,
+    category_counts,
+    reconstruction_error,
+)
 from shipyard.monitoring.drift.profile import (
     CategoricalProfile,
     MultivariateProfile,
@@ -119,7 +124,7 @@ class _Numeric:
             self.above_max += int(np.count_nonzero(x > self.hi))
             self.values_n += x.size
             self.sum += float(x.sum())
-            self.sumsq += float(np.dot(x, x))
+            self.sumsq += float(np.einsum("i,i->", x, x))  # not np.dot: BLAS would wake its spinning threads
             self.min = min(self.min, float(x.min()))
             self.max = max(self.max, float(x.max()))
         return values
@@ -267,7 +272,7 @@ class MultivariateWindow:
         if not x.shape[0]:
             return
         z = (x - self._mean) / self._scale
-        errors = reconstruction_error(z, self._components)
+        errors = reconstruction_error(z, self._components, max_cells=SERVING_PRODUCT_CELLS)
         self.error_counts += np.bincount(np.searchsorted(self.error_edges, errors, side="left"),
                                          minlength=self.error_counts.size)
         fill, src, dst = reservoir_plan(self.rows, z.shape[0], self.capacity, rng)
