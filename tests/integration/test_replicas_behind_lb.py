@@ -202,7 +202,8 @@ def test_a_killed_replica_costs_only_the_requests_it_held(fleet: Fleet) -> None:
 def test_deploy_k8s_accepts_the_shared_settings(fleet: Fleet, tmp_path: Path) -> None:
     out = tmp_path / "k8s"
     run = subprocess.run([sys.executable, "-m", "shipyard", "deploy", "k8s", "demo@champion", "--out", str(out),
-                          "--replicas", "3", "--namespace", "ml", "--cold-start", "50"], capture_output=True, text=True, timeout=120,
+                          "--replicas", "3", "--namespace", "ml", "--cold-start", "50"],
+                         capture_output=True, text=True, timeout=120,
                          env={**os.environ, **fleet.env, "SHIPYARD_HOME": str(tmp_path / "home")})
     assert run.returncode == 0, run.stdout + run.stderr
     deployment = yaml.safe_load((out / "deployment.yaml").read_text())
