@@ -71,3 +71,18 @@ def test_deploy_docker_writes_the_image_files_for_the_embedded_registry(settings
     assert (out / "Dockerfile").is_file() and (out / "wheels").is_dir()
     assert "shipyard[sklearn]==" in (out / "requirements.txt").read_text()
     assert "docker build -t shipyard-m:" in result.output
+
+
+def test_compose_replicas_count_its_own_postgres_and_still_refuse_a_local_artifact_folder(
+        settings: Settings, tmp_path: Path) -> None:
+    args = ["--home", str(settings.home), "deploy", "compose", "m@champion", "--out", str(tmp_path / "c"),
+            "--cold-start", "3", "--with", "postgres,redis"]
+    env = {"SHIPYARD_REGISTRY_URL": "", "SHIPYARD_ARTIFACTS": ""}
+    refused = CliRunner().invoke(cli, [*args, "--replicas", "2"], env=env)
+    assert refused.exit_code == 1
+    assert "artifacts (SHIPYARD_ARTIFACTS)" in refused.output
+    assert "registry_url" not in refused.output and "async_broker" not in refused.output  # postgres, redis given
+    one = CliRunner().invoke(cli, args, env=env)
+    assert one.exit_code == 0, one.output
+    config = (tmp_path / "c" / "shipyard.yaml").read_text()
+    assert "redis://redis:6379/shipyard" in config and "postgres" not in config  # the URL stays out of files
