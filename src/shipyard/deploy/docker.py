@@ -30,7 +30,7 @@ def requirements(spec: DeploySpec) -> str:
 
 def dockerignore() -> str:
     return "\n".join(["# Only what the Dockerfile copies goes to the build context.", "*",
-                      "!requirements.txt", "!shipyard.yaml", "!wheels/", ""])
+                      "!requirements.txt", "!shipyard.yaml", "!wheels", "!wheels/**", ""])
 
 
 def _probe_command(spec: DeploySpec) -> str:

@@ -163,7 +163,7 @@ def write_docker(spec: DeploySpec, out: Path) -> Generated:
     _write(out, ".dockerignore", docker_gen.dockerignore(), g)
     _write(out, "requirements.txt", docker_gen.requirements(spec), g)
     _write(out, "shipyard.yaml", _dump(spec.config), g)
-    (out / "wheels").mkdir(exist_ok=True)
+    _write(out, "wheels/.keep", "", g)  # the folder must exist for COPY, also in a checkout of these files
     g.commands = docker_gen.commands(spec, str(out))
     g.notes.append(f"the image installs {spec.package}; put a shipyard wheel in {out / 'wheels'} "
                    "if your package index has none")
