@@ -9,6 +9,7 @@ one replica is answered by the others. `shipyard deploy k8s` accepts these setti
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -26,12 +27,15 @@ from sklearn.linear_model import LogisticRegression
 
 from shipyard.config import Settings
 from shipyard.demo import FEATURES, register_demo, train_demo_model
+from shipyard.deploy import DeploySpec
+from shipyard.deploy import docker as docker_gen
 from shipyard.registry import Registry
 from shipyard.testing import (
     HaproxyUnavailable,
     RedisUnavailable,
     RunningServer,
     S3Unavailable,
+    free_port,
     load_balancer,
     redis_server,
     run_server,
@@ -160,6 +164,21 @@ def test_a_job_or_a_label_submitted_to_one_replica_is_answered_by_any(fleet: Fle
                "the label accepted by another replica")
     quality = httpx.get(f"{c.url}/v1/models/demo/quality").json()
     assert sum(g["labelled"] for g in quality["groups"]) >= 1, quality
+
+
+def test_the_image_health_check_passes_on_a_ready_replica_and_fails_on_a_dead_port(fleet: Fleet) -> None:
+    """The Dockerfile's HEALTHCHECK command, run as written (the image's python is this one)."""
+    spec = DeploySpec(model="demo@champion", flavor="sklearn", config={}, port=fleet.replicas[0].port)
+    line = next(x for x in docker_gen.dockerfile(spec).splitlines() if x.strip().startswith("CMD ["))
+    command = json.loads(line.strip()[len("CMD "):])
+    assert command[0] == "python"
+    ok = subprocess.run([sys.executable, *command[1:]], capture_output=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    dead = DeploySpec(model="demo@champion", flavor="sklearn", config={}, port=free_port())
+    line = next(x for x in docker_gen.dockerfile(dead).splitlines() if x.strip().startswith("CMD ["))
+    failed = subprocess.run([sys.executable, *json.loads(line.strip()[len("CMD "):])[1:]], capture_output=True,
+                            timeout=30)
+    assert failed.returncode != 0
 
 
 def test_a_killed_replica_costs_only_the_requests_it_held(fleet: Fleet) -> None:
