@@ -12,7 +12,6 @@ from shipyard.config._sections import (
     CacheConfig,
     ModelDeployment,
     MonitoringConfig,
-    _reserved,
 )
 from shipyard.config._security import SecurityConfig
 from shipyard.errors import ConfigError, InvalidInput
@@ -131,7 +130,9 @@ class Settings:
     (``security:`` in shipyard.yaml)."""
 
     graph: Any = None
-    """Reserved (inference graphs): not available yet."""
+    """Inference graphs ``shipyard serve`` registers (reusing an unchanged version) and serves: one mapping
+    or a list, each with ``name``, ``steps`` and optionally ``alias`` (``graph:`` in shipyard.yaml; see
+    ``shipyard.graphs.config``)."""
 
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     """Metrics, traces and the prediction log (``monitoring:`` in shipyard.yaml)."""
@@ -165,7 +166,7 @@ class Settings:
             raise ConfigError(f"graceful_shutdown_seconds must not be negative, got {self.graceful_shutdown_seconds}")
         if self.grpc_port is not None and not (0 <= self.grpc_port <= 65535):
             raise ConfigError(f"grpc_port must be between 0 and 65535, got {self.grpc_port}")
-        _reserved("graph", self.graph)
+        _ = self.graphs  # refuse a bad graph: block now, naming the key
         self._check_models()
         _ = self.extra_fields_overrides  # refuse a bad value now, not at the first model load
 
@@ -184,6 +185,13 @@ class Settings:
                 "models: cache ttl_seconds differ (" + ", ".join(f"{w}: {t:g}" for t, w in ttls.items())
                 + "); the server keeps one shared cache with one lifetime (per-model lifetimes are not available yet)"
             )
+
+    @property
+    def graphs(self) -> list[Any]:
+        """The ``graph:`` block's graphs (``shipyard.graphs.config.DeclaredGraph``), checked."""
+        from shipyard.graphs.config import declared  # the graph's own rules, kept in one place
+
+        return declared(self.graph)
 
     def deployment(self, name: str) -> ModelDeployment | None:
         """The ``models:`` entry of model ``name``, if it has one."""
