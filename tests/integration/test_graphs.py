@@ -1,0 +1,188 @@
+"""Inference graphs served by a real `shipyard serve` process: REST v1 and v2, gRPC, metrics, rollback.
+
+One server for the module, started with a shipyard.yaml whose ``graph:`` block declares
+``pipe`` (scale step, logistic regression, threshold step); the other graphs are registered
+through the Python API beforehand (``tests/fixtures/graph_steps.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tests.fixtures.graph_steps import FEATURES, GRAPH_YAML, GraphModels, build, data
+
+import shipyard
+from shipyard import errors
+from shipyard.config import Settings
+from shipyard.graphs import Node
+from shipyard.registry import Registry
+from shipyard.testing import RunningServer, run_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> GraphModels:
+    return build(tmp_path_factory.mktemp("graphs") / "home")
+
+
+@pytest.fixture(scope="module")
+def server(models: GraphModels) -> Iterator[RunningServer]:
+    config = models.home.parent / "shipyard.yaml"
+    config.write_text(GRAPH_YAML)
+    with run_server(models.home, [], args=["-c", str(config)], grpc=True,
+                    env={"SHIPYARD_ALIAS_REFRESH_SECONDS": "0.3"}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def rows() -> pd.DataFrame:
+    return data(1000, seed=7)[0]
+
+
+def v2_body(X: pd.DataFrame, extra: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    inputs = [{"name": f, "datatype": "FP64", "shape": [len(X)], "data": X[f].tolist()} for f in FEATURES]
+    for name, values in (extra or {}).items():
+        inputs.append({"name": name, "datatype": "BYTES", "shape": [len(values)], "data": values})
+    return {"inputs": inputs}
+
+
+def v2_output(response: httpx.Response, name: str) -> list[Any]:
+    assert response.status_code == 200, response.text
+    return next(o["data"] for o in response.json()["outputs"] if o["name"] == name)  # type: ignore[no-any-return]
+
+
+def test_the_yaml_graph_is_registered_with_lineage_to_each_step(server: RunningServer, models: GraphModels) -> None:
+    reg = Registry.from_settings(Settings(home=models.home))
+    try:
+        mv = reg.get("pipe@champion")
+    finally:
+        reg.close()
+    assert mv.flavor == "graph"
+    assert mv.lineage["steps"] == {"scale": "scaler:1", "model": "lr:1", "cut": "cut:1"}
+    assert [s.name for s in mv.signature.inputs] == FEATURES
+    assert [(s.name, s.datatype) for s in mv.signature.outputs] == [("label", "INT64")]
+    meta = httpx.get(f"{server.url}/v2/models/pipe@champion", timeout=10).json()
+    assert meta["platform"] == "shipyard_graph" and [o["name"] for o in meta["outputs"]] == ["label"]
+
+
+def test_three_steps_answer_as_the_steps_run_by_hand_over_v2_v1_and_grpc(
+        server: RunningServer, models: GraphModels, rows: pd.DataFrame) -> None:
+    expected = models.by_hand(rows).tolist()
+    v2 = httpx.post(f"{server.url}/v2/models/pipe@champion/infer", json=v2_body(rows), timeout=60)
+    assert v2_output(v2, "label") == expected
+    v1 = httpx.post(f"{server.url}/v1/models/pipe@champion:predict",
+                    json={"instances": rows.to_dict(orient="records")}, timeout=60)
+    assert v1.status_code == 200, v1.text
+    assert v1.json()["predictions"] == expected
+    with shipyard.Client(f"grpc://{server.grpc_target}", timeout=60) as client:
+        got = client.predict("pipe@champion", {f: rows[f].to_numpy() for f in FEATURES})
+    assert got["label"].tolist() == expected
+
+
+def test_a_vote_of_three_versions_is_the_majority_and_a_switch_routes_by_the_field(
+        server: RunningServer, models: GraphModels, rows: pd.DataFrame) -> None:
+    a, b, c = (clf.predict(rows) for clf in models.classifiers)
+    # the majority; with three different answers, the first branch's
+    majority = np.where((b == c) & (a != b), b, a)
+    voted = httpx.post(f"{server.url}/v2/models/voted/infer", json=v2_body(rows), timeout=60)
+    assert v2_output(voted, "predict") == majority.tolist()
+    assert (a != b).any() and (b == c).any()  # the data makes the vote matter
+
+    regions = np.array(["eu", "us", "other"])[np.arange(len(rows)) % 3]
+    routed = httpx.post(f"{server.url}/v2/models/routed/infer",
+                        json=v2_body(rows, {"region": regions.tolist()}), timeout=60)
+    expected = np.select([regions == "eu", regions == "us"], [a, b], c)
+    assert v2_output(routed, "predict") == expected.tolist()
+    records = rows.head(3).assign(region=["us", "us", "eu"]).to_dict(orient="records")
+    v1 = httpx.post(f"{server.url}/v1/models/routed:predict", json={"instances": records}, timeout=60)
+    assert v1.json()["predictions"] == [int(b[0]), int(b[1]), int(a[2])]
+
+
+def test_a_failing_step_is_named_and_optional_steps_degrade(server: RunningServer, models: GraphModels,
+                                                          rows: pd.DataFrame) -> None:
+    bad = rows.head(5).copy()
+    bad.loc[bad.index[0], "x0"] = -1000.0
+    failed = httpx.post(f"{server.url}/v2/models/guarded/infer", json=v2_body(bad), timeout=60)
+    assert failed.status_code == 500
+    assert "step 'guard' (guard:1) failed" in failed.json()["error"]
+    assert "x0 below -100 cannot be scored" in failed.json()["error"]
+    with shipyard.Client(f"grpc://{server.grpc_target}", timeout=60) as client, \
+            pytest.raises(errors.InferenceError, match="step 'guard'"):
+        client.predict("guarded", {f: bad[f].to_numpy() for f in FEATURES})
+
+    skipped = httpx.post(f"{server.url}/v2/models/lenient/infer", json=v2_body(bad), timeout=60)
+    assert v2_output(skipped, "label") == models.by_hand(bad).tolist()  # the guard's inputs went on
+    defaulted = httpx.post(f"{server.url}/v2/models/defaulted/infer", json=v2_body(bad), timeout=60)
+    fives = pd.DataFrame({f: [5.0] * len(bad) for f in FEATURES})
+    assert v2_output(defaulted, "label") == models.by_hand(fives).tolist()  # every row got the default features
+    good = httpx.post(f"{server.url}/v2/models/defaulted/infer", json=v2_body(rows.head(5)), timeout=60)
+    assert v2_output(good, "label") == models.by_hand(rows.head(5)).tolist()
+
+
+def test_each_step_has_its_latency_and_error_series(server: RunningServer, rows: pd.DataFrame) -> None:
+    bad = rows.head(2).copy()
+    bad.loc[bad.index[0], "x0"] = -1000.0
+    assert httpx.post(f"{server.url}/v2/models/lenient/infer", json=v2_body(bad), timeout=60).status_code == 200
+    assert httpx.post(f"{server.url}/v2/models/pipe/infer", json=v2_body(rows.head(2)), timeout=60).status_code == 200
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    counts: dict[tuple[str, str], float] = {}
+    errors_: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "shipyard_graph_step_duration_seconds_count":
+                counts[(s.labels["graph"], s.labels["step"])] = s.value
+            if s.name == "shipyard_graph_step_errors_total":
+                errors_[(s.labels["graph"], s.labels["step"])] = s.value
+    for step in ("scale", "model", "cut"):
+        assert counts[("pipe", step)] >= 1
+    assert errors_[("lenient", "guard")] >= 1
+    assert errors_.get(("pipe", "scale"), 0) == 0
+
+
+def test_rolling_the_graph_back_restores_its_old_outputs(server: RunningServer, models: GraphModels,
+                                                         rows: pd.DataFrame) -> None:
+    X = rows.head(200)
+    old, strict = models.by_hand(X).tolist(), models.by_hand(X, cut=0.7).tolist()
+    assert old != strict
+    reg = Registry.from_settings(Settings(home=models.home))
+    try:
+        graph = shipyard.Graph([Node("scale", "scaler@champion"), Node("model", "lr:1"), Node("cut", "cut:2")])
+        mv = reg.register(graph, "pipe", alias="champion")
+        assert mv.version == 2 and mv.lineage["steps"]["cut"] == "cut:2"
+        assert answers(server, X) == strict
+        reg.rollback("pipe", "champion")
+        assert answers(server, X, until=old) == old
+    finally:
+        reg.close()
+
+
+def answers(server: RunningServer, X: pd.DataFrame, until: list[int] | None = None) -> list[int]:
+    """pipe@champion's labels, once the server follows the alias move (polled against a deadline)."""
+    deadline = time.monotonic() + 20
+    while True:
+        got: list[int] = v2_output(httpx.post(f"{server.url}/v2/models/pipe@champion/infer", json=v2_body(X),
+                                              timeout=60), "label")
+        version = httpx.get(f"{server.url}/v2/models/pipe@champion", timeout=10).json()["versions"]
+        if (until is None and version != ["1"]) or got == until or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def test_a_batch_job_runs_the_graph_as_registered(models: GraphModels, rows: pd.DataFrame, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "in.parquet"
+    rows.to_parquet(source)
+    monkeypatch.setenv("SHIPYARD_HOME", str(models.home))
+    result = shipyard.batch_predict("guarded", source, tmp_path / "out")
+    assert result is not None
+    out = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "out").glob("*.parquet")))
+    assert out["label"].tolist() == models.by_hand(rows).tolist()
