@@ -73,10 +73,11 @@ class GraphRuntime(Runtime):
         models: dict[str, LoadedModel] = {}
         try:
             for step, mv in versions.items():
-                if mv.digest not in loaded:
+                # one load per version; two versions may share files (one source file, two Step classes)
+                if mv.ref not in loaded:
                     folder = path / MODELS / mv.digest
-                    loaded[mv.digest] = LoadedModel(mv, get_runtime(mv.flavor).load(folder, mv.flavor_meta))
-                models[step] = loaded[mv.digest]
+                    loaded[mv.ref] = LoadedModel(mv, get_runtime(mv.flavor).load(folder, mv.flavor_meta))
+                models[step] = loaded[mv.ref]
         except BaseException:
             for m in loaded.values():
                 m.close()
