@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tests.fixtures.graph_steps import FEATURES, Guard, Scale
 
-from shipyard.config import MonitoringConfig, Settings, TracingConfig
+from shipyard.config import Settings, TracingConfig
 from shipyard.graphs import FanOut, Graph, Node
 from shipyard.graphs.host import STEP_SPAN
 from shipyard.monitoring.tracing import REQUEST_SPAN, Tracing
