@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from shipyard.graphs.remote import RemoteStep
 from shipyard.monitoring.metrics import ServingMetrics
 from shipyard.monitoring.tracing import Tracing
 from shipyard.registry.loaded import LoadedModel
@@ -31,13 +32,14 @@ class ServedSteps:
         self.tracing = tracing
         self.metrics = metrics
 
-    async def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays) -> Arrays:
+    async def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays,
+                   remote: RemoteStep | None = None) -> Arrays:
         started = time.perf_counter()
         ok = False
         try:
             with self.tracing.span(STEP_SPAN, {"shipyard.graph": graph, "shipyard.step": step,
                                                "shipyard.model": model.version.ref}):
-                out = await self.run_model(model, arrays)
+                out = await (remote.infer(arrays) if remote is not None else self.run_model(model, arrays))
             ok = True
             return out
         finally:

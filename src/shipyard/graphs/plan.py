@@ -18,6 +18,7 @@ import numpy as np
 
 from shipyard.errors import InferenceError, InvalidInput, ModelNotReady, RequestTimeout, ShipyardError
 from shipyard.graphs import joins
+from shipyard.graphs.remote import RemoteStep
 from shipyard.graphs.spec import FanOut, Graph, Node, Switch
 from shipyard.registry.loaded import LoadedModel
 from shipyard.runtime.base import Arrays
@@ -28,8 +29,10 @@ logger = logging.getLogger(__name__)
 class Host(Protocol):
     """Where a graph's steps run."""
 
-    def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays) -> Awaitable[Arrays]:
-        """Run step ``step`` (the version ``model``) of ``graph`` on inputs its signature validated."""
+    def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays,
+             remote: RemoteStep | None = None) -> Awaitable[Arrays]:
+        """Run step ``step`` (the version ``model``) of ``graph`` on inputs its signature validated
+        (on the server ``remote`` when the step is placed there)."""
         ...
 
     def gather(self, calls: Sequence[Awaitable[Any]]) -> Awaitable[list[Any]]:
@@ -40,8 +43,9 @@ class Host(Protocol):
 class SyncHost:
     """Steps called in the calling thread, one after another: never suspends."""
 
-    async def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays) -> Arrays:
-        return model.run(arrays)
+    async def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays,
+                   remote: RemoteStep | None = None) -> Arrays:
+        return remote.infer_sync(arrays) if remote is not None else model.run(arrays)
 
     async def gather(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
         return [await c for c in calls]
@@ -68,6 +72,8 @@ class Plan:
     def __init__(self, graph: Graph, models: Mapping[str, LoadedModel]) -> None:
         self.graph = graph
         self.models = dict(models)
+        self.remotes = {n.name: RemoteStep(n.placement, self.models[n.name].version)
+                        for n in graph.leaves if n.placement is not None}
 
     async def run(self, inputs: Arrays, host: Host, graph_name: str = "graph") -> Arrays:
         current = inputs
@@ -95,10 +101,11 @@ class Plan:
             except InvalidInput as exc:  # the step before returned something this one cannot take
                 source = f"what step '{before}' returned" if before else "the graph's inputs"
                 raise InferenceError(f"step '{node.name}' ({model.version.ref}) cannot take {source}: {exc}") from exc
-            return await host.call(graph_name, node.name, model, arrays)
+            remote = self.remotes.get(node.name)
+            return await host.call(graph_name, node.name, model, arrays, remote)
         except Exception as exc:
             if node.on_error == "fail":
-                raise step_error(node.name, model, exc) from exc
+                raise step_error(node.name, model, exc, node.placement) from exc
             logger.warning("graph %s: step '%s' failed (%s); %s", graph_name, node.name, exc,
                            "skipped" if node.on_error == "skip" else "answering its default")
             if node.on_error == "skip":
@@ -148,6 +155,8 @@ class Plan:
         return joins.reassemble([(idx, out) for (idx, _), out in zip(groups, parts, strict=True)])
 
     def unload(self) -> None:
+        for remote in self.remotes.values():
+            remote.close()
         seen: set[int] = set()
         for model in self.models.values():
             if id(model) not in seen:
@@ -155,9 +164,14 @@ class Plan:
                 model.close()
 
 
-def step_error(step: str, model: LoadedModel, exc: Exception) -> ShipyardError:
-    """The error a request gets when a step fails: of the same kind where that matters, naming the step."""
-    lead = f"step '{step}' ({model.version.ref})"
+def step_error(step: str, model: LoadedModel, exc: Exception, placement: str | None = None) -> ShipyardError:
+    """The error a request gets when a step fails: of the same kind where that matters, naming the step.
+
+    A step placed on another server that cannot be reached is unavailable (503), not failed.
+    """
+    lead = f"step '{step}' ({model.version.ref}{' at ' + placement if placement else ''})"
+    if placement is not None and (type(exc) is ShipyardError or not isinstance(exc, ShipyardError)):
+        return ModelNotReady(f"{lead} is unavailable: {exc}")
     if isinstance(exc, (RequestTimeout, InvalidInput)) or (isinstance(exc, ShipyardError)
                                                            and str(exc).startswith(f"step '{step}'")):
         return exc if isinstance(exc, ShipyardError) else InferenceError(str(exc))

@@ -24,12 +24,14 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from shipyard.errors import InvalidInput
 from shipyard.options import nearest
 from shipyard.types import ModelRef, check_name
 
 ON_ERROR = ("fail", "skip", "default")
+PLACEMENT_SCHEMES = ("grpc", "grpcs", "http", "https")
 JOINS = ("mean", "weighted", "vote")
 
 _NODE_KEYS = ("name", "model", "on_error", "default", "placement")
@@ -49,9 +51,19 @@ class Node:
     """``fail`` the request, ``skip`` the step (its inputs go on), or answer ``default``."""
     default: Mapping[str, Any] | None = None
     """With ``on_error="default"``: one constant per output of the step, given to every row."""
+    placement: str | None = None
+    """Where the step runs: in this server (None, ``local``), or on the shipyard server at a
+    ``grpc://``, ``grpcs://``, ``http://`` or ``https://`` URL that serves its version."""
 
     def __post_init__(self) -> None:
         _check_step_name(self.name)
+        if self.placement in ("", "local"):
+            object.__setattr__(self, "placement", None)
+        if self.placement is not None:
+            parts = urlsplit(str(self.placement))
+            if parts.scheme not in PLACEMENT_SCHEMES or not parts.netloc or parts.path not in ("", "/"):
+                raise _bad(self.name, f"placement must be 'local' or a server URL such as grpc://host:8001, "
+                           f"got {self.placement!r}")
         try:
             ModelRef.parse(self.model)
         except InvalidInput as exc:
@@ -70,6 +82,8 @@ class Node:
             d["on_error"] = self.on_error
         if self.default is not None:
             d["default"] = dict(self.default)
+        if self.placement is not None:
+            d["placement"] = self.placement
         return d
 
 
@@ -290,16 +304,15 @@ def _check_keys(value: Mapping[str, Any], known: tuple[str, ...], where: str) ->
 
 
 def leaf_from_mapping(value: Mapping[str, Any], where: str) -> Node:
-    """A ``Node`` from ``{name, model, on_error, default}`` (``placement`` is not available yet)."""
+    """A ``Node`` from ``{name, model, on_error, default, placement}``."""
     _check_keys(value, _NODE_KEYS, where)
-    if value.get("placement") not in (None, "", "local"):
-        raise InvalidInput(f"{where}.placement: not available yet (steps run in the server's process)",
-                           field=f"{where}.placement")
     model = value.get("model")
     if not isinstance(model, str):
         raise InvalidInput(f"{where} needs 'model', the reference of a registered version", field=f"{where}.model")
     name = value.get("name", ModelRef.parse(model).name)
-    return Node(str(name), model, on_error=str(value.get("on_error", "fail")), default=value.get("default"))
+    placement = value.get("placement")
+    return Node(str(name), model, on_error=str(value.get("on_error", "fail")), default=value.get("default"),
+                placement=None if placement is None else str(placement))
 
 
 def _check_step_name(name: str) -> None:

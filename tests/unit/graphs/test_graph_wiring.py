@@ -51,7 +51,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     ([{"name": "f", "fan_out": ["a"]}], "a fan-out needs at least two branches"),
     ([{"name": "s", "switch": "region", "cases": {"eu": {"name": "eu", "model": "m", "on_error": "skip"}}}],
      "a case of a switch cannot be skipped"),
-    ([{"name": "x", "model": "m", "placement": "grpc://other:8001"}], "steps[0].placement: not available yet"),
+    ([{"name": "x", "model": "m", "placement": "ftp://other:8001"}],
+     "step 'x': placement must be 'local' or a server URL"),
     ([{"name": "bad name!", "model": "m"}], "invalid step name 'bad name!'"),
 ])
 def test_malformed_graphs_are_refused_naming_the_step_or_key(steps: list[object], message: str) -> None:
