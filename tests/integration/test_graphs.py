@@ -182,7 +182,7 @@ def test_a_batch_job_runs_the_graph_as_registered(models: GraphModels, rows: pd.
     source = tmp_path / "in.parquet"
     rows.to_parquet(source)
     monkeypatch.setenv("SHIPYARD_HOME", str(models.home))
-    result = shipyard.batch_predict("guarded", source, tmp_path / "out")
+    result = shipyard.batch_predict("guarded", source, tmp_path / "out", workers=1, progress=False)
     assert result is not None
     out = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "out").glob("*.parquet")))
     assert out["label"].tolist() == models.by_hand(rows).tolist()
