@@ -43,6 +43,10 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     """Largest request body accepted; larger ones get 413."""
 
+    explain_max_rows: int = 100
+    """Rows one POST /v1/models/NAME:explain may ask to explain; more get 400 (explanations cost far more than
+    predictions)."""
+
     alias_refresh_seconds: float = 2.0
     """How long a server trusts a resolved alias (and a traffic policy) before asking the registry again."""
 
@@ -140,6 +144,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
+        if self.explain_max_rows < 1:
+            raise ConfigError(f"explain_max_rows must be at least 1, got {self.explain_max_rows}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         if self.log_format not in ("text", "json"):
