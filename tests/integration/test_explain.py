@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import shipyard
 from shipyard.config import Settings
 from shipyard.registry import Registry
 from shipyard.testing import RunningServer, run_server
@@ -78,6 +79,8 @@ def test_linear_attributions_add_up_to_the_margin_of_the_predicted_class(fitted:
     np.testing.assert_allclose(summed, margin, rtol=0, atol=1e-6)
     np.testing.assert_allclose(values, margin, rtol=0, atol=1e-6)
     assert classes == linear.predict(rows).tolist()
+    with shipyard.Client(server.url, timeout=60) as client:  # the Python client's way to the same answer
+        assert client.explain("linear", rows) == body
 
 
 def test_more_rows_than_the_limit_and_bad_input_are_refused(fitted: Any) -> None:
