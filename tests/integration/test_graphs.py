@@ -186,3 +186,45 @@ def test_a_batch_job_runs_the_graph_as_registered(models: GraphModels, rows: pd.
     assert result is not None
     out = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "out").glob("*.parquet")))
     assert out["label"].tolist() == models.by_hand(rows).tolist()
+
+
+def test_a_stream_job_runs_the_graph_as_registered(models: GraphModels, rows: pd.DataFrame, tmp_path: Path) -> None:
+    import asyncio
+
+    import orjson
+
+    from shipyard.jobs.stream.job import StreamJob
+    from shipyard.streams.broker import Record, open_sink, open_source
+
+    path = tmp_path / "streams.db"
+
+    def url(topic: str) -> str:
+        return f"local://{topic}?path={path}&ack_wait=60"
+
+    records = rows.to_dict(orient="records")
+
+    async def run() -> dict[str, Any]:
+        sink = open_sink(url("in"))
+        await sink.start()
+        await sink.send([Record(orjson.dumps(r), key=str(i)) for i, r in enumerate(records)])
+        await sink.close()
+        job = StreamJob.create(Settings(home=models.home), "guarded", url("in"), url("out"), group="g", consumer="c")
+        stop = asyncio.Event()
+        task = asyncio.create_task(job.run(stop))
+        reader = open_source(url("out"), group="reader", consumer="r")
+        await reader.start()
+        out: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(60):
+                while len(out) < len(records):
+                    batch = await reader.fetch(500, 0.05)
+                    out.update({m.key: orjson.loads(m.value) for m in batch})
+                    await reader.ack(batch)
+        finally:
+            stop.set()
+            await task
+            await reader.close()
+        return out
+
+    out = asyncio.run(run())
+    assert [out[str(i)]["prediction"] for i in range(len(records))] == models.by_hand(rows).tolist()
