@@ -150,6 +150,8 @@ class Plan:
                     f"'{node.field}' is {bad!r}, which switch '{node.name}' has no case for "
                     f"(cases: {', '.join(node.cases)})", field=node.field, expected=list(node.cases), got=bad)
             groups.append((np.flatnonzero(~routed), node.otherwise))
+        if not groups:  # no rows: the first case answers them, so the outputs keep their names and shapes
+            groups.append((np.arange(0), next(iter(node.cases.values()))))
         parts = await host.gather([self._step(case, joins.take(available, idx), before, host, graph_name)
                                    for idx, case in groups])
         return joins.reassemble([(idx, out) for (idx, _), out in zip(groups, parts, strict=True)])

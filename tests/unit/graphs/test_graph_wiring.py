@@ -159,6 +159,21 @@ def test_a_failing_step_is_named_and_a_default_answers_instead(registry: Registr
     assert np.allclose(lenient.predict(bad).to_numpy(), 0.0)  # (5 - 5) / 2 on every feature
 
 
+def test_a_switch_routes_rows_by_a_text_field_and_keeps_their_order(registry: Registry) -> None:
+    graph = Graph([Switch("route", "region", {"eu": Node("eu", "scaler:1")}, otherwise=Node("rest", "guard:1"))])
+    mv = registry.register(graph, "routed")
+    assert mv.signature.input_names == [*FEATURES, "region"] and mv.signature.input("region").datatype == "BYTES"
+    model = registry.load(mv)
+    regions = np.array(["eu", "us"] * 6, dtype=object)
+    out = model.predict_arrays({**{f: X[f].to_numpy() for f in FEATURES}, "region": regions})
+    scaled = (X["x0"].to_numpy() - 5.0) / 2.0
+    assert out["x0"].tolist() == np.where(regions == "eu", scaled, X["x0"].to_numpy()).tolist()
+    with pytest.raises(InvalidInput, match="'region' is 'us', which switch 'route' has no case for"):
+        registry.load(registry.register(Graph([Switch("route", "region", {"eu": Node("eu", "scaler:1")})]),
+                                        "strict-route")).predict_arrays(
+            {**{f: X[f].to_numpy() for f in FEATURES}, "region": regions})
+
+
 def test_a_graph_over_a_missing_model_is_refused_naming_the_step(registry: Registry) -> None:
     with pytest.raises(InvalidInput, match="step 'model': model 'nope' is not registered"):
         registry.register(Graph(["scaler", Node("model", "nope@champion")]), "g2")
