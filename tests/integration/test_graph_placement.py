@@ -33,7 +33,7 @@ def test_a_step_on_another_server_answers_is_named_when_that_server_dies_and_rec
         reg.close()
     X = data(300, seed=3)[0]
     expected = models.by_hand(X).tolist()
-    heavy_args = ["--grpc-port", str(grpc_port)]
+    heavy_args = ["--grpc-port", str(grpc_port), "--graceful-shutdown", "1"]
     with run_server(home, ["split"]) as front:
         infer = f"{front.url}/v2/models/split/infer"
         with run_server(home, ["lr:1"], args=heavy_args) as heavy:
