@@ -228,3 +228,24 @@ def test_a_stream_job_runs_the_graph_as_registered(models: GraphModels, rows: pd
 
     out = asyncio.run(run())
     assert [out[str(i)]["prediction"] for i in range(len(records))] == models.by_hand(rows).tolist()
+
+
+def test_shipyard_register_takes_a_graph_file_and_refuses_a_miswired_one(models: GraphModels, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SHIPYARD_HOME": str(models.home)}
+    good = tmp_path / "graph.yaml"
+    good.write_text("steps:\n  - scaler@champion\n  - {name: model, model: 'lr:1'}\n  - {name: cut, model: 'cut:2'}\n")
+    done = subprocess.run([sys.executable, "-m", "shipyard", "register", "strict-pipe", str(good)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "registered strict-pipe:1 (graph" in done.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps:\n  - 'lr:1'\n  - scaler\n")
+    refused = subprocess.run([sys.executable, "-m", "shipyard", "register", "bad-pipe", str(bad)], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert ("step 'scaler' (scaler:1) takes 'x0', which step 'lr' (lr:1) does not produce (it returns "
+            "predict_proba)") in refused.stderr
