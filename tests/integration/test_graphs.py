@@ -86,6 +86,11 @@ def test_three_steps_answer_as_the_steps_run_by_hand_over_v2_v1_and_grpc(
     with shipyard.Client(f"grpc://{server.grpc_target}", timeout=60) as client:
         got = client.predict("pipe@champion", {f: rows[f].to_numpy() for f in FEATURES})
     assert got["label"].tolist() == expected
+    query = 'query($r: JSON!) { predict(model: "pipe@champion", records: $r) { predictions } }'
+    gql = httpx.post(f"{server.url}/graphql", json={"query": query, "variables": {"r": rows.head(50).to_dict(
+        orient="records")}}, timeout=60)
+    assert gql.status_code == 200, gql.text
+    assert gql.json()["data"]["predict"]["predictions"] == expected[:50]
 
 
 def test_a_vote_of_three_versions_is_the_majority_and_a_switch_routes_by_the_field(
