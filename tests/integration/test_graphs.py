@@ -7,6 +7,7 @@ through the Python API beforehand (``tests/fixtures/graph_steps.py``).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> GraphModels:
 @pytest.fixture(scope="module")
 def server(models: GraphModels) -> Iterator[RunningServer]:
     config = models.home.parent / "shipyard.yaml"
-    config.write_text(GRAPH_YAML)
+    log = models.home.parent / "predictions.db"
+    config.write_text(GRAPH_YAML + f"monitoring:\n  prediction_log: {{enabled: true, sink: 'sqlite:///{log}'}}\n")
     with run_server(models.home, [], args=["-c", str(config)], grpc=True,
                     env={"SHIPYARD_ALIAS_REFRESH_SECONDS": "0.3"}) as running:
         yield running
@@ -151,6 +153,30 @@ def test_each_step_has_its_latency_and_error_series(server: RunningServer, rows:
         assert counts[("pipe", step)] >= 1
     assert errors_[("lenient", "guard")] >= 1
     assert errors_.get(("pipe", "scale"), 0) == 0
+
+
+def test_each_step_is_in_the_prediction_log_under_the_graph_prediction_id(
+        server: RunningServer, models: GraphModels, rows: pd.DataFrame) -> None:
+    import sqlite3
+
+    X = rows.head(4)
+    r = httpx.post(f"{server.url}/v2/models/pipe@champion/infer", json=v2_body(X), timeout=60)
+    labels = v2_output(r, "label")
+    pid = r.headers["x-prediction-id"]
+    log = models.home.parent / "predictions.db"
+    deadline = time.monotonic() + 30
+    found: dict[str, tuple[str, str, str]] = {}
+    while len(found) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if log.exists():
+            with sqlite3.connect(log) as conn:
+                found = {p: (m, route, out) for p, m, route, out in conn.execute(
+                    "SELECT prediction_id, model, route, outputs FROM shipyard_predictions "
+                    "WHERE prediction_id = ? OR prediction_id LIKE ?", (pid, pid + ".%"))}
+    assert {p: (m, route) for p, (m, route, _) in found.items()} == {
+        pid: ("pipe", "champion"), f"{pid}.scale": ("scaler", "pipe/scale"), f"{pid}.model": ("lr", "pipe/model"),
+        f"{pid}.cut": ("cut", "pipe/cut")}
+    assert json.loads(found[f"{pid}.cut"][2])["label"] == labels == json.loads(found[pid][2])["label"]
 
 
 def test_rolling_the_graph_back_restores_its_old_outputs(server: RunningServer, models: GraphModels,

@@ -34,7 +34,7 @@ from shipyard.batching.queue import Batcher
 from shipyard.config import Settings
 from shipyard.context import RequestContext, new_request_id
 from shipyard.errors import InvalidInput, Overloaded, RequestTimeout, ShipyardError
-from shipyard.graphs.host import ServedSteps
+from shipyard.graphs.host import ServedSteps, graph_request
 from shipyard.hosting.executor import Executor, InProcessExecutor
 from shipyard.hosting.repository import ModelRepository
 from shipyard.monitoring.events import Observers, PredictionEvent
@@ -174,7 +174,7 @@ class DataPlane:
         """Shadow copies not made: ``max_shadow_tasks`` were running already."""
         self.shadow_failures = 0
         """Shadow copies that failed (logged as such, never seen by a caller)."""
-        self._steps = ServedSteps(self._call_step, self.tracing, self.metrics)
+        self._steps = ServedSteps(self._call_step, self.tracing, self.metrics, self.observers)
         """The host of inference graphs: each step a model call of this request path (``shipyard.graphs``)."""
         repository.on_release(self._released)
 
@@ -333,6 +333,7 @@ class DataPlane:
             done = _Done()
             if self.metrics is not None:
                 self.metrics.inflight(model.name, 1)
+            graph_token = graph_request.set(ctx)  # a graph's steps log their predictions under this request
             try:
                 if decoded is None:
                     with self.tracing.span("decode"):
@@ -344,6 +345,7 @@ class DataPlane:
                 span.finished(done.rows, self._account(ctx, model, route, stats, done, exc, span.trace_id))
                 raise
             finally:
+                graph_request.reset(graph_token)
                 if self.metrics is not None:
                     self.metrics.inflight(model.name, -1)
             span.finished(done.rows, self._account(ctx, model, route, stats, done, None, span.trace_id))
