@@ -10,9 +10,11 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from tests.fixtures.graph_steps import Halve
 
 import shipyard
 from shipyard.config import Settings
+from shipyard.graphs import Node
 from shipyard.registry import Registry
 from shipyard.testing import RunningServer, run_server
 
@@ -37,9 +39,12 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
     try:
         for name, model in models.items():
             reg.register(model, name, sample=X)
+        # a graph (a Python step, then the regression) registered with a sample: its check set is the background
+        reg.register(Halve(), "halve", sample=X)
+        reg.register(shipyard.Graph(["halve", Node("model", "linear:1")]), "graph", sample=X)
     finally:
         reg.close()
-    with run_server(home, list(models), env={"SHIPYARD_EXPLAIN_MAX_ROWS": "50"}) as server:
+    with run_server(home, [*models, "graph"], env={"SHIPYARD_EXPLAIN_MAX_ROWS": "50"}) as server:
         yield server, models, X.sample(40, random_state=1)
 
 
@@ -51,7 +56,7 @@ def explain(server: RunningServer, name: str, rows: pd.DataFrame) -> httpx.Respo
 def totals(body: dict[str, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], list[Any]]:
     rows = body["explanations"]
     summed = np.array([r["base_value"] + sum(r["attributions"].values()) for r in rows])
-    return summed, np.array([r["value"] for r in rows]), [r["class"] for r in rows]
+    return summed, np.array([r["value"] for r in rows]), [r.get("class") for r in rows]
 
 
 def test_forest_attributions_add_up_to_the_probability_of_the_predicted_class(fitted: Any) -> None:
@@ -81,6 +86,17 @@ def test_linear_attributions_add_up_to_the_margin_of_the_predicted_class(fitted:
     assert classes == linear.predict(rows).tolist()
     with shipyard.Client(server.url, timeout=60) as client:  # the Python client's way to the same answer
         assert client.explain("linear", rows) == body
+
+
+def test_a_graph_is_explained_by_sampling_and_its_attributions_add_up(fitted: Any) -> None:
+    server, models, rows = fitted
+    few = rows.head(4)
+    body = explain(server, "graph", few).json()
+    assert (body["method"], body["output"]) == ("sampling", "predict")
+    summed, values, _ = totals(body)
+    expected = models["linear"].predict(few * 0.5)
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(summed, values, rtol=0, atol=1e-6)
 
 
 def test_more_rows_than_the_limit_and_bad_input_are_refused(fitted: Any) -> None:
