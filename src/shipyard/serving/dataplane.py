@@ -534,6 +534,7 @@ class DataPlane:
             executor = self.executor
 
             async def call(arrays: Arrays) -> Arrays:
+                graph_request.set(None)  # a merged call answers several requests: a graph's steps log no events
                 return await self._run(model, arrays)
 
             metrics = self.metrics

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -14,7 +14,8 @@ from tests.fixtures.graph_steps import FEATURES, Guard, Scale
 
 from shipyard.config import Settings, TracingConfig
 from shipyard.graphs import FanOut, Graph, Node
-from shipyard.graphs.host import STEP_SPAN
+from shipyard.graphs.host import STEP_SPAN, step_prediction_id
+from shipyard.monitoring.events import PredictionEvent
 from shipyard.monitoring.tracing import REQUEST_SPAN, Tracing
 from shipyard.registry import Registry
 from shipyard.serving.server import Server, build_server, started
@@ -102,3 +103,46 @@ async def test_steps_count_in_the_statistics_of_their_own_versions(server: tuple
     stats = app.dataplane.statistics.document([("g", 1), ("scaler", 1), ("guard", 1)])["model_stats"]
     executed = {(s["name"], s["version"]): s["execution_count"] for s in stats}
     assert executed[("g", "1")] == 1 and executed[("scaler", "1")] >= 3 and executed[("guard", "1")] == 1
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[PredictionEvent] = []
+
+    def observe(self, events: Sequence[PredictionEvent]) -> None:
+        self.events.extend(events)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("batching", [False, True])
+async def test_step_predictions_reach_the_observers_under_the_graph_prediction_id_unless_batched(
+        registry: tuple[Path, Registry], batching: bool) -> None:
+    home, reg = registry
+    recorder = Recorder()
+    s = Settings(home=home, workers=1, alias_refresh_seconds=0, async_broker="", batching=batching,
+                 batch_max_size=8)
+    server = build_server(s, ["g"], registry=reg, observers=[recorder])
+    async with started(server):
+        async with client(server) as c:
+            r = await c.post("/v1/models/g:predict", json={"instances": X.head(3).to_dict(orient="records")})
+        assert r.status_code == 200, r.text
+        pid = r.headers["x-prediction-id"]
+        server.dataplane.observers.drain()
+    by_id = {e.context.prediction_id: e for e in recorder.events}
+    steps = {k: (e.model, e.route, e.rows) for k, e in by_id.items() if k != pid}
+    assert by_id[pid].model == "g"
+    if batching:  # a merged call answers several requests: no step is attributed to one of them
+        assert steps == {}
+    else:
+        assert steps == {f"{pid}.check": ("guard", "g/check", 3), f"{pid}.scale": ("scaler", "g/scale", 3),
+                         f"{pid}.a": ("scaler", "g/a", 3), f"{pid}.b": ("scaler", "g/b", 3)}
+        assert by_id[f"{pid}.check"].context.request_id == by_id[pid].context.request_id
+
+
+def test_a_step_prediction_id_fits_the_log_key() -> None:
+    pid = "0" * 32
+    assert step_prediction_id(pid, "scale") == pid + ".scale"
+    long = step_prediction_id(pid, "s" * 100)
+    assert len(long) <= 64 and long.startswith(pid + ".") and long != step_prediction_id(pid, "s" * 99)
