@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from shipyard.config import Settings
 from shipyard.errors import ShipyardError
+from shipyard.graphs import Graph, Step
 from shipyard.options import check_names
 from shipyard.registry import LoadedModel, ModelVersion, Registry
 from shipyard.runtime.base import Model
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "Client",
+    "Graph",
     "LoadedModel",
     "Model",
     "ModelRef",
@@ -38,6 +40,7 @@ __all__ = [
     "Settings",
     "ShipyardError",
     "Signature",
+    "Step",
     "TensorSpec",
     "__version__",
     "batch_predict",

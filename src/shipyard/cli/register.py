@@ -11,6 +11,7 @@ from shipyard.cli._output import console, fail, handle_errors, settings_from
 from shipyard.cli.alias import current_actor, print_report
 from shipyard.datafiles import read_data
 from shipyard.errors import InvalidInput, ModelNotFound
+from shipyard.graphs.config import read_graph_file
 from shipyard.options import type_name
 from shipyard.registry import Registry
 from shipyard.registry.checkset import MIN_ROWS
@@ -110,7 +111,9 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
     """Register the model at PATH as the next version of NAME.
 
     PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, or
-    .pkl/.joblib with --trust-pickle) or an MLflow model folder.
+    .pkl/.joblib with --trust-pickle) or an MLflow model folder; or a YAML
+    file holding an inference graph (`steps:`, or a shipyard.yaml whose `graph:`
+    block declares NAME), registered with each step pinned to a version.
 
     Up to 1,000 rows of --sample (or of --check-data) are kept with the version
     as its check set. Identical files (same sha256 digest and runtime options;
@@ -138,8 +141,9 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
         before = _versions(reg, name)
         # an alias that points somewhere already moves only past the promotion gates
         replaces = reg.aliases(name).get(alias_name) if alias_name else None
+        model: Any = read_graph_file(path, name) if path.suffix in (".yaml", ".yml") else path
         mv = reg.register(
-            path, name,
+            model, name,
             sample=read_data(sample) if sample else None,
             flavor=flavor,
             trust_pickle=trust_pickle,

@@ -17,7 +17,19 @@ import click
 
 from shipyard.cli._output import handle_errors, setup_logging
 from shipyard.config import ENV_PREFIX, SecurityConfig, Settings, field_doc
+from shipyard.graphs.config import register_declared
+from shipyard.registry import Registry
 from shipyard.serving.server import serve as run_server
+from shipyard.types import ModelRef
+
+
+def register_graphs(settings: Settings) -> list[str]:
+    """Register the settings' ``graph:`` block; the references to serve them by."""
+    reg = Registry.from_settings(settings)
+    try:
+        return register_declared(settings.graphs, reg)
+    finally:
+        reg.close()
 
 
 def setting_help(name: str) -> str:
@@ -87,6 +99,10 @@ def serve(ctx: click.Context, /, models: tuple[str, ...], config_file: Path | No
     address others. Alias moves reach a running server within a few seconds.
     Settings come from -c FILE (shipyard.yaml), then SHIPYARD_* variables, then these flags.
 
+    Inference graphs declared in the file's `graph:` block are registered first (a graph
+    whose steps and their versions did not change keeps its version) and served beside
+    MODELS: each is a model name whose steps run as model calls of their own.
+
     \b
     --workers N (N > 1) runs N whole server processes on the same port(s) under this one,
     which restarts a worker that dies (the requests it held are lost with their connections)
@@ -103,5 +119,9 @@ def serve(ctx: click.Context, /, models: tuple[str, ...], config_file: Path | No
         settings = settings.replace(security=dataclasses.replace(settings.security, insecure=True))
     setup_logging(settings.log_level, settings.log_format)
     served = list(models) or [m.ref for m in settings.models]
+    if settings.graphs:  # registered (an unchanged one reused) before any worker starts, then served too
+        graph_refs = register_graphs(settings)
+        if served:
+            served += [r for r in graph_refs if ModelRef.parse(r).name not in {ModelRef.parse(s).name for s in served}]
     run_server(settings, served, access_log=settings.access_log, grpc_port=settings.grpc_port,
                configure_logging=functools.partial(setup_logging, settings.log_level, settings.log_format))

@@ -239,6 +239,22 @@ class AsyncClient:
                 raise ShipyardError(f"job {job_id} was still queued after {timeout:g}s")
             await self._sleep(interval)
 
+    # -- explanations (REST) ---------------------------------------------------------------------
+
+    async def explain(self, model: str, data: Any, *, version: str | int | None = None) -> dict[str, Any]:
+        """Feature attributions of each row (``POST /v1/models/NAME:explain``, SHAP on the server). REST only.
+
+        ``data`` is any kind ``predict`` takes. Returns ``{"method", "output", "explanations": [{"value",
+        "base_value", "attributions": {feature: number}, "class"?}, ...]}``, one per row, where
+        ``value == base_value + sum(attributions)``.
+        """
+        from shipyard.client._data import json_body
+
+        wire = self._rest("explain")
+        ref = model if version is None or version == "" else f"{model}:{version}"
+        body = orjson.dumps(json_body(data), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        return await self._retrying(lambda _, timeout: wire.explain(ref, body, timeout))
+
     # -- feedback (REST) ------------------------------------------------------------------------
 
     async def feedback(
@@ -275,8 +291,8 @@ class AsyncClient:
 
         wire = self._wire()
         if not isinstance(wire, RestTransport):
-            raise ConfigError(f"{what}: asynchronous requests and feedback go over REST; use an http:// or "
-                              "https:// URL")
+            raise ConfigError(f"{what}: asynchronous requests, explanations and feedback go over REST; use an "
+                              "http:// or https:// URL")
         return wire
 
     # -- metadata and health ---------------------------------------------------------------------
@@ -416,6 +432,10 @@ class Client:
                 model, inputs, version=version, outputs=outputs, request_id=request_id, parameters=parameters
             )
         )
+
+    def explain(self, model: str, data: Any, *, version: str | int | None = None) -> dict[str, Any]:
+        """See ``AsyncClient.explain``."""
+        return self._thread.run(self._async.explain(model, data, version=version))
 
     def submit(
         self, model: str, data: Any, *, version: str | int | None = None, callback: str | None = None

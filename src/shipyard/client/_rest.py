@@ -152,6 +152,12 @@ class RestTransport:
         doc: dict[str, Any] = response.json()
         return doc
 
+    async def explain(self, model: str, body: bytes, timeout: float) -> dict[str, Any]:
+        response = await self._send("POST", f"/v1/models/{quote(model, safe='@:')}:explain", timeout, model=model,
+                                    content=body, headers={"Content-Type": "application/json"})
+        doc: dict[str, Any] = response.json()
+        return doc
+
     async def job(self, job_id: str, timeout: float) -> dict[str, Any]:
         doc: dict[str, Any] = (await self._send("GET", f"/v1/jobs/{quote(job_id, safe='')}", timeout)).json()
         return doc

@@ -12,7 +12,6 @@ from shipyard.config._sections import (
     CacheConfig,
     ModelDeployment,
     MonitoringConfig,
-    _reserved,
 )
 from shipyard.config._security import SecurityConfig
 from shipyard.errors import ConfigError, InvalidInput
@@ -43,6 +42,10 @@ class Settings:
 
     max_body_bytes: int = 64 * 1024 * 1024
     """Largest request body accepted; larger ones get 413."""
+
+    explain_max_rows: int = 100
+    """Rows one POST /v1/models/NAME:explain may ask to explain; more get 400 (explanations cost far more than
+    predictions)."""
 
     alias_refresh_seconds: float = 2.0
     """How long a server trusts a resolved alias (and a traffic policy) before asking the registry again."""
@@ -131,7 +134,9 @@ class Settings:
     (``security:`` in shipyard.yaml)."""
 
     graph: Any = None
-    """Reserved (inference graphs): not available yet."""
+    """Inference graphs ``shipyard serve`` registers (reusing an unchanged version) and serves: one mapping
+    or a list, each with ``name``, ``steps`` and optionally ``alias`` (``graph:`` in shipyard.yaml; see
+    ``shipyard.graphs.config``)."""
 
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     """Metrics, traces and the prediction log (``monitoring:`` in shipyard.yaml)."""
@@ -139,6 +144,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
+        if self.explain_max_rows < 1:
+            raise ConfigError(f"explain_max_rows must be at least 1, got {self.explain_max_rows}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         if self.log_format not in ("text", "json"):
@@ -165,7 +172,7 @@ class Settings:
             raise ConfigError(f"graceful_shutdown_seconds must not be negative, got {self.graceful_shutdown_seconds}")
         if self.grpc_port is not None and not (0 <= self.grpc_port <= 65535):
             raise ConfigError(f"grpc_port must be between 0 and 65535, got {self.grpc_port}")
-        _reserved("graph", self.graph)
+        _ = self.graphs  # refuse a bad graph: block now, naming the key
         self._check_models()
         _ = self.extra_fields_overrides  # refuse a bad value now, not at the first model load
 
@@ -184,6 +191,13 @@ class Settings:
                 "models: cache ttl_seconds differ (" + ", ".join(f"{w}: {t:g}" for t, w in ttls.items())
                 + "); the server keeps one shared cache with one lifetime (per-model lifetimes are not available yet)"
             )
+
+    @property
+    def graphs(self) -> list[Any]:
+        """The ``graph:`` block's graphs (``shipyard.graphs.config.DeclaredGraph``), checked."""
+        from shipyard.graphs.config import declared  # the graph's own rules, kept in one place
+
+        return declared(self.graph)
 
     def deployment(self, name: str) -> ModelDeployment | None:
         """The ``models:`` entry of model ``name``, if it has one."""

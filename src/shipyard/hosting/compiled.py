@@ -41,7 +41,8 @@ VERDICT_FILE = "verdict.json"
 
 def wants_onnx(mode: str, mv: ModelVersion) -> bool:
     if mode == "onnx":
-        return mv.flavor != "onnx"  # every other format is tried; one that cannot convert says why
+        # every other format is tried (one that cannot convert says why); a graph's steps are versions of their own
+        return mv.flavor not in ("onnx", "graph")
     return mode == "auto" and mv.flavor in AUTO_FLAVORS
 
 

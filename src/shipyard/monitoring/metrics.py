@@ -275,6 +275,14 @@ class ServingMetrics:
             "shipyard_model_load_duration_seconds", "How long the latest load of the model version took", mv,
             registry=None, multiprocess_mode="mostrecent",
         )
+        self.step_latency = Histogram(
+            "shipyard_graph_step_duration_seconds", "Duration of each step of an inference graph, any outcome",
+            ["graph", "step"], buckets=LATENCY_BUCKETS, registry=None,
+        )
+        self.step_errors = Counter(
+            "shipyard_graph_step_errors", "Failed calls of each step of an inference graph (skipped ones included)",
+            ["graph", "step"], registry=None,
+        )
         self.build_info = Gauge(
             "shipyard_build_info", "Always 1; the labels name the shipyard and Python versions",
             ["version", "python"], registry=None, multiprocess_mode="max",
@@ -286,7 +294,8 @@ class ServingMetrics:
         if self.enabled:
             for collector in (self.requests, self.latency, self.rows, self.cache_hits, self.batch_rows,
                               self.batch_requests, self.queue_time, self.batch_duration, self.in_flight,
-                              self.load_time, self.build_info, self.start_time):
+                              self.load_time, self.step_latency, self.step_errors, self.build_info,
+                              self.start_time):
                 self.registry.register(collector)
             if self.multiprocess_dir is None:  # a worker's own process series would pass for the server's
                 ProcessCollector(registry=self.registry)
@@ -298,6 +307,7 @@ class ServingMetrics:
         self._request_children: dict[tuple[str, str, str, str], Counter] = {}
         self._batch_children: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram, Histogram]] = {}
         self._in_flight_children: dict[str, Gauge] = {}
+        self._step_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._exposed = self.registry
         if self.multiprocess_dir is not None:
             self._exposed = CollectorRegistry(auto_describe=False)
@@ -387,6 +397,19 @@ class ServingMetrics:
         if child is None:
             child = self._in_flight_children[label] = self.in_flight.labels(label)
         child.inc(delta)
+
+    def graph_step(self, graph: str, step: str, seconds: float, ok: bool) -> None:
+        """Record one call of step ``step`` of graph ``graph`` (on the event loop). Step names are
+        bounded by the graph's definition; graph names like model names (``max_models``)."""
+        if not self.enabled:
+            return
+        key = (self._labels.model(graph), step)
+        children = self._step_children.get(key)
+        if children is None:
+            children = self._step_children[key] = (self.step_latency.labels(*key), self.step_errors.labels(*key))
+        children[0].observe(seconds)
+        if not ok:
+            children[1].inc()
 
     def model_loaded(self, model: str, version: int | str, seconds: float) -> None:
         """Record that loading ``model:version`` took ``seconds``."""

@@ -137,15 +137,15 @@ class Tracing:
             return _Joined(current)
         return _OtelRequestSpan(self._tracer, ctx)
 
-    def span(self, name: str) -> Any:
+    def span(self, name: str, attributes: dict[str, Any] | None = None) -> Any:
         """A child span of the current request's span (a context manager); the null span without one."""
         if self._tracer is None:
             return _NULL
         current = _current.get()
         if current is None or not current.recording:
             return _NULL
-        return self._tracer.start_as_current_span(name, context=current.context, record_exception=True,
-                                                  set_status_on_exception=True)
+        return self._tracer.start_as_current_span(name, context=current.context, attributes=attributes,
+                                                  record_exception=True, set_status_on_exception=True)
 
     def batch_run(self) -> BatchRun | None:
         """A recorder for ``Batcher.submit(on_run=...)`` when the current request is traced; else None."""

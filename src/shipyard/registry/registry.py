@@ -153,6 +153,9 @@ class Registry:
         check_extra_fields(extra_fields)
         _check_choice("if_identical", if_identical, IF_IDENTICAL)
         checked_metrics = _check_metrics(metrics or {})
+        resolve_in = getattr(model, "resolve_in", None)
+        if callable(resolve_in):  # made of other versions (an inference graph): pin them, check they fit
+            model = resolve_in(self)
         path = _model_path(model)
         runtime_cls = runtime_for(path if path is not None else model, flavor)
         options = runtime_cls.check_options(options, for_file=path is not None, also=register_keywords())
@@ -185,7 +188,8 @@ class Registry:
             "description": description,
             "tags": {str(k): str(v) for k, v in (tags or {}).items()},
             "metrics": checked_metrics,
-            "lineage": _lineage(training_data, parent_ref, None if path is None else str(path.resolve())),
+            "lineage": {**_lineage(training_data, parent_ref, None if path is None else str(path.resolve())),
+                        **runtime_cls.lineage(meta)},
             "packages": lineage.package_versions(runtime_cls.packages),
             "artifact_uri": uri,
             "check_set": check_info,

@@ -97,6 +97,11 @@ class Runtime(ABC):
         """A signature the artifact declares itself (ONNX graph, MLmodel), if any."""
         return None
 
+    @classmethod
+    def lineage(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        """What the version derives from besides its parent, kept in its lineage (a graph: its steps)."""
+        return {}
+
     # -- serving -----------------------------------------------------------
 
     @classmethod

@@ -20,6 +20,7 @@ ENTRY_POINT_GROUP = "shipyard.runtimes"
 
 # Order matters when guessing: specific formats before the generic ones.
 _BUILTIN = {
+    "graph": "shipyard.graphs.runtime:GraphRuntime",
     "python": "shipyard.runtime.custom:CustomRuntime",
     "mlflow": "shipyard.runtime.mlflow:MlflowRuntime",
     "onnx": "shipyard.runtime.onnx:OnnxRuntime",

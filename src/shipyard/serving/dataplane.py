@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,6 +34,7 @@ from shipyard.batching.queue import Batcher
 from shipyard.config import Settings
 from shipyard.context import RequestContext, new_request_id
 from shipyard.errors import InvalidInput, Overloaded, RequestTimeout, ShipyardError
+from shipyard.graphs.host import ServedSteps, graph_request
 from shipyard.hosting.executor import Executor, InProcessExecutor
 from shipyard.hosting.repository import ModelRepository
 from shipyard.monitoring.events import Observers, PredictionEvent
@@ -173,6 +174,8 @@ class DataPlane:
         """Shadow copies not made: ``max_shadow_tasks`` were running already."""
         self.shadow_failures = 0
         """Shadow copies that failed (logged as such, never seen by a caller)."""
+        self._steps = ServedSteps(self._call_step, self.tracing, self.metrics, self.observers)
+        """The host of inference graphs: each step a model call of this request path (``shipyard.graphs``)."""
         repository.on_release(self._released)
 
     # -- health and metadata -----------------------------------------------------
@@ -330,6 +333,7 @@ class DataPlane:
             done = _Done()
             if self.metrics is not None:
                 self.metrics.inflight(model.name, 1)
+            graph_token = graph_request.set(ctx)  # a graph's steps log their predictions under this request
             try:
                 if decoded is None:
                     with self.tracing.span("decode"):
@@ -341,6 +345,7 @@ class DataPlane:
                 span.finished(done.rows, self._account(ctx, model, route, stats, done, exc, span.trace_id))
                 raise
             finally:
+                graph_request.reset(graph_token)
                 if self.metrics is not None:
                     self.metrics.inflight(model.name, -1)
             span.finished(done.rows, self._account(ctx, model, route, stats, done, None, span.trace_id))
@@ -501,11 +506,23 @@ class DataPlane:
         try:
             started = time.perf_counter_ns()
             with self.tracing.span("model"):
-                outputs = await self.executor.run(model, arrays)
+                outputs = await self._run(model, arrays)
             stats.executed(rows, time.perf_counter_ns() - started)
             return outputs
         finally:
             self._inflight[key] -= 1
+
+    def _run(self, model: LoadedModel, arrays: Arrays) -> Awaitable[Arrays]:
+        """The model call: on the executor; an inference graph's steps, each a call of its own."""
+        graph = getattr(model.runtime, "run_graph", None)
+        if graph is not None:
+            return graph(arrays, self._steps, model.name)  # type: ignore[no-any-return]
+        return self.executor.run(model, arrays)
+
+    async def _call_step(self, model: LoadedModel, arrays: Arrays) -> Arrays:
+        """One step of a graph: admission, its own batcher or lane, its statistics (like any model call)."""
+        return await self._predict(model, arrays, self.statistics.of(model.name, model.version.version),
+                                   _rows(arrays))
 
     def _batcher_for(self, model: LoadedModel, stats: ModelStats) -> Batcher | None:
         policy = self.batching.get(model.name, self.default_batching)
@@ -517,7 +534,8 @@ class DataPlane:
             executor = self.executor
 
             async def call(arrays: Arrays) -> Arrays:
-                return await executor.run(model, arrays)
+                graph_request.set(None)  # a merged call answers several requests: a graph's steps log no events
+                return await self._run(model, arrays)
 
             metrics = self.metrics
 

@@ -57,6 +57,7 @@ from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.feedback import Feedback
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.drift import drift_endpoints
+from shipyard.serving.rest.explain import explain_endpoints
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.services import Hooks, Service, Services
 
@@ -212,7 +213,9 @@ def build_server(
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
                        experiments=experiments, auth=auth,
                        endpoints=[*(feedback.endpoints if feedback is not None else ()),
-                                  *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ())])
+                                  *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ()),
+                                  *explain_endpoints(dp, max_rows=settings.explain_max_rows,
+                                                     max_body_bytes=settings.max_body_bytes)])
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them);
     # the gRPC listener opens last and drains first.

@@ -33,6 +33,7 @@ def test_runtime_module_imports_without_its_framework(monkeypatch: pytest.Monkey
 
 def test_builtin_flavors_are_ordered_specific_before_generic() -> None:
     names = flavors()
-    assert names[:7] == ["python", "mlflow", "onnx", "torch", "xgboost", "lightgbm", "sklearn"]
-    for flavor in names[:7]:
+    # a graph (made of other versions) is checked first: no other runtime takes one
+    assert names[:8] == ["graph", "python", "mlflow", "onnx", "torch", "xgboost", "lightgbm", "sklearn"]
+    for flavor in names[:8]:
         assert get_runtime(flavor).flavor == flavor

@@ -179,6 +179,31 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "ExplainResponse": {
+        "type": "object",
+        "required": ["model_name", "model_version", "method", "output", "explanations"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "method": {"type": "string", "enum": ["tree", "linear", "sampling"]},
+            "output": {"type": "string", "description": "What is explained: probability, margin, prediction or "
+                       "an output's name"},
+            "explanations": {
+                "type": "array",
+                "description": "One per row: value = base_value + the sum of the attributions",
+                "items": {
+                    "type": "object",
+                    "required": ["value", "base_value", "attributions"],
+                    "properties": {
+                        "value": {"type": "number"},
+                        "base_value": {"type": "number"},
+                        "attributions": {"type": "object", "additionalProperties": {"type": "number"}},
+                        "class": {"description": "a classifier's class whose probability or margin is explained"},
+                    },
+                },
+            },
+        },
+    },
     "Job": {
         "type": "object",
         "required": ["job_id", "model", "status", "submitted_at"],

@@ -1,0 +1,191 @@
+"""Running a loaded graph: its nodes in order, each step a call through a ``Host``.
+
+One interpreter serves both ways a graph runs. In a server, the data plane is the
+host: each step is a model call of its own (its own lane, batching and admission),
+with a child span, a latency histogram and an error count (``graphs/host.py``), and
+a fan-out's branches run concurrently. Everywhere else (``shipyard.load``, batch
+jobs, registration) ``SyncHost`` calls the steps one after the other in the calling
+thread, and the same coroutine is driven to its end without an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from shipyard.errors import InferenceError, InvalidInput, ModelNotReady, RequestTimeout, ShipyardError
+from shipyard.graphs import joins
+from shipyard.graphs.remote import RemoteStep
+from shipyard.graphs.spec import FanOut, Graph, Node, Switch
+from shipyard.registry.loaded import LoadedModel
+from shipyard.runtime.base import Arrays
+
+logger = logging.getLogger(__name__)
+
+
+class Host(Protocol):
+    """Where a graph's steps run."""
+
+    def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays,
+             remote: RemoteStep | None = None) -> Awaitable[Arrays]:
+        """Run step ``step`` (the version ``model``) of ``graph`` on inputs its signature validated
+        (on the server ``remote`` when the step is placed there)."""
+        ...
+
+    def gather(self, calls: Sequence[Awaitable[Any]]) -> Awaitable[list[Any]]:
+        """Await the branches of a fan-out (concurrently where the host can)."""
+        ...
+
+
+class SyncHost:
+    """Steps called in the calling thread, one after another: never suspends."""
+
+    async def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays,
+                   remote: RemoteStep | None = None) -> Arrays:
+        return remote.infer_sync(arrays) if remote is not None else model.run(arrays)
+
+    async def gather(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
+        return [await c for c in calls]
+
+
+SYNC = SyncHost()
+
+_SKIPPED = object()
+
+
+def drive(coro: Coroutine[Any, Any, Arrays]) -> Arrays:
+    """The result of a coroutine that never suspends (run with ``SyncHost``), without an event loop."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a graph step waited for an event loop while the graph ran synchronously")
+
+
+class Plan:
+    """A graph whose steps are loaded: ``run`` interprets it over a host."""
+
+    def __init__(self, graph: Graph, models: Mapping[str, LoadedModel]) -> None:
+        self.graph = graph
+        self.models = dict(models)
+        self.remotes = {n.name: RemoteStep(n.placement, self.models[n.name].version)
+                        for n in graph.leaves if n.placement is not None}
+
+    async def run(self, inputs: Arrays, host: Host, graph_name: str = "graph") -> Arrays:
+        current = inputs
+        before = ""
+        for node in self.graph.steps:
+            if isinstance(node, Node):
+                out = await self._step(node, current, before, host, graph_name)
+                if out is not _SKIPPED:
+                    current = out
+                    before = node.name
+            elif isinstance(node, FanOut):
+                current, before = await self._fan_out(node, current, before, host, graph_name)
+            else:
+                current = await self._switch(node, current, before, host, graph_name)
+                before = node.name
+        return current
+
+    async def _step(self, node: Node, available: Arrays, before: str, host: Host, graph_name: str) -> Any:
+        """A step's outputs; ``_SKIPPED`` when it failed and may be skipped; its default when it has one."""
+        model = self.models[node.name]
+        try:
+            try:
+                wanted = {n: available[n] for n in model.signature.input_names if n in available}
+                arrays = model.signature.validate(wanted)
+            except InvalidInput as exc:  # the step before returned something this one cannot take
+                source = f"what step '{before}' returned" if before else "the graph's inputs"
+                raise InferenceError(f"step '{node.name}' ({model.version.ref}) cannot take {source}: {exc}") from exc
+            remote = self.remotes.get(node.name)
+            return await host.call(graph_name, node.name, model, arrays, remote)
+        except Exception as exc:
+            if node.on_error == "fail":
+                raise step_error(node.name, model, exc, node.placement) from exc
+            logger.warning("graph %s: step '%s' failed (%s); %s", graph_name, node.name, exc,
+                           "skipped" if node.on_error == "skip" else "answering its default")
+            if node.on_error == "skip":
+                return _SKIPPED
+            return joins.constant(dict(node.default or {}), joins.rows_of(available))
+
+    async def _fan_out(self, node: FanOut, available: Arrays, before: str, host: Host,
+                       graph_name: str) -> tuple[Arrays, str]:
+        results = await host.gather([self._step(b, available, before, host, graph_name) for b in node.branches])
+        kept = [(b, r) for b, r in zip(node.branches, results, strict=True) if r is not _SKIPPED]
+        if not kept:
+            raise InferenceError(f"every branch of '{node.name}' failed ({', '.join(b.name for b in node.branches)})")
+        outputs = [r for _, r in kept]
+        if isinstance(node.join, Node):
+            joined = {f"{b.name}.{k}": v for b, r in kept for k, v in r.items()}
+            out = await self._step(node.join, joined, node.name, host, graph_name)
+            return out, node.join.name
+        if node.join == "vote":
+            return joins.vote(outputs), node.name
+        if node.join == "weighted":
+            assert node.weights is not None
+            weights = dict(zip((b.name for b in node.branches), node.weights, strict=True))
+            return joins.weighted(outputs, [weights[b.name] for b, _ in kept]), node.name
+        return joins.mean(outputs), node.name
+
+    async def _switch(self, node: Switch, available: Arrays, before: str, host: Host, graph_name: str) -> Arrays:
+        values = available.get(node.field)
+        if values is None:
+            raise InvalidInput(f"switch '{node.name}' routes on '{node.field}', which is missing", field=node.field)
+        keys = np.asarray([_text(v) for v in np.asarray(values).reshape(len(values), -1)[:, 0]], dtype=object)
+        groups: list[tuple[np.ndarray[Any, Any], Node]] = []
+        routed = np.zeros(len(keys), dtype=bool)
+        for value, case in node.cases.items():
+            idx = np.flatnonzero(keys == value)
+            if idx.size:
+                groups.append((idx, case))
+                routed[idx] = True
+        if not routed.all():
+            if node.otherwise is None:
+                bad = keys[~routed][0]
+                raise InvalidInput(
+                    f"'{node.field}' is {bad!r}, which switch '{node.name}' has no case for "
+                    f"(cases: {', '.join(node.cases)})", field=node.field, expected=list(node.cases), got=bad)
+            groups.append((np.flatnonzero(~routed), node.otherwise))
+        if not groups:  # no rows: the first case answers them, so the outputs keep their names and shapes
+            groups.append((np.arange(0), next(iter(node.cases.values()))))
+        parts = await host.gather([self._step(case, joins.take(available, idx), before, host, graph_name)
+                                   for idx, case in groups])
+        return joins.reassemble([(idx, out) for (idx, _), out in zip(groups, parts, strict=True)])
+
+    def unload(self) -> None:
+        for remote in self.remotes.values():
+            remote.close()
+        seen: set[int] = set()
+        for model in self.models.values():
+            if id(model) not in seen:
+                seen.add(id(model))
+                model.close()
+
+
+def step_error(step: str, model: LoadedModel, exc: Exception, placement: str | None = None) -> ShipyardError:
+    """The error a request gets when a step fails: of the same kind where that matters, naming the step.
+
+    A step placed on another server that cannot be reached is unavailable (503), not failed.
+    """
+    lead = f"step '{step}' ({model.version.ref}{' at ' + placement if placement else ''})"
+    if placement is not None and (type(exc) is ShipyardError or not isinstance(exc, ShipyardError)):
+        return ModelNotReady(f"{lead} is unavailable: {exc}")
+    if isinstance(exc, (RequestTimeout, InvalidInput)) or (isinstance(exc, ShipyardError)
+                                                           and str(exc).startswith(f"step '{step}'")):
+        return exc if isinstance(exc, ShipyardError) else InferenceError(str(exc))
+    if isinstance(exc, ModelNotReady):
+        return ModelNotReady(f"{lead} is unavailable: {exc}")
+    detail = str(exc) if isinstance(exc, ShipyardError) else f"{type(exc).__name__}: {exc}"
+    return InferenceError(f"{lead} failed: {detail}")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, np.generic):
+        value = value.item()
+    return str(value)
