@@ -36,6 +36,7 @@ COMMANDS = {
     "drift": "drift",
     "keys": "keys",
     "audit": "audit",
+    "retrain": "retrain",
 }
 """Each command's name and the module of ``shipyard.cli`` that defines it (under the same name)."""
 

@@ -55,7 +55,7 @@ def test_a_0_1_registry_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path,
         registry = Registry.from_settings(Settings(home=home))
     try:
         registry_v01.check(registry)
-        assert registry.database.revision == Database.head() == "0006"
+        assert registry.database.revision == Database.head() == "0007"
         assert columns(sqlite_url(home), "shipyard_alias_history")["actor"] is True  # nullable
         assert JobStore(registry.database).get("job-1").result == {"ok": True}
         # the old history still drives rollback, and new moves record who made them
