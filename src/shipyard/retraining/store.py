@@ -48,8 +48,8 @@ runs_t = sa.Table(
     sa.Column("model", sa.String(128), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("trigger", sa.String(16), nullable=False),
-    sa.Column("trigger_key", sa.String(256), nullable=True, unique=True),
-    sa.Column("inflight", sa.String(128), nullable=True, unique=True),
+    sa.Column("trigger_key", sa.String(256), nullable=True),
+    sa.Column("inflight", sa.String(128), nullable=True),
     sa.Column("evidence", sa.JSON, nullable=False),
     sa.Column("options", sa.JSON, nullable=False),
     sa.Column("parent_version", sa.Integer, nullable=True),
@@ -61,6 +61,9 @@ runs_t = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float, nullable=True),
+    sa.UniqueConstraint("trigger_key", name="uq_shipyard_retrain_runs_trigger"),
+    sa.UniqueConstraint("inflight", name="uq_shipyard_retrain_runs_inflight"),
+    sa.Index("ix_shipyard_retrain_runs_model", "model", "created_at"),
 )
 
 
