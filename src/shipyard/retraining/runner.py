@@ -128,8 +128,12 @@ class Retrainer:
         try:
             return self._execute(run, spec)
         except Exception as exc:  # a run ends failed, with its reason; the caller carries on
-            logger.exception("retraining run %s of %s failed", run.id, run.model)
-            reason = str(exc) if isinstance(exc, ShipyardError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ShipyardError):  # a refusal that says why (too few rows, no function)
+                logger.warning("retraining run %s of %s failed: %s", run.id, run.model, exc)
+                reason = str(exc)
+            else:
+                logger.exception("retraining run %s of %s failed", run.id, run.model)
+                reason = f"{type(exc).__name__}: {exc}"
             return self.store.update(run.id, state="failed", reason=reason, log=f"failed: {reason}")
 
     def _execute(self, run: Run, spec: RetrainSpec) -> Run:
