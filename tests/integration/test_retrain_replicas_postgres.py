@@ -69,7 +69,8 @@ def together(*calls: Callable[[], object]) -> None:
         raise errors[0]
 
 
-def test_two_replicas_start_one_run_per_alert_and_per_cron_tick(registries: tuple[Registry, Registry, Settings]) -> None:
+def test_two_replicas_start_one_run_per_alert_and_per_cron_tick(
+        registries: tuple[Registry, Registry, Settings]) -> None:
     a, b, settings = registries
     clock = Clock(datetime(2026, 12, 7, 2, 59, 30, tzinfo=UTC).timestamp())
     spec = RetrainSpec.parse({"on_alerts": ["acc"], "schedule": "0 3 * * *", "min_interval": 0})
