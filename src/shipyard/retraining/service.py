@@ -6,7 +6,8 @@ rollout controller's table and SQL) lets one of them look for due triggers each 
 * a schedule: a cron tick (``cronsim``, UTC) that fell since the last look starts a run keyed
   ``schedule:MODEL:TIME``;
 * an alert: an open incident of a rule the model's ``on_alerts`` names starts a run keyed
-  ``alert:INCIDENT`` (the incident's evidence becomes the run's).
+  ``alert:INCIDENT`` (the incident's evidence becomes the run's) once the incident is
+  ``label_delay`` old, so the predictions that fired it have had the time to get their labels.
 
 Each key starts at most one run whichever replica sees it (a unique column), a run waits
 ``min_interval`` after the model's last, and one run per model is in flight
@@ -147,7 +148,8 @@ class RetrainService:
             from shipyard.monitoring.alerts.store import AlertStore
 
             for incident in AlertStore(self.retrainer.registry.database).list(open_only=True, model=model):
-                if incident.rule in spec.on_alerts:
+                # the rows that fired it need label_delay to get their labels: the run waits as long
+                if incident.rule in spec.on_alerts and incident.opened_at <= now - spec.label_delay:
                     out.append(("alert", f"alert:{incident.id}",
                                 {"incident": incident.id, "rule": incident.rule, "opened_at": incident.opened_at,
                                  **{k: v for k, v in incident.evidence.items() if k in ("condition", "value")}}))
