@@ -158,4 +158,5 @@ def test_drift_alert_retrain_canary_promotion_and_recovery(home: Path, server: R
         time.sleep(1.5)  # alias_refresh: every arm serves the new champion
         after = traffic(client, server.url, 500, seed=99, labels=False)
     assert after > 0.95 > before
-    print(f"{time.monotonic() - started:.0f}s: realized accuracy {before:.3f} before, {after:.3f} after run {run['id']}")
+    print(f"{time.monotonic() - started:.0f}s: realized accuracy {before:.3f} before, {after:.3f} after "
+          f"run {run['id']}")

@@ -48,6 +48,11 @@ def broken(data):
     raise RuntimeError("the feature store is down")
 
 
+def slow(data):
+    import time
+    time.sleep(600)
+
+
 def greedy(data):
     hog = np.ones((4096, 1024, 1024), dtype=np.uint8)  # 4 GiB
     return hog
@@ -146,17 +151,21 @@ def test_a_worse_candidate_is_rejected_and_the_alias_never_moves(home: Path, ser
     assert aliases(home)["champion"] == before
 
 
-@pytest.mark.parametrize("function", ["training:broken", "training:greedy"])
+@pytest.mark.parametrize(("function", "timeout", "expected"), [
+    ("training:broken", 120, "RuntimeError: the feature store is down"),
+    ("training:greedy", 120, "out of memory: limits.memory_mb is 1536"),
+    ("training:slow", 3, "training timed out after 3s"),
+])
 def test_a_failing_training_function_fails_the_run_and_the_server_serves_on(
-        home: Path, server: RunningServer, served: float, function: str, tmp_path: Path) -> None:
+        home: Path, server: RunningServer, served: float, function: str, timeout: int, expected: str,
+        tmp_path: Path) -> None:
     config = tmp_path / "shipyard.yaml"
     config.write_text(json.dumps({"models": [{"ref": "m@champion", "retraining": {
-        "limits": {"memory_mb": 1536, "timeout_seconds": 120}}}]}))
+        "limits": {"memory_mb": 1536, "timeout_seconds": timeout}}}]}))
     done = retrain(home, "m", "--config", str(config), "--train", function, "--no-canary", "--json")
     assert done.returncode == 1
     run = json.loads(done.stdout[done.stdout.index("{"):])
-    assert run["state"] == "failed"
-    expected = "the feature store is down" if function.endswith("broken") else "MemoryError"
+    assert run["state"] == "failed" and run["candidate_version"] is None
     assert expected in run["log"]
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     answer = httpx.post(f"{server.url}/v1/models/m:predict", json={"instances": [{"f0": 1.0, "f1": 0.0, "f2": 0.0}]})
@@ -183,4 +192,5 @@ def test_a_better_candidate_is_promoted_with_its_lineage(home: Path, server: Run
     assert lineage["retraining"]["code_digest"].startswith("sha256:")
     history = retrain(home, "history", "m", "--json")
     states = [r["state"] for r in json.loads(history.stdout)["runs"]]
-    assert states[0] == "promoted" and "rejected" in states and states.count("failed") == 2
+    assert states[0] == "promoted" and "rejected" in states and states.count("failed") == 3
+

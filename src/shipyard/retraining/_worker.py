@@ -109,11 +109,13 @@ def _incremental(current: Any, data: TrainingData) -> Any:
         raise TypeError("mode incremental needs a current model with partial_fit "
                         f"({type(current).__name__} has none); use mode full")
     model = copy.deepcopy(current)
+    # a model fitted on named columns is updated on named columns (scikit-learn checks the names)
+    x = data.frame()[data.features] if hasattr(model, "feature_names_in_") else data.X
     classes = getattr(model, "classes_", None)
     if classes is not None:
-        model.partial_fit(data.X, data.y, classes=classes)
+        model.partial_fit(x, data.y, classes=classes)
     else:
-        model.partial_fit(data.X, data.y)
+        model.partial_fit(x, data.y)
     return model
 
 
