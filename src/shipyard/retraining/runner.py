@@ -18,6 +18,7 @@ rollout controller steps it, and ``reconcile`` reads its outcome into the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,6 +86,8 @@ class Retrainer:
         self.clock = clock
         self.python = python
         self.store = RunStore(registry.database, clock=clock)
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._stopping = False
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -185,17 +188,24 @@ class Retrainer:
         env.pop("SHIPYARD_CONFIG", None)  # the worker needs the registry only, not the server's models
         limits = spec.limits
         with tempfile.TemporaryFile() as out:
+            if self._stopping:
+                return False, "not started: the process that runs it is stopping\n", None
             proc = subprocess.Popen([self.python, "-m", "shipyard.retraining._worker", str(job_path)],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     preexec_fn=_limits(limits.memory_mb, limits.cpu_seconds))  # noqa: PLW1509
+            self._procs.add(proc)
             try:
                 code = proc.wait(limits.timeout_seconds)
                 timed_out = False
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 code, timed_out = proc.wait(), True
+            finally:
+                self._procs.discard(proc)
             out.seek(0)
             output = out.read().decode(errors="replace")[-_LOG_TAIL:]
+        if self._stopping and code != 0:
+            return False, output + "training stopped: the process that ran it (a server) is stopping\n", None
         if timed_out:
             why = f"training timed out after {limits.timeout_seconds:g}s (limits.timeout_seconds)"
             return False, output + why + "\n", None
@@ -208,6 +218,13 @@ class Retrainer:
                 why += f" (out of memory: limits.memory_mb is {limits.memory_mb})"
             return False, output + why + "\n", None
         return True, output, int(json.loads(result.read_text())["version"])
+
+    def stop(self) -> None:
+        """Kill the training processes in flight (their runs fail, saying so); start no more."""
+        self._stopping = True
+        for proc in list(self._procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     # -- gates ------------------------------------------------------------------------------------
 

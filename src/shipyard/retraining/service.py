@@ -13,7 +13,8 @@ Each key starts at most one run whichever replica sees it (a unique column), a r
 ``min_interval`` after the model's last, and one run per model is in flight
 (``store.RunStore.create``). A started run is carried out on a thread of its own (its
 training in a separate process); the holder also reads the outcome of runs on a canary.
-A tick that fails is logged and the loop goes on.
+A tick that fails is logged and the loop goes on. When the server stops, training
+processes still running are killed and their runs end ``failed``, saying why.
 """
 
 from __future__ import annotations
@@ -100,10 +101,13 @@ class RetrainService:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="retraining")
 
     async def stop(self) -> None:
+        """Stop looking, kill the training processes in flight (their runs fail), give the lease up."""
         self._stop.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.retrainer.stop()
+        await anyio.to_thread.run_sync(self.join, 10.0)
         try:
             await anyio.to_thread.run_sync(self._traffic().release, LEASE, self.holder)
         except Exception:
