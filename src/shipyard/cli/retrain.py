@@ -65,7 +65,8 @@ _CONFIG = click.option("--config", "config", type=click.Path(exists=True, dir_ok
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --dry-run: keep the Parquet files and manifest in this folder.")
 @click.option("--no-canary", is_flag=True, help="A candidate that passes the gates is promoted at once.")
-@click.option("--wait", is_flag=True, help="Block until the run is final; exit 1 unless it was promoted.")
+@click.option("--wait", is_flag=True, help="Block until the run is final; exit 1 unless it was promoted. A canary "
+              "is stepped by a running server's rollout controller.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up waiting after these seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run (or the manifest) as JSON.")
 @click.pass_context
@@ -125,7 +126,7 @@ def status(ctx: click.Context, target: str, as_json: bool) -> None:
             try:
                 run = retrainer.store.get(target)
             except RunNotFound:
-                raise RunNotFound(f"{target} (no model has runs under that name either)") from None
+                raise RunNotFound(target, ", and no model has runs under that name") from None
         run = retrainer.reconcile(run)
     finally:
         registry.close()

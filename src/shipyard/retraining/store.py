@@ -93,9 +93,9 @@ class TooSoon(RetrainRefused):
 
 
 class RunNotFound(ModelNotFound):
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, hint: str = "") -> None:
         super().__init__(run_id)
-        self.message = f"no retraining run has id {run_id!r}"
+        self.message = f"no retraining run has id {run_id!r}{hint}"
         self.args = (self.message,)
 
 
