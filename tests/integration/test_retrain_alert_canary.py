@@ -52,7 +52,10 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         train = frame(np.random.default_rng(0), 2_000)
         model = LogisticRegression().fit(train, (train["f0"] + train["f1"] > 0).astype(int))
-        reg.register(model, "m", sample=train.head(5), alias="champion", metrics={"accuracy": 0.97})
+        # its holdout is the old concept's: the canary's promotion must judge on the run's recent window
+        old = frame(np.random.default_rng(5), 300)
+        reg.register(model, "m", sample=train.head(5), alias="champion", metrics={"accuracy": 0.97},
+                     holdout=(old, (old["f0"] + old["f1"] > 0).astype(int).to_numpy()))
     finally:
         reg.close()
     (home.parent / "loop_training.py").write_text(TRAINING)
