@@ -49,6 +49,7 @@ __all__ = ["Retrainer", "spec_for"]
 logger = logging.getLogger(__name__)
 
 _LOG_TAIL = 16_000  # characters of the training process's output kept in the run's log
+_HEARTBEAT = 60.0  # seconds between touches of a run whose training is under way
 
 
 def spec_for(settings: Settings, model: str) -> RetrainSpec:
@@ -195,11 +196,7 @@ class Retrainer:
                                     preexec_fn=_limits(limits.memory_mb, limits.cpu_seconds))  # noqa: PLW1509
             self._procs.add(proc)
             try:
-                code = proc.wait(limits.timeout_seconds)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                code, timed_out = proc.wait(), True
+                code, timed_out = self._wait(run, proc, limits.timeout_seconds)
             finally:
                 self._procs.discard(proc)
             out.seek(0)
@@ -218,6 +215,20 @@ class Retrainer:
                 why += f" (out of memory: limits.memory_mb is {limits.memory_mb})"
             return False, output + why + "\n", None
         return True, output, int(json.loads(result.read_text())["version"])
+
+    def _wait(self, run: Run, proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, bool]:
+        """Wait for the training process, touching the run now and then (a live run is never taken as
+        abandoned); kill its process group at ``timeout``. Returns (exit code, timed out)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return proc.wait(max(0.0, min(left, _HEARTBEAT))), False
+            except subprocess.TimeoutExpired:
+                if left <= _HEARTBEAT:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    return proc.wait(), True
+                self.store.update(run.id)
 
     def stop(self) -> None:
         """Kill the training processes in flight (their runs fail, saying so); start no more."""

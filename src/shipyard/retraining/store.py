@@ -16,8 +16,9 @@ A run moves through ``STATES``::
 * a minimum interval: a triggered run is refused when the model's last run started less
   than ``min_interval`` seconds before (``TooSoon``); a run by hand may ``force`` past it.
 
-A run whose process died stays in flight until it is older than ``stale_seconds``;
-``create`` then marks it failed ("abandoned") and goes on.
+A run whose process died stays in flight until it was last updated ``stale_seconds`` ago
+(the runner touches a run every minute while it trains); ``create`` then marks it failed
+("abandoned") and goes on.
 """
 
 from __future__ import annotations
