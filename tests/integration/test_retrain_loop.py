@@ -70,7 +70,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         train = frame(np.random.default_rng(0), 2_000)
         model = LogisticRegression().fit(train, (train["f0"] + train["f1"] > 0).astype(int))
-        reg.register(model, "m", sample=train.head(5), alias="champion", tags={"train": "training:train"})
+        old = frame(np.random.default_rng(7), 300)  # the original data: what reference_share draws from
+        reg.register(model, "m", sample=train.head(5), alias="champion", tags={"train": "training:train"},
+                     holdout=(old, (old["f0"] + old["f1"] > 0).astype(int).to_numpy()))
     finally:
         reg.close()
     (home.parent / "training.py").write_text(TRAINING)
@@ -139,6 +141,23 @@ def test_dry_run_shows_the_window_and_changes_nothing(home: Path, served: float,
         assert RunStore(reg.database).list("m") == []
     finally:
         reg.close()
+
+
+def test_per_class_sampling_and_reference_rows_shape_the_training_set(home: Path, served: float,
+                                                                      tmp_path: Path) -> None:
+    config = tmp_path / "shipyard.yaml"
+    config.write_text(json.dumps({"models": [{"ref": "m@champion", "retraining": {
+        "per_class": 100, "reference_share": 0.5, "holdout_share": 0.1, "label_delay": "0s"}}]}))
+    done = retrain(home, "m", "--config", str(config), "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)["manifest"]
+    counts = manifest["counts"]
+    assert counts["holdout"] == 100 and counts["reference"] == 200  # as many reference rows as sampled ones
+    assert counts["train"] == 400 and sum(manifest["classes"].values()) == 400
+    import pyarrow.parquet as pq
+
+    train = pq.read_table(Path(json.loads(done.stdout)["folder"]) / "train.parquet").to_pandas()
+    assert list(train.columns) == [*FEATURES, "label"] and len(train) == 400
 
 
 def test_a_worse_candidate_is_rejected_and_the_alias_never_moves(home: Path, served: float) -> None:
