@@ -4,7 +4,8 @@ Every replica runs a ``RetrainService``; the ``retraining`` lease (``shipyard_le
 rollout controller's table and SQL) lets one of them look for due triggers each ``interval``:
 
 * a schedule: a cron tick (``cronsim``, UTC) that fell since the last look starts a run keyed
-  ``schedule:MODEL:TIME``;
+  ``schedule:MODEL:TIME`` (a replica that just took the lease looks back two lease lengths, over
+  what a holder that died may have missed; a tick that finds a run in flight is skipped);
 * an alert: an open incident of a rule the model's ``on_alerts`` names starts a run keyed
   ``alert:INCIDENT`` (the incident's evidence becomes the run's) once the incident is
   ``label_delay`` old, so the predictions that fired it have had the time to get their labels.
@@ -87,6 +88,7 @@ class RetrainService:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self.clock = clock
         self.retrainer = Retrainer(registry, settings, clock=clock)
+        self.lease_seconds = max(3 * interval, 30.0)
         self._looked: dict[str, float] = {}
         self._threads: list[threading.Thread] = []
         self._task: asyncio.Task[None] | None = None
@@ -129,7 +131,7 @@ class RetrainService:
 
     def tick(self, *, background: bool = True) -> list[Run]:
         """Take or renew the lease; if held, start every due run and read canary outcomes. The runs started."""
-        if not self._traffic().acquire(LEASE, self.holder, max(3 * self.interval, 30.0)):
+        if not self._traffic().acquire(LEASE, self.holder, self.lease_seconds):
             self._looked.clear()  # another replica looks; when this one takes over it starts from then
             return []
         started: list[Run] = []
@@ -158,7 +160,9 @@ class RetrainService:
                                 {"incident": incident.id, "rule": incident.rule, "opened_at": incident.opened_at,
                                  **{k: v for k, v in incident.evidence.items() if k in ("condition", "value")}}))
         if spec.schedule:
-            after = self._looked.get(model, now)
+            # a replica that just took the lease over looks back over the time the last holder may have
+            # missed; a tick it had handled already is refused by its key
+            after = self._looked.get(model, now - 2 * self.lease_seconds)
             self._looked[model] = now
             tick = due_tick(spec.schedule, after, now)
             if tick is not None:
