@@ -53,7 +53,7 @@ def test_a_0_1_postgres_registry_is_upgraded_in_place(pg_database_url: str, tmp_
         assert schema_diff(registry.database) == []
     finally:
         registry.close()
-    assert "registry schema upgraded from 1 to 6" in [r.getMessage() for r in caplog.records if r.name == DB_LOGGER]
+    assert "registry schema upgraded from 1 to 7" in [r.getMessage() for r in caplog.records if r.name == DB_LOGGER]
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=DB_LOGGER):

@@ -37,6 +37,7 @@ COMMANDS = {
     "keys": "keys",
     "audit": "audit",
     "deploy": "deploy",
+    "retrain": "retrain",
 }
 """Each command's name and the module of ``shipyard.cli`` that defines it (under the same name)."""
 

@@ -101,7 +101,8 @@ class ModelDeployment:
     ``shadow``, ``sticky``, ``canary`` or ``bandit``; unset: the name goes to ``ref`` alone."""
 
     retraining: Any = None
-    """Reserved (retraining triggers): not available yet."""
+    """Closed-loop retraining (``shipyard.retraining.spec``): the training function, the data window, label
+    delay, schedule (cron), the alert rules that start a run, the canary and the training process's limits."""
 
     def __post_init__(self) -> None:
         try:
@@ -117,7 +118,13 @@ class ModelDeployment:
                 raise _Invalid(str(exc)) from None
         if self.traffic not in (None, {}):
             self.traffic_policy()  # refused now, naming what is wrong, rather than at the first request
-        _reserved("retraining", self.retraining)
+        if self.retraining not in (None, {}):
+            from shipyard.retraining.spec import RetrainSpec  # the block's own checks, kept in one place
+
+            try:
+                RetrainSpec.parse(self.retraining)
+            except ConfigError as exc:
+                raise _Invalid(str(exc)) from None
 
     @property
     def name(self) -> str:

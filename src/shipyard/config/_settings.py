@@ -54,6 +54,10 @@ class Settings:
     """How often the rollout controller steps canaries and bandits (one replica at a time holds its lease;
     0: this server runs no controller)."""
 
+    retrain_tick_seconds: float = 10.0
+    """How often the replica holding the ``retraining`` lease looks for due retraining schedules and alert
+    incidents (models whose ``retraining:`` has a ``schedule`` or ``on_alerts``)."""
+
     workers: int = 1
     """Server processes: 1 serves in this process; N > 1 runs N whole servers (each loads the models) on the
     same port(s) under a supervisor that restarts a dead one; 0 means one per CPU core."""
@@ -154,6 +158,8 @@ class Settings:
             raise ConfigError("alias_refresh_seconds must not be negative")
         if self.rollout_tick_seconds < 0:
             raise ConfigError("rollout_tick_seconds must not be negative")
+        if not self.retrain_tick_seconds > 0:
+            raise ConfigError("retrain_tick_seconds must be positive")
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 (one per core) or more, got {self.workers}")
         if self.runtime not in ("auto", "native", "onnx"):

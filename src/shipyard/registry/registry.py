@@ -103,6 +103,7 @@ class Registry:
         check_data: Any = None,
         if_identical: str = "refuse",
         holdout: tuple[Any, Any] | None = None,
+        retraining: dict[str, Any] | None = None,
         **options: Any,
     ) -> ModelVersion:
         """Store a model object, or a file/folder path, as the next version of ``name``.
@@ -135,6 +136,9 @@ class Registry:
                 and the version it would replace on (``shipyard.rollout.gates``): inputs in the
                 same forms as ``sample``, labels one per row. Up to ``HOLDOUT_MAX_ROWS`` rows are
                 kept in the version folder, covered by the digest like the check set.
+            retraining: where a retrained version came from (``shipyard.retraining``: the run, its
+                data window, row count and fingerprint, the training code's digest and reference),
+                kept under ``lineage.retraining``.
             **options: the runtime's own options, e.g. ``methods=["predict_proba"]`` for
                 scikit-learn (each runtime's ``option_specs`` lists them). An unknown name or
                 a value of the wrong type is refused before anything is written.
@@ -189,7 +193,8 @@ class Registry:
             "tags": {str(k): str(v) for k, v in (tags or {}).items()},
             "metrics": checked_metrics,
             "lineage": {**_lineage(training_data, parent_ref, None if path is None else str(path.resolve())),
-                        **runtime_cls.lineage(meta)},
+                        **runtime_cls.lineage(meta),
+                        **({"retraining": retraining} if retraining else {})},
             "packages": lineage.package_versions(runtime_cls.packages),
             "artifact_uri": uri,
             "check_set": check_info,

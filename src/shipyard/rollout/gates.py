@@ -9,7 +9,8 @@ promote`` or a canary step points an alias at a candidate version:
   NaN where NaN was allowed, no new inputs, which every caller would have to
   start sending) and returns every output the current version returns (by name).
 * ``holdout``: scored on one labelled holdout set (the current version's, else the
-  candidate's; see ``Registry.holdout``), the candidate is at least the champion
+  candidate's; a retrained candidate's first, since it holds the newest labelled rows of its
+  run's window; see ``Registry.holdout``), the candidate is at least the champion
   minus ``margin`` (accuracy), or at most the champion plus ``margin`` (MAE, RMSE).
 * ``latency``: the median of several timed predictions of the candidate on its
   stored input sample (the registration's first rows, as one batch) is within
@@ -355,10 +356,11 @@ def _run_holdout(
 ) -> GateResult:
     if current is None:
         return _skip("holdout", "no current version to compare with")
-    owner = current
-    rows = registry.holdout(current)
+    # a retrained candidate carries its run's holdout, the newest labelled rows: the window both are judged on
+    first, second = (candidate, current) if "retraining" in candidate.lineage else (current, candidate)
+    owner, rows = first, registry.holdout(first)
     if rows is None:
-        owner, rows = candidate, registry.holdout(candidate)
+        owner, rows = second, registry.holdout(second)
     if rows is None:
         return _skip("holdout", f"neither {current.ref} nor {candidate.ref} was registered with a holdout set")
     inputs, labels = rows

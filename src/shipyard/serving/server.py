@@ -58,6 +58,7 @@ from shipyard.serving.feedback import Feedback
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.drift import drift_endpoints
 from shipyard.serving.rest.explain import explain_endpoints
+from shipyard.serving.rest.retrains import retrain_endpoints
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.services import Hooks, Service, Services
 
@@ -215,7 +216,8 @@ def build_server(
                        endpoints=[*(feedback.endpoints if feedback is not None else ()),
                                   *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ()),
                                   *explain_endpoints(dp, max_rows=settings.explain_max_rows,
-                                                     max_body_bytes=settings.max_body_bytes)])
+                                                     max_body_bytes=settings.max_body_bytes),
+                                  *retrain_endpoints(reg.database)])
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them);
     # the gRPC listener opens last and drains first.
@@ -250,6 +252,9 @@ def build_server(
     ]
     if settings.rollout_tick_seconds > 0:
         services.append(_RolloutControllerService(settings, reg, traffic))
+    retraining = _retrain_service(settings, reg)
+    if retraining is not None:  # scheduled and alert-started runs, one replica at a time (a lease)
+        services.append(retraining)
     if async_requests is not None:
         services.append(Hooks("asynchronous requests", async_requests.start, async_requests.stop))
     if feedback is not None:
@@ -302,6 +307,16 @@ def _drift_monitor(settings: Settings, registry: Registry, traffic: TrafficStore
     profiles = _Profiles(registry)
     recorder = DriftRecorder(profiles, window_seconds=config.window_seconds)
     return DriftMonitor(registry.database, recorder, profiles, config, traffic, _replica())
+
+
+def _retrain_service(settings: Settings, registry: Registry) -> Service | None:
+    """The retraining scheduler, when a ``models:`` entry has a schedule or alert rules to retrain on."""
+    from shipyard.retraining.service import RetrainService, specs_from
+
+    specs = {m: s for m, s in specs_from(settings).items() if s.schedule or s.on_alerts}
+    if not specs:
+        return None
+    return RetrainService(registry, settings, specs, interval=settings.retrain_tick_seconds, holder=_replica())
 
 
 def _alert_service(settings: Settings, registry: Registry, models: Callable[[], Any]) -> AlertService | None:

@@ -55,7 +55,7 @@ def test_a_0_1_registry_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path,
         registry = Registry.from_settings(Settings(home=home))
     try:
         registry_v01.check(registry)
-        assert registry.database.revision == Database.head() == "0006"
+        assert registry.database.revision == Database.head() == "0007"
         assert columns(sqlite_url(home), "shipyard_alias_history")["actor"] is True  # nullable
         assert JobStore(registry.database).get("job-1").result == {"ok": True}
         # the old history still drives rollback, and new moves record who made them
@@ -66,7 +66,7 @@ def test_a_0_1_registry_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path,
     finally:
         registry.close()
     messages = [r.getMessage() for r in caplog.records if r.name == DB_LOGGER]
-    assert "registry schema upgraded from 1 to 6" in messages
+    assert "registry schema upgraded from 1 to 7" in messages
 
 
 def test_a_0_1_registry_without_the_jobs_table_gains_it(tmp_path: Path) -> None:
