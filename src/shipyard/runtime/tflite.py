@@ -78,7 +78,7 @@ class TfliteRuntime(Runtime):
     @classmethod
     def save(cls, obj: Any, dest: Path, *, trust_pickle: bool = False, **options: Any) -> dict[str, Any]:
         (dest / MODEL_FILE).write_bytes(bytes(obj))
-        return _meta(dest / MODEL_FILE, options)
+        return file_meta(dest / MODEL_FILE, options)
 
     @classmethod
     def accepts_path(cls, path: Path) -> bool:
@@ -91,7 +91,7 @@ class TfliteRuntime(Runtime):
         if head[4:8] != MAGIC:
             raise ModelFormatError(f"'{src}' is not a TensorFlow Lite model (no TFL3 identifier)")
         shutil.copyfile(src, dest / MODEL_FILE)
-        return _meta(dest / MODEL_FILE, options)
+        return file_meta(dest / MODEL_FILE, options)
 
     @classmethod
     def default_signature(cls, path: Path, meta: dict[str, Any]) -> Signature | None:
@@ -156,7 +156,8 @@ class TfliteRuntime(Runtime):
         self.interpreter = None
 
 
-def _meta(file: Path, options: dict[str, Any]) -> dict[str, Any]:
+def file_meta(file: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """The flavor metadata of a TFLite file: its name, the signature that serves, the threads."""
     meta: dict[str, Any] = {"file": file.name}
     threads = options.get("threads")
     if threads is not None:
