@@ -99,9 +99,10 @@ def open_source(loaded: LoadedModel, folder: Path) -> Source:
         module = require("torch", "torch").jit.load(str(file), map_location="cpu")
         module.eval()
         return Source("torch", module, sig, label_output=label)
-    if mv.flavor == "tensorflow":
-        return Source("tensorflow", folder / mv.flavor_meta["dir"], sig, label_output=label,
-                      signature_key=mv.flavor_meta.get("signature", "serving_default"))
+    if mv.flavor == "tensorflow" or (mv.flavor == "mlflow" and mv.flavor_meta.get("loader") == "tensorflow"):
+        meta = mv.flavor_meta if mv.flavor == "tensorflow" else mv.flavor_meta["tensorflow"]
+        return Source("tensorflow", folder / meta["dir"], sig, label_output=label,
+                      signature_key=meta.get("signature", "serving_default"))
     if mv.flavor == "tflite":
         return Source("tflite", folder / mv.flavor_meta["file"], sig, label_output=label,
                       signature_key=mv.flavor_meta.get("signature", "serving_default"))

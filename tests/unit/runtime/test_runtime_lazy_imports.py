@@ -9,13 +9,16 @@ import pytest
 
 from shipyard.runtime.loader import flavors, get_runtime
 
-HEAVY = ("xgboost", "lightgbm", "onnx", "onnxruntime", "torch", "mlflow", "sklearn", "skops", "pandas")
+HEAVY = ("xgboost", "lightgbm", "onnx", "onnxruntime", "torch", "mlflow", "sklearn", "skops", "pandas",
+         "tensorflow", "keras", "ai_edge_litert", "tf2onnx")
 MODULES = {
     "xgboost": "shipyard.runtime.xgboost",
     "lightgbm": "shipyard.runtime.lightgbm",
     "onnx": "shipyard.runtime.onnx",
     "torch": "shipyard.runtime.torch",
     "mlflow": "shipyard.runtime.mlflow",
+    "tensorflow": "shipyard.runtime.tensorflow",
+    "tflite": "shipyard.runtime.tflite",
 }
 
 
@@ -33,6 +36,7 @@ def test_runtime_module_imports_without_its_framework(monkeypatch: pytest.Monkey
 
 def test_builtin_flavors_are_ordered_specific_before_generic() -> None:
     names = flavors()
-    assert names[:7] == ["python", "mlflow", "onnx", "torch", "xgboost", "lightgbm", "sklearn"]
-    for flavor in names[:7]:
+    builtin = ["python", "mlflow", "onnx", "torch", "tensorflow", "tflite", "xgboost", "lightgbm", "sklearn"]
+    assert names[:9] == builtin
+    for flavor in names[:9]:
         assert get_runtime(flavor).flavor == flavor
