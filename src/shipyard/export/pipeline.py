@@ -38,8 +38,7 @@ from shipyard._extras import require
 from shipyard.errors import CheckFailed, ExportError, InvalidInput, NotExportable, ShipyardError
 from shipyard.export import check as checks
 from shipyard.export import compile as compiling
-from shipyard.export import litert
-from shipyard.export import measure
+from shipyard.export import litert, measure
 from shipyard.export import prune as pruning
 from shipyard.export import quantize as quantizing
 from shipyard.export.onnx import Source, convert, open_source
