@@ -297,26 +297,23 @@ def _torch(model: Any, sig: Signature, example: dict[str, np.ndarray[Any, Any]],
 
 
 def _tensorflow(saved_model: Path, signature: str, opset: int) -> Any:
-    """The SavedModel's ``signature`` through tf2onnx, with the signature's input and output names."""
+    """The SavedModel's ``signature`` through tf2onnx, with the signature's input and output names.
+
+    tf2onnx's own SavedModel loader (what its command line uses) freezes every variable and
+    captured constant the signature reads, and names the graph's tensors after the signature.
+    """
     from shipyard.runtime.tensorflow import import_tensorflow
 
-    tf = import_tensorflow()
+    import_tensorflow()
     tf2onnx = require("tf2onnx", "tensorflow")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        holder = tf.saved_model.load(str(saved_model))
-    fn = holder.signatures[signature]
-    _, kwargs = fn.structured_input_signature
-    names = list(kwargs)
-    specs = tuple(tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in kwargs.items())
-
-    def call(*args: Any) -> Any:
-        return fn(**dict(zip(names, args, strict=True)))
-
+    loader = require("tf2onnx.tf_loader", "tensorflow", "tf2onnx")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TensorFlow's deprecation notes from inside tf2onnx
-            proto, _ = tf2onnx.convert.from_function(tf.function(call), input_signature=specs, opset=opset)
+            graph_def, inputs, outputs, rename = loader.from_saved_model(
+                str(saved_model), None, None, tag="serve", signatures=[signature], return_tensors_to_rename=True)
+            proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
+                                                      opset=opset, tensors_to_rename=rename)
     except Exception as exc:  # tf2onnx raises assorted errors for operators it cannot map
         raise NotExportable(f"tf2onnx cannot convert this SavedModel: {type(exc).__name__}: {exc}") from exc
     onnx = require("onnx", EXTRA)
