@@ -1,16 +1,19 @@
-"""Edge variants of the quickstart model and a small PyTorch MLP: size, latency, accuracy.
+"""Edge variants of the quickstart model and small PyTorch and Keras MLPs: size, latency, accuracy.
 
     .venv/bin/python bench/edge.py [--latency-seconds 1.0]
 
 Registers, in a throwaway SHIPYARD_HOME, the quickstart model (a 100-tree
 RandomForest on iris, ``shipyard.demo.train_demo_model``) and a 4-64-64-3 MLP
-trained on iris (a ``torch.export`` program), then runs ``export_version`` on
-each with every quantization, pruning and compilation. Every variant is checked
+trained on iris (a ``torch.export`` program), and the same 4-64-64-3 MLP in Keras
+(registered from the Keras object, served from its SavedModel), then runs
+``export_version`` on each with every quantization, pruning and compilation: ONNX
+variants for the first two; TFLite (float, dynamic, int8, fp16), XLA and the
+tf2onnx ONNX graph for the Keras model. Every variant is checked
 on the 150 iris rows plus the stored sample, with the species as the target, so
 "accuracy delta" is accuracy against the true labels minus the source's.
 Latency is the median of one ``predict`` call on one thread (ONNX Runtime or
-OpenVINO for the variants, the registered runtime for the source, torch limited
-to one thread too). Prints one
+OpenVINO or the LiteRT interpreter for the variants, the registered runtime for
+the source, torch and TensorFlow limited to one thread too). Prints one
 Markdown table; a variant that cannot be made says why in the last column.
 """
 
@@ -77,6 +80,25 @@ def register_mlp(reg: Registry) -> str:
     return mv.ref
 
 
+def register_keras(reg: Registry) -> str:
+    """The same MLP in Keras (standardised inside the model by a Normalization layer), registered."""
+    import keras
+
+    X, y = _iris()
+    Xf = X.to_numpy(dtype=np.float32)
+    keras.utils.set_random_seed(0)
+    norm = keras.layers.Normalization()
+    norm.adapt(Xf)
+    model = keras.Sequential([
+        keras.Input((4,), name="x"), norm,
+        keras.layers.Dense(64, activation="relu"), keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(3),
+    ])
+    model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(Xf, y, epochs=200, batch_size=150, verbose=0)
+    return reg.register(model, "keras-mlp", sample={"x": Xf[::10]}).ref
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -115,6 +137,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)  # every path on one thread, as the ONNX Runtime and OpenVINO variants run
+    from shipyard.runtime.tensorflow import import_tensorflow
+
+    tf = import_tensorflow()
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     X, y = _iris()
     data = X.copy()
     data["species"] = y
@@ -136,6 +163,14 @@ def main() -> None:
                 prune=(parse_prune("magnitude:0.3"), parse_prune("structured:0.1")), check_data=mlp_data,
                 **common))
             table += _rows("PyTorch MLP 4-64-64-3", mlp_report)
+            keras_mlp = register_keras(reg)
+            keras_report = export_version(reg, keras_mlp, Path(tmp) / "keras", ExportOptions(
+                to="tflite", quantize=("dynamic", "int8", "fp16"), compile=("xla",), check_data=mlp_data,
+                target="species", latency_budget_s=args.latency_seconds))
+            table += _rows("Keras MLP 4-64-64-3", keras_report)
+            onnx_report = export_version(reg, keras_mlp, Path(tmp) / "keras-onnx", ExportOptions(
+                check_data=mlp_data, target="species", latency_budget_s=args.latency_seconds))
+            table += [r for r in _rows("Keras MLP 4-64-64-3", onnx_report) if r[1] != "original"]
         finally:
             reg.close()
     header = ["model", "variant", "size", "zipped", "batch 1 ms", "batch 1000 ms", "accuracy Δ", "note"]

@@ -4,7 +4,8 @@ A probe thread runs inside a real ``python -m shipyard serve`` process (the CLI 
 ``__main__``, as the command runs it): it waits until a predict over HTTP answers, then
 prints that answer and the process's ``sys.modules``. The ONNX path, once its graph is
 cached, needs only the graph and the signature: scikit-learn, SciPy and pandas are never
-imported. ``import shipyard`` stays cheap too.
+imported. ``import shipyard`` stays cheap too, and neither it nor a scikit-learn or ONNX version
+ever imports TensorFlow (only TensorFlow and TFLite versions do).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from shipyard.testing import free_port, run_server
 
 pytestmark = pytest.mark.integration
 
-NEVER_ON_THE_ONNX_PATH = {"sklearn", "scipy", "pandas", "pyarrow", "skops", "strawberry", "graphql", "alembic"}
+TENSORFLOW = {"tensorflow", "keras", "tf2onnx", "ai_edge_litert"}
+"""Only TensorFlow and TFLite versions need these; nothing else may import them (a slow import)."""
+NEVER_ON_THE_ONNX_PATH = {"sklearn", "scipy", "pandas", "pyarrow", "skops", "strawberry", "graphql", "alembic",
+                          *TENSORFLOW}
 """The model's training stack, and what only other listeners, jobs or migrations use."""
 NEVER_ON_IMPORT = NEVER_ON_THE_ONNX_PATH | {"httpx", "grpc", "opentelemetry", "uvicorn", "starlette", "onnxruntime"}
 
@@ -123,7 +127,7 @@ def test_the_native_path_of_an_array_model_imports_neither_pandas_nor_what_other
 
     assert answer is not None and answer["predictions"] == model.predict(rows).tolist()  # type: ignore[index]
     assert "sklearn" in modules
-    unneeded = {"pandas", "pyarrow", "strawberry", "graphql", "alembic"}
+    unneeded = {"pandas", "pyarrow", "strawberry", "graphql", "alembic", *TENSORFLOW}
     assert modules.isdisjoint(unneeded), sorted(modules & unneeded)
 
 

@@ -50,17 +50,19 @@ def _row(v: Any) -> list[str]:
 
 @click.command()
 @click.argument("ref")
-@click.option("--to", "to", type=click.Choice(["onnx"]), default="onnx", show_default=True,
-              help="Target format; every variant is an ONNX graph or compiled from one.")
+@click.option("--to", "to", type=click.Choice(["onnx", "tflite"]), default="onnx", show_default=True,
+              help="Base format: an ONNX graph (every variant derives from it), or TensorFlow Lite for "
+                   "TensorFlow/Keras models (served by the LiteRT interpreter).")
 @click.option("--opset", type=int, help="ONNX opset (default: 17 scikit-learn, 15 XGBoost/LightGBM, 18 PyTorch).")
-@click.option("--quantize", "quantize", multiple=True, type=click.Choice(["dynamic", "static", "fp16"]),
-              help="Also write an int8 (dynamic, or static calibrated on the check rows) or float16 variant. "
-                   "Repeatable.")
+@click.option("--quantize", "quantize", multiple=True, type=click.Choice(["dynamic", "static", "int8", "fp16"]),
+              help="Also write an int8 or float16 variant: ONNX dynamic, static (calibrated on the check rows) "
+                   "or fp16; TFLite dynamic, int8 (calibrated on the check rows) or fp16. Repeatable.")
 @click.option("--prune", "prune", multiple=True, metavar="SPEC",
               help="Also write a pruned variant: magnitude:F or structured:F (PyTorch, F = fraction zeroed), "
                    "trees:K (first K trees) or trees (K from the accuracy curve). Repeatable.")
-@click.option("--compile", "compile_to", multiple=True, type=click.Choice(["ort", "openvino"]),
-              help="Also write ONNX Runtime's optimised ORT format or an OpenVINO IR. Repeatable.")
+@click.option("--compile", "compile_to", multiple=True, type=click.Choice(["ort", "openvino", "xla"]),
+              help="Also write ONNX Runtime's optimised ORT format or an OpenVINO IR (--to onnx), or a "
+                   "SavedModel whose serving function XLA compiles (TensorFlow models). Repeatable.")
 @click.option("--check-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="More rows to check every variant on (.csv/.json/.jsonl/.parquet/.npy), besides the "
                    "version's check set (up to 1,000 rows kept at registration).")
@@ -84,7 +86,7 @@ def export(ctx: click.Context, ref: str, to: str, opset: int | None, quantize: t
            prune: tuple[str, ...], compile_to: tuple[str, ...], check_data: Path | None, target: str | None,
            tolerance: float | None, min_agreement: float | None, out: Path, register_as: str | None,
            latency_seconds: float) -> None:
-    """Export REF to ONNX, plus quantized, pruned and compiled variants, each checked against REF.
+    """Export REF to ONNX (or TFLite), plus quantized, pruned and compiled variants, each checked against REF.
 
     Every artifact is run on the version's check set (up to 1,000 rows kept at
     registration, plus --check-data) and compared with REF; one outside the
@@ -97,7 +99,7 @@ def export(ctx: click.Context, ref: str, to: str, opset: int | None, quantize: t
     options = ExportOptions(
         opset=opset, quantize=quantize, prune=tuple(parse_prune(p) for p in prune), compile=compile_to,
         check_data=read_data(check_data) if check_data else None, target=target, tolerance=tolerance,
-        min_agreement=min_agreement, register=register_as, latency_budget_s=latency_seconds,
+        min_agreement=min_agreement, register=register_as, latency_budget_s=latency_seconds, to=to,
     )
     reg = Registry.from_settings(settings_from(ctx))
     try:
@@ -125,7 +127,7 @@ def export(ctx: click.Context, ref: str, to: str, opset: int | None, quantize: t
 @handle_errors
 def bundle(ctx: click.Context, ref: str, out: Path, opset: int | None, check_data: Path | None,
            tolerance: float | None, min_agreement: float | None) -> None:
-    """Write REF as one zip that runs offline with only onnxruntime and NumPy.
+    """Write REF as one zip that runs offline with only NumPy and onnxruntime (LiteRT for a TFLite REF).
 
     \b
     Run it:     python model.zip input.json

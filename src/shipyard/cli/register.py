@@ -73,7 +73,7 @@ def _flags(command: click.Command) -> dict[str, str]:
               help="Rows of real input (.csv/.json/.jsonl/.parquet/.npy); the signature is inferred from "
                    "them, and up to 1,000 are kept as the check set (100+ make equivalence checks meaningful).")
 @click.option("--flavor", help="Model format, when it cannot be guessed "
-              "(sklearn, xgboost, lightgbm, onnx, torch, mlflow, python).")
+              "(sklearn, xgboost, lightgbm, onnx, torch, tensorflow, tflite, mlflow, python).")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow pickle/joblib files. Loading a pickle can run arbitrary code.")
 @click.option("--description", default="", help="Free text kept with the version.")
@@ -110,10 +110,11 @@ def register(ctx: click.Context, name: str, path: Path, sample: Path | None, fla
              check_data: Path | None, if_identical: str, holdout: Path | None, label_column: str | None) -> None:
     """Register the model at PATH as the next version of NAME.
 
-    PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, or
-    .pkl/.joblib with --trust-pickle) or an MLflow model folder; or a YAML
-    file holding an inference graph (`steps:`, or a shipyard.yaml whose `graph:`
-    block declares NAME), registered with each step pinned to a version.
+    PATH is a model file (.skops, .onnx, .pt, .pt2, .ubj, LightGBM .txt, .keras,
+    .tflite, or .pkl/.joblib with --trust-pickle), a TensorFlow SavedModel folder
+    or an MLflow model folder; or a YAML file holding an inference graph
+    (`steps:`, or a shipyard.yaml whose `graph:` block declares NAME), registered
+    with each step pinned to a version.
 
     Up to 1,000 rows of --sample (or of --check-data) are kept with the version
     as its check set. Identical files (same sha256 digest and runtime options;

@@ -1,7 +1,11 @@
-"""The runtime inside a shipyard edge bundle: runs the bundled ONNX model with onnxruntime and NumPy only.
+"""The runtime inside a shipyard edge bundle: runs the bundled model with NumPy and one engine only.
+
+The engine is onnxruntime for an ONNX model (``model.onnx``) and the LiteRT
+interpreter (``ai-edge-litert``, or the older ``tflite-runtime``) for a TFLite
+model (``model.tflite``); ``bundle.json`` says which (``engine``, ``model_file``).
 
 This file is copied into every bundle as ``edge_model.py`` and must stay
-self-contained: the standard library, NumPy and onnxruntime, nothing from
+self-contained: the standard library, NumPy and the engine, nothing from
 shipyard, which the device does not have.
 
 From a shell::
@@ -35,6 +39,7 @@ from typing import Any
 import numpy as np
 
 MODEL_FILE = "model.onnx"
+TFLITE_FILE = "model.tflite"
 SIGNATURE_FILE = "signature.json"
 META_FILE = "bundle.json"
 
@@ -49,10 +54,10 @@ class BundleError(Exception):
     """The bundle is damaged, or the input does not fit the model."""
 
 
-class EdgeModel:
-    """The bundled model, loaded into an onnxruntime session."""
+class _OnnxEngine:
+    """An onnxruntime session on the CPU."""
 
-    def __init__(self, model: bytes, signature: Mapping[str, Any], meta: Mapping[str, Any], threads: int = 1) -> None:
+    def __init__(self, model: bytes, meta: Mapping[str, Any], threads: int) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -60,10 +65,50 @@ class EdgeModel:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feed: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        results = self.session.run(None, feed)
+        return {name: np.asarray(value) for name, value in zip(self.output_names, results, strict=True)}
+
+
+class _LiteEngine:
+    """A LiteRT interpreter running one signature of a TFLite model (one call at a time)."""
+
+    def __init__(self, model: bytes, meta: Mapping[str, Any], threads: int) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            try:
+                from tflite_runtime.interpreter import Interpreter  # the interpreter's older package
+            except ImportError:
+                raise BundleError("this bundle runs on the LiteRT interpreter: pip install ai-edge-litert") from None
+        import threading
+
+        self.interpreter = Interpreter(model_content=model, num_threads=threads)
+        key = meta.get("signature_key") or next(iter(self.interpreter.get_signature_list()), None)
+        if key is None:
+            raise BundleError("the bundled TFLite model has no signature to run")
+        self.runner = self.interpreter.get_signature_runner(key)
+        self.output_names = list(self.runner.get_output_details())
+        self.lock = threading.Lock()
+
+    def run(self, feed: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        with self.lock:
+            result = self.runner(**feed)
+            return {name: np.array(value) for name, value in result.items()}
+
+
+class EdgeModel:
+    """The bundled model, loaded into its engine (onnxruntime or the LiteRT interpreter)."""
+
+    def __init__(self, model: bytes, signature: Mapping[str, Any], meta: Mapping[str, Any], threads: int = 1) -> None:
+        engine = _LiteEngine if meta.get("engine") == "litert" else _OnnxEngine
+        self.engine: _OnnxEngine | _LiteEngine = engine(model, meta, threads)
         self.signature = dict(signature)
         self.meta = dict(meta)
         self.inputs = [(str(s["name"]), str(s["datatype"]), list(s["shape"])) for s in signature["inputs"]]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_names = self.engine.output_names
 
     @property
     def input_names(self) -> list[str]:
@@ -94,8 +139,7 @@ class EdgeModel:
                 raise BundleError(f"input '{name}' has {arr.shape[0]} rows but '{rows[0]}' has {rows[1]}")
             rows = rows or (name, arr.shape[0])
             feed[name] = arr
-        results = self.session.run(None, feed)
-        return {name: np.asarray(value) for name, value in zip(self.output_names, results, strict=True)}
+        return self.engine.run(feed)
 
     def predict_json(self, doc: Any) -> dict[str, Any]:
         """The ``/v1`` answer for a decoded JSON request (see the module docstring)."""
@@ -129,16 +173,20 @@ def load(path: str | None = None, threads: int = 1) -> EdgeModel:
 
     Args:
         path: the bundle; the one this module came from when None.
-        threads: onnxruntime intra-op threads.
+        threads: the engine's threads.
     """
     where = path or bundle_path()
-    files = _read(where, (MODEL_FILE, SIGNATURE_FILE, META_FILE))
+    files = _read(where, (SIGNATURE_FILE, META_FILE))
     meta = json.loads(files[META_FILE])
-    digest = hashlib.sha256(files[MODEL_FILE]).hexdigest()
+    model_file = str(meta.get("model_file", MODEL_FILE))
+    if model_file not in (MODEL_FILE, TFLITE_FILE):
+        raise BundleError(f"{where}: unknown model file {model_file!r} in {META_FILE}")
+    model = _read(where, (model_file,))[model_file]
+    digest = hashlib.sha256(model).hexdigest()
     if digest != meta.get("sha256"):
-        raise BundleError(f"{where}: {MODEL_FILE} has sha256 {digest[:12]}..., the bundle says "
+        raise BundleError(f"{where}: {model_file} has sha256 {digest[:12]}..., the bundle says "
                           f"{str(meta.get('sha256'))[:12]}...; refusing to run a changed model")
-    return EdgeModel(files[MODEL_FILE], json.loads(files[SIGNATURE_FILE]), meta, threads)
+    return EdgeModel(model, json.loads(files[SIGNATURE_FILE]), meta, threads)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,12 @@
-"""``shipyard bundle``: one zip that runs a model offline with onnxruntime and NumPy only.
+"""``shipyard bundle``: one zip that runs a model offline with NumPy and onnxruntime (or LiteRT) only.
 
 The zip holds:
 
 * ``model.onnx``: the version's ONNX graph (exported first when the version is
   not ONNX already), with ONNX Runtime's basic graph optimisations applied —
-  the portable level, whose operators every ONNX Runtime has;
+  the portable level, whose operators every ONNX Runtime has; or, for a TFLite
+  version, ``model.tflite`` as it is, run by the LiteRT interpreter
+  (``ai-edge-litert``) instead of onnxruntime;
 * ``signature.json``: the graph's inputs and outputs (names, datatypes, shapes);
 * ``bundle.json``: name, version, source digest, the model's sha256 (checked
   before every load), what it was checked on (rows, tolerance, and why when
@@ -43,6 +45,7 @@ from shipyard.export.pipeline import Exporter, ExportOptions
 from shipyard.registry import Registry
 from shipyard.registry.checkset import checked_on
 from shipyard.runtime.onnx import OnnxRuntime
+from shipyard.signature import Signature
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +84,8 @@ def bundle_version(registry: Registry, ref: str, out: Path, options: ExportOptio
 
     Args:
         registry: where the version lives.
-        ref: ``name``, ``name@alias`` or ``name:N``; an ONNX version (say a quantized
-            variant registered by ``export``) is bundled as it is, any other is exported first.
+        ref: ``name``, ``name@alias`` or ``name:N``; an ONNX or TFLite version (say a quantized
+            variant registered by ``export``) is bundled as it is, any other is exported to ONNX first.
         out: the zip file to write.
         options: check data, target column, tolerance and opset (the variant options are ignored).
 
@@ -97,14 +100,10 @@ def bundle_version(registry: Registry, ref: str, out: Path, options: ExportOptio
         with tempfile.TemporaryDirectory(prefix="shipyard-bundle-") as tmp:
             work = Path(tmp)
             exporter = Exporter(registry, mv, loaded, work, opts)
-            onnx = require("onnx", "export")
-            raw = work / "exported.onnx"
-            onnx.save_model(convert(exporter.source, opset=opts.opset, example=_head(exporter)), str(raw))
-            model = work / "model.onnx"
-            compiling.to_ort(raw, model, as_onnx=True, level="basic")
-            signature = OnnxRuntime.default_signature(work, {"file": model.name})
-            assert signature is not None  # an ONNX graph always declares its inputs
-            data = model.read_bytes()
+            if mv.flavor == "tflite":
+                data, signature, engine = _tflite(exporter)
+            else:
+                data, signature, engine = _onnx(exporter, work, opts)
             meta: dict[str, Any] = {
                 "format": 1,
                 "name": mv.name,
@@ -112,8 +111,7 @@ def bundle_version(registry: Registry, ref: str, out: Path, options: ExportOptio
                 "source_digest": mv.digest,
                 "source_flavor": mv.flavor,
                 "sha256": hashlib.sha256(data).hexdigest(),
-                "built_with": {"shipyard": __version__, **_versions("onnxruntime", "onnx", "numpy")},
-                "requires": ["onnxruntime", "numpy"],
+                **engine,
             }
             tol = exporter.tolerance("export")
             # known before the check runs; the zip only lands at ``out`` when the check passed
@@ -125,7 +123,7 @@ def bundle_version(registry: Registry, ref: str, out: Path, options: ExportOptio
             holder: dict[str, CheckResult] = {}
 
             def write(path: Path) -> None:
-                _write_zip(path, data, signature.to_dict(), meta)
+                _write_zip(path, data, signature.to_dict(), meta, meta.get("model_file", _bundle_runtime.MODEL_FILE))
 
             def check(path: Path) -> CheckResult:
                 bundled = _load_bundle(path)
@@ -150,11 +148,45 @@ def runtime_source() -> str:
     return Path(_bundle_runtime.__file__).read_text()
 
 
-def _write_zip(path: Path, model: bytes, signature: dict[str, Any], meta: dict[str, Any]) -> None:
+def _onnx(exporter: Exporter, work: Path, opts: ExportOptions) -> tuple[bytes, Signature, dict[str, Any]]:
+    """The version as a portable ONNX graph, its signature, and what runs it."""
+    onnx = require("onnx", "export")
+    raw = work / "exported.onnx"
+    onnx.save_model(convert(exporter.source, opset=opts.opset, example=_head(exporter)), str(raw))
+    model = work / "model.onnx"
+    compiling.to_ort(raw, model, as_onnx=True, level="basic")
+    signature = OnnxRuntime.default_signature(work, {"file": model.name})
+    assert signature is not None  # an ONNX graph always declares its inputs
+    return model.read_bytes(), signature, {
+        "built_with": {"shipyard": __version__, **_versions("onnxruntime", "onnx", "numpy")},
+        "requires": ["onnxruntime", "numpy"],
+    }
+
+
+def _tflite(exporter: Exporter) -> tuple[bytes, Signature, dict[str, Any]]:
+    """A TFLite version's file as it is, its signature, and what runs it (the LiteRT interpreter)."""
+    from shipyard.runtime.tflite import TfliteRuntime
+
+    meta = exporter.mv.flavor_meta
+    signature = TfliteRuntime.default_signature(exporter.folder, meta)
+    assert signature is not None  # a TFLite model always declares its tensors
+    engine: dict[str, Any] = {
+        "engine": "litert",
+        "model_file": _bundle_runtime.TFLITE_FILE,
+        "built_with": {"shipyard": __version__, **_versions("ai-edge-litert", "numpy")},
+        "requires": ["ai-edge-litert", "numpy"],
+    }
+    if meta.get("signature"):
+        engine["signature_key"] = meta["signature"]
+    return (exporter.folder / meta["file"]).read_bytes(), signature, engine
+
+
+def _write_zip(path: Path, model: bytes, signature: dict[str, Any], meta: dict[str, Any],
+               model_file: str = _bundle_runtime.MODEL_FILE) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("__main__.py", MAIN)
         zf.writestr(RUNTIME_MODULE, runtime_source())
-        zf.writestr(_bundle_runtime.MODEL_FILE, model)
+        zf.writestr(model_file, model)
         zf.writestr(_bundle_runtime.SIGNATURE_FILE, json.dumps(signature, indent=2))
         zf.writestr(_bundle_runtime.META_FILE, json.dumps(meta, indent=2))
 

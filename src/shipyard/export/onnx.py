@@ -6,6 +6,7 @@ One converter per framework:
 * XGBoost and LightGBM: ``onnxmltools``;
 * PyTorch: ``torch.onnx`` (exported programs through the dynamo exporter,
   TorchScript through the TorchScript exporter, its only route);
+* TensorFlow (SavedModels, Keras): ``tf2onnx``, from the serving signature;
 * ONNX versions are already graphs and are used as they are.
 
 Custom ``shipyard.Model`` subclasses and MLflow ``python_function`` models run
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 EXTRA = "export"
 #: Highest opset each converter writes by default (onnxmltools stops at 15).
-DEFAULT_OPSET = {"sklearn": 17, "mlflow": 17, "xgboost": 15, "lightgbm": 15, "torch": 18}
+DEFAULT_OPSET = {"sklearn": 17, "mlflow": 17, "xgboost": 15, "lightgbm": 15, "torch": 18, "tensorflow": 17}
 FEATURES = "__shipyard_features"
 _FLOAT_TYPES = ("FP16", "FP32", "FP64")
 _INT_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
@@ -56,11 +57,13 @@ class Source:
     flavor: str
     model: Any
     """scikit-learn estimator, XGBoost model, LightGBM Booster, torch ExportedProgram or
-    ScriptModule, or the path of an ONNX file."""
+    ScriptModule, or the path of an ONNX file, a SavedModel folder or a TFLite file."""
     signature: Signature
     classes: np.ndarray[Any, Any] | None = None
     """LightGBM classifiers: the labels behind the class indices."""
     label_output: str = "predict"
+    signature_key: str = "serving_default"
+    """TensorFlow: the SavedModel signature the version serves."""
 
 
 def open_source(loaded: LoadedModel, folder: Path) -> Source:
@@ -96,6 +99,13 @@ def open_source(loaded: LoadedModel, folder: Path) -> Source:
         module = require("torch", "torch").jit.load(str(file), map_location="cpu")
         module.eval()
         return Source("torch", module, sig, label_output=label)
+    if mv.flavor == "tensorflow" or (mv.flavor == "mlflow" and mv.flavor_meta.get("loader") == "tensorflow"):
+        meta = mv.flavor_meta if mv.flavor == "tensorflow" else mv.flavor_meta["tensorflow"]
+        return Source("tensorflow", folder / meta["dir"], sig, label_output=label,
+                      signature_key=meta.get("signature", "serving_default"))
+    if mv.flavor == "tflite":
+        return Source("tflite", folder / mv.flavor_meta["file"], sig, label_output=label,
+                      signature_key=mv.flavor_meta.get("signature", "serving_default"))
     if mv.flavor == "python":
         raise NotExportable(
             f"{mv.ref} is a custom shipyard.Model ({mv.flavor_meta.get('class', 'Python class')}): its predict() "
@@ -133,6 +143,12 @@ def convert(source: Source, *, opset: int | None = None, example: dict[str, np.n
         return _finish(proto, source.signature, outputs={})
     if source.flavor == "sklearn":
         return _sklearn(obj, source, target or 17)
+    if source.flavor == "tensorflow":
+        return _finish(_tensorflow(obj, source.signature_key, target or 17), source.signature, outputs={})
+    if source.flavor == "tflite":
+        raise NotExportable(
+            "a TFLite model has no maintained converter to ONNX; export its TensorFlow source with --to onnx instead"
+        )
     if source.flavor in ("xgboost", "lightgbm"):
         return _gbm(obj, source, target or 15)
     raise NotExportable(f"no ONNX converter for flavor '{source.flavor}'")  # pragma: no cover - open_source guards
@@ -278,6 +294,38 @@ def _torch(model: Any, sig: Signature, example: dict[str, np.ndarray[Any, Any]],
             return onnx_program.model_proto
     except Exception as exc:  # torch.onnx raises its own error types per failing step
         raise NotExportable(f"torch.onnx cannot export this model: {type(exc).__name__}: {exc}") from exc
+
+
+def _tensorflow(saved_model: Path, signature: str, opset: int) -> Any:
+    """The SavedModel's ``signature`` through tf2onnx, with the signature's input and output names.
+
+    tf2onnx's own SavedModel loader (what its command line uses) freezes every variable and
+    captured constant the signature reads, and names the graph's tensors after the signature.
+    """
+    from shipyard.runtime.tensorflow import import_tensorflow
+
+    import_tensorflow()
+    tf2onnx = require("tf2onnx", "tensorflow")
+    loader = require("tf2onnx.tf_loader", "tensorflow", "tf2onnx")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TensorFlow's deprecation notes from inside tf2onnx
+            graph_def, inputs, outputs, rename = loader.from_saved_model(
+                str(saved_model), None, None, tag="serve", signatures=[signature], return_tensors_to_rename=True)
+            proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
+                                                      opset=opset, tensors_to_rename=rename)
+    except Exception as exc:  # tf2onnx raises assorted errors for operators it cannot map
+        raise NotExportable(f"tf2onnx cannot convert this SavedModel: {type(exc).__name__}: {exc}") from exc
+    onnx = require("onnx", EXTRA)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        # tf2onnx leaves TensorFlow operators it has no mapping for in the graph
+        ops = sorted({n.op_type for n in proto.graph.node if n.domain == "" and not onnx.defs.has(n.op_type)})
+        hint = (" (a function compiled with XLA is kept whole and cannot be converted: export the "
+                "version it was compiled from)") if {"StatefulPartitionedCall", "PartitionedCall"} & set(ops) else ""
+        raise NotExportable(f"tf2onnx cannot convert the TensorFlow operators {', '.join(ops) or exc}{hint}") from exc
+    return proto
 
 
 # -- graph surgery ------------------------------------------------------------------------

@@ -7,10 +7,12 @@
    rows; its input example for versions registered before check sets), plus
    the user's data file (and its target column, when named). Fewer than 100
    rows in all are reported with the reason (``checked on 37 rows: ...``);
-3. export the base ONNX graph; check it against the source (lossless
-   tolerance) and write it, or stop: every other variant derives from it;
+3. export the base ONNX graph (``to="tflite"``: the float32 TFLite model of a
+   TensorFlow source); check it against the source (lossless tolerance) and
+   write it, or stop: every other variant derives from it;
 4. make each requested variant (quantized from the base graph, pruned from the
-   source model, compiled from the base graph), check it against the *source*,
+   source model, compiled from the base graph; ``xla`` from the TensorFlow
+   source), check it against the *source*,
    and write it only if it passed (``check.write_checked``);
 5. measure size, compressed size and latency at batch 1 and 1000 for the
    source and every variant;
@@ -36,7 +38,7 @@ from shipyard._extras import require
 from shipyard.errors import CheckFailed, ExportError, InvalidInput, NotExportable, ShipyardError
 from shipyard.export import check as checks
 from shipyard.export import compile as compiling
-from shipyard.export import measure
+from shipyard.export import litert, measure
 from shipyard.export import prune as pruning
 from shipyard.export import quantize as quantizing
 from shipyard.export.onnx import Source, convert, open_source
@@ -44,6 +46,7 @@ from shipyard.registry import Registry, checkset
 from shipyard.registry.loaded import LoadedModel
 from shipyard.registry.model import ModelVersion
 from shipyard.runtime.onnx import OnnxRuntime
+from shipyard.runtime.tensorflow import SAVED_MODEL_FILE
 from shipyard.signature import sample_to_arrays
 from shipyard.types import DATATYPE_TO_NUMPY
 
@@ -51,6 +54,13 @@ logger = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 BASE_FILE = "model.onnx"
+TFLITE_FILE = "model.tflite"
+XLA_DIR = "model.xla"
+TARGETS = ("onnx", "tflite")
+#: What each --quantize method is called for each target, and the tolerance kind it gets.
+QUANTIZE = {"onnx": {"dynamic": "dynamic", "static": "static", "fp16": "fp16"},
+            "tflite": {"dynamic": "dynamic", "int8": "static", "fp16": "fp16"}}
+COMPILE = {"onnx": ("ort", "openvino", "xla"), "tflite": ("xla",)}
 
 
 @dataclass(frozen=True)
@@ -60,11 +70,11 @@ class ExportOptions:
     opset: int | None = None
     """ONNX opset to target; each converter's default when None."""
     quantize: tuple[str, ...] = ()
-    """Any of ``dynamic``, ``static``, ``fp16``: one variant each."""
+    """ONNX: any of ``dynamic``, ``static``, ``fp16``; TFLite: ``dynamic``, ``int8``, ``fp16``. One variant each."""
     prune: tuple[pruning.PruneSpec, ...] = ()
-    """One pruned variant per spec."""
+    """One pruned variant per spec (ONNX only)."""
     compile: tuple[str, ...] = ()
-    """Any of ``ort``, ``openvino``: one compiled variant each."""
+    """ONNX: any of ``ort``, ``openvino``, ``xla``; TFLite: ``xla``. One compiled variant each."""
     check_data: Any = None
     """Extra check rows (DataFrame, records, columns) beside the version's stored check set."""
     target: str | None = None
@@ -77,14 +87,23 @@ class ExportOptions:
     """Register every passing variant as a new version of this model name."""
     latency_budget_s: float = 1.0
     """Seconds to spend timing each batch size of each variant."""
+    to: str = "onnx"
+    """The base format: ``onnx`` (every flavor with a converter) or ``tflite`` (TensorFlow sources)."""
 
     def __post_init__(self) -> None:
-        bad = [q for q in self.quantize if q not in quantizing.METHODS]
+        if self.to not in TARGETS:
+            raise InvalidInput(f"unknown --to '{self.to}'; use {', '.join(TARGETS)}", field="to")
+        methods = QUANTIZE[self.to]
+        bad = [q for q in self.quantize if q not in methods]
         if bad:
-            raise InvalidInput(f"unknown --quantize '{bad[0]}'; use {', '.join(quantizing.METHODS)}", field="quantize")
-        bad = [c for c in self.compile if c not in compiling.TARGETS]
+            raise InvalidInput(f"--quantize '{bad[0]}' is not a method for --to {self.to}; use {', '.join(methods)}",
+                               field="quantize")
+        bad = [c for c in self.compile if c not in COMPILE[self.to]]
         if bad:
-            raise InvalidInput(f"unknown --compile '{bad[0]}'; use {', '.join(compiling.TARGETS)}", field="compile")
+            raise InvalidInput(f"--compile '{bad[0]}' is not a target for --to {self.to}; "
+                               f"use {', '.join(COMPILE[self.to])}", field="compile")
+        if self.prune and self.to != "onnx":
+            raise InvalidInput(f"--prune makes ONNX variants; it does not apply to --to {self.to}", field="prune")
         if self.opset is not None and not 7 <= self.opset <= 30:
             raise InvalidInput(f"--opset {self.opset} is outside 7..30", field="opset")
         if self.target is not None and self.check_data is None:
@@ -272,6 +291,16 @@ class Exporter:
         report = ExportReport(self.mv.ref, self.data.rows, [self._source_row()], self.data.note)
         if self.data.note:
             logger.warning("%s: every variant is %s", self.mv.ref, self.data.checked_on())
+        if self.opts.to == "tflite":
+            self._tflite(report)
+        else:
+            self._onnx(report)
+        if self.opts.register:
+            for v in report.variants[1:]:
+                self._register(v)
+        return report
+
+    def _onnx(self, report: ExportReport) -> None:
         base = self.out / BASE_FILE
         proto = convert(self.source, opset=self.opts.opset, example=_head(self.data.inputs, 5))
         onnx = require("onnx", "export")
@@ -288,10 +317,25 @@ class Exporter:
             report.variants.append(self._pruned(spec))
         for target in self.opts.compile:
             report.variants.append(self._compiled(target, base))
-        if self.opts.register:
-            for v in report.variants[1:]:
-                self._register(v)
-        return report
+
+    def _tflite(self, report: ExportReport) -> None:
+        if self.source.flavor != "tensorflow":
+            raise NotExportable(f"--to tflite converts TensorFlow models (SavedModel, Keras); {self.mv.ref} is "
+                                f"'{self.mv.flavor}'")
+        saved, key = Path(self.source.model), self.source.signature_key
+        base = self.out / TFLITE_FILE
+        row = self._variant("tflite", "export", base, lambda p: litert.to_tflite(saved, p, signature=key))
+        report.variants.append(row)
+        if not row.ok:
+            raise CheckFailed("tflite", row.error or "")
+        for method in self.opts.quantize:
+            report.variants.append(self._variant(
+                f"quantize:{method}", QUANTIZE["tflite"][method], self.out / f"model.{method}.tflite",
+                lambda p, m=method: litert.to_tflite(saved, p, signature=key, method=m,  # type: ignore[misc]
+                                                     calibration=self.data.inputs, base=base),
+            ))
+        for target in self.opts.compile:
+            report.variants.append(self._compiled(target, base))
 
     # -- steps --------------------------------------------------------------------------
 
@@ -389,6 +433,13 @@ class Exporter:
         return pruning.truncate(fresh, k), {"trees": k, "of": n, "curve": curve}
 
     def _compiled(self, target: str, base: Path) -> VariantReport:
+        if target == "xla":
+            if self.source.flavor != "tensorflow":
+                return VariantReport("compile:xla", error=f"--compile xla compiles TensorFlow models; {self.mv.ref} "
+                                                         f"is '{self.mv.flavor}'")
+            saved, key = Path(self.source.model), self.source.signature_key
+            return self._variant("compile:xla", "compile", self.out / XLA_DIR,
+                                 lambda p: litert.to_xla(saved, p, signature=key))
         if target == "ort":
             return self._variant("compile:ort", "compile", self.out / "model.ort",
                                  lambda p: compiling.to_ort(base, p))
@@ -435,7 +486,7 @@ class Exporter:
         # registered again (an export run twice) give back the version they already are
         new = self.registry.register(
             path, self.opts.register or self.mv.name,
-            sample=raw, flavor="onnx", parent=self.mv.ref, check_data=self.data.inputs,
+            sample=raw, flavor=_flavor_of(path), parent=self.mv.ref, check_data=self.data.inputs,
             description=f"{v.name} of {self.mv.ref}, {self.data.checked_on()} ({c.summary()})",
             tags=tags, metrics=metrics, if_identical="reuse",
         )
@@ -492,11 +543,30 @@ class Exporter:
             runner.unload()
 
 
+def _flavor_of(path: Path) -> str:
+    """The runtime that serves an artifact the pipeline wrote."""
+    if path.suffix == ".tflite":
+        return "tflite"
+    if path.is_dir() and (path / SAVED_MODEL_FILE).is_file():
+        return "tensorflow"
+    return "onnx"
+
+
 def _runner(path: Path) -> Any:
     """Something with ``predict(arrays)`` and ``unload()`` for an artifact on disk."""
+    flavor = _flavor_of(path)
+    if flavor == "tflite":
+        from shipyard.runtime.tflite import TfliteRuntime, file_meta
+
+        return TfliteRuntime.load(path.parent, file_meta(path, {"threads": 1}))
+    if flavor == "tensorflow":
+        from shipyard.runtime.tensorflow import TensorflowRuntime
+
+        return TensorflowRuntime.load(path.parent, {"dir": path.name})
     if path.is_dir():
         return compiling.OpenVinoRunner(path)
     return OnnxRuntime.load(path.parent, {"file": path.name, "threads": 1})
+
 
 
 def _head(arrays: Mapping[str, np.ndarray[Any, Any]], n: int) -> Arrays:

@@ -25,6 +25,8 @@ _BUILTIN = {
     "mlflow": "shipyard.runtime.mlflow:MlflowRuntime",
     "onnx": "shipyard.runtime.onnx:OnnxRuntime",
     "torch": "shipyard.runtime.torch:TorchRuntime",
+    "tensorflow": "shipyard.runtime.tensorflow:TensorflowRuntime",
+    "tflite": "shipyard.runtime.tflite:TfliteRuntime",
     # XGBoost/LightGBM estimators subclass scikit-learn's bases: match them before sklearn
     "xgboost": "shipyard.runtime.xgboost:XGBoostRuntime",
     "lightgbm": "shipyard.runtime.lightgbm:LightGBMRuntime",
@@ -79,7 +81,7 @@ def runtime_for_object(obj: Any) -> type[Runtime]:
         raise UnsupportedModel(
             f"no runtime knows how to save a {type(obj).__module__}.{type(obj).__qualname__}; "
             "supported: scikit-learn, XGBoost, LightGBM, PyTorch (TorchScript/exported), ONNX, "
-            "MLflow model folders and shipyard.Model subclasses"
+            "TensorFlow/Keras, TFLite, MLflow model folders and shipyard.Model subclasses"
         )
     return cls
 
@@ -122,6 +124,9 @@ _PRELOAD = {
     "lightgbm": ["lightgbm", "pandas"],
     "onnx": ["onnxruntime"],
     "torch": ["torch"],
+    # TensorFlow itself is left out: its import is slow, and a forkserver that imported it
+    # hands every fork a copy of state TensorFlow does not expect to share
+    "tflite": ["ai_edge_litert.interpreter"],
     "mlflow": ["pandas"],
 }
 

@@ -7,6 +7,10 @@ default signature without the ``mlflow`` package. Two flavors load:
   ``serialization_format: skops`` it loads through skops, trusting
   scikit-learn/NumPy/SciPy types only (others need ``trust_pickle``); a
   ``pickle``/``cloudpickle`` file needs ``trust_pickle=True``. No ``mlflow``.
+* ``tensorflow``: the Keras file (``model_type: keras``, ``data/model.keras``
+  or a SavedModel folder) or the SavedModel of a ``tf.Module``
+  (``model_type: tf2-module``), served by shipyard's tensorflow runtime
+  (stored beside the folder as ``saved_model/``). No ``mlflow``.
 * ``python_function`` (anything else): ``mlflow.pyfunc.load_model``, which
   unpickles the model with cloudpickle, so it needs ``trust_pickle=True`` and
   the ``mlflow`` (or ``mlflow-skinny``) package.
@@ -75,8 +79,15 @@ class MlflowRuntime(Runtime):
             raise ModelFormatError(f"'{src}' is not an MLflow model folder: it has no {MLMODEL} file")
         mlmodel = _read_mlmodel(src)
         flavors = mlmodel.get("flavors") or {}
+        skip: Path | None = None
         if "sklearn" in flavors:
             meta = _sklearn_meta(src, flavors["sklearn"], flavors.get("python_function") or {}, trust_pickle)
+        elif "tensorflow" in flavors:
+            from shipyard.runtime.tensorflow import TensorflowRuntime
+
+            skip = _tensorflow_artifact(src, flavors["tensorflow"])
+            inner = TensorflowRuntime.import_path(skip, dest, trust_pickle=trust_pickle, **options)
+            meta = {"loader": "tensorflow", "tensorflow": inner}
         elif "python_function" in flavors:
             if not trust_pickle:
                 raise UnsafeFormat(str(src), "an MLflow python_function model, stored with cloudpickle")
@@ -85,14 +96,28 @@ class MlflowRuntime(Runtime):
         else:
             raise ModelFormatError(
                 f"the MLflow model '{src}' has flavors {', '.join(flavors) or 'none'}; shipyard loads "
-                "the sklearn and python_function flavors"
+                "the sklearn, tensorflow and python_function flavors"
             )
-        shutil.copytree(src, dest / MODEL_DIR, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        patterns = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+        def ignore(folder: str, names: list[str]) -> set[str]:
+            # the TensorFlow model is stored once, as the SavedModel beside this folder
+            left_out = set(patterns(folder, names))
+            if skip is not None and Path(folder).resolve() == skip.parent.resolve():
+                left_out.add(skip.name)
+            return left_out
+
+        shutil.copytree(src, dest / MODEL_DIR, ignore=ignore)
         return {"dir": MODEL_DIR, **meta}
 
     @classmethod
     def default_signature(cls, path: Path, meta: dict[str, Any]) -> Signature | None:
-        return _signature(_read_mlmodel(path / meta["dir"]))
+        declared = _signature(_read_mlmodel(path / meta["dir"]))
+        if declared is None and meta.get("loader") == "tensorflow":
+            from shipyard.runtime.tensorflow import TensorflowRuntime
+
+            return TensorflowRuntime.default_signature(path, meta["tensorflow"])
+        return declared
 
     # -- serving -----------------------------------------------------------
 
@@ -103,11 +128,18 @@ class MlflowRuntime(Runtime):
         if meta["loader"] == "sklearn":
             inner: dict[str, Any] = {k: meta[k] for k in ("file", "methods", "trusted_types", "pickle") if k in meta}
             return cls(SklearnRuntime.load(folder, inner), "sklearn", mlmodel)
+        if meta["loader"] == "tensorflow":
+            from shipyard.runtime.tensorflow import TensorflowRuntime
+
+            return cls(TensorflowRuntime.load(path, meta["tensorflow"]), "tensorflow", mlmodel)
         # Trust was given explicitly at registration and every file's sha256 was checked.
         pyfunc = require("mlflow.pyfunc", cls.extra, "mlflow")
         return cls(pyfunc.load_model(str(folder)), "pyfunc", mlmodel)
 
     def predict(self, inputs: Arrays) -> Arrays:
+        if self.loader == "tensorflow":
+            outputs = self.predictor.predict(inputs)
+            return self._name(outputs) if len(outputs) == 1 else outputs
         if self.loader == "sklearn":
             result: Any = next(iter(self.predictor.predict(inputs).values()))
         else:
@@ -144,6 +176,29 @@ def _read_mlmodel(folder: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelFormatError(f"{folder / MLMODEL} is not an MLflow model description")
     return data
+
+
+def _tensorflow_artifact(src: Path, flavor: dict[str, Any]) -> Path:
+    """The Keras file or SavedModel folder an MLflow ``tensorflow`` flavor keeps its model in."""
+    model_type = flavor.get("model_type", "keras")
+    if model_type == "tf2-module":
+        folder = src / str(flavor.get("saved_model_dir", "tf2model"))
+        if (folder / "saved_model.pb").is_file():
+            return folder
+        raise ModelFormatError(f"the MLflow tensorflow model in '{src}' has no SavedModel at {folder.name}/")
+    if model_type != "keras":
+        raise ModelFormatError(
+            f"the MLflow tensorflow model in '{src}' is a {model_type!r}; shipyard loads Keras models and "
+            "TF2 modules (TF1 estimators are not supported)"
+        )
+    base = src / str(flavor.get("data", "data")) / "model"
+    for candidate in (base.with_suffix(".keras"), base):
+        if candidate.is_file() or (candidate / "saved_model.pb").is_file():
+            return candidate
+    raise ModelFormatError(
+        f"the MLflow Keras model in '{src}' keeps neither {base.name}.keras nor a SavedModel folder in "
+        f"{base.parent.name}/ (a legacy .h5 file is not supported: save the model again as .keras)"
+    )
 
 
 def _sklearn_meta(

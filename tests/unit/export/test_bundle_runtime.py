@@ -15,7 +15,7 @@ from shipyard.export import _bundle_runtime as rt
 from shipyard.export.bundle import runtime_source
 
 
-def test_the_bundle_runtime_imports_nothing_but_the_standard_library_numpy_and_onnxruntime() -> None:
+def test_the_bundle_runtime_imports_nothing_but_the_standard_library_numpy_and_its_engines() -> None:
     tree = ast.parse(runtime_source())
     modules = set()
     for node in ast.walk(tree):
@@ -23,8 +23,8 @@ def test_the_bundle_runtime_imports_nothing_but_the_standard_library_numpy_and_o
             modules |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             modules.add(node.module.split(".")[0])
-    assert modules <= {"__future__", "hashlib", "json", "os", "sys", "zipfile", "collections", "typing",
-                       "numpy", "onnxruntime"}
+    assert modules <= {"__future__", "hashlib", "json", "os", "sys", "threading", "zipfile", "collections", "typing",
+                       "numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime"}
 
 
 def _bundle(tmp_path: Path, *, tamper: bool = False) -> Path:

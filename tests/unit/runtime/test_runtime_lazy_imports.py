@@ -9,13 +9,16 @@ import pytest
 
 from shipyard.runtime.loader import flavors, get_runtime
 
-HEAVY = ("xgboost", "lightgbm", "onnx", "onnxruntime", "torch", "mlflow", "sklearn", "skops", "pandas")
+HEAVY = ("xgboost", "lightgbm", "onnx", "onnxruntime", "torch", "mlflow", "sklearn", "skops", "pandas",
+         "tensorflow", "keras", "ai_edge_litert", "tf2onnx")
 MODULES = {
     "xgboost": "shipyard.runtime.xgboost",
     "lightgbm": "shipyard.runtime.lightgbm",
     "onnx": "shipyard.runtime.onnx",
     "torch": "shipyard.runtime.torch",
     "mlflow": "shipyard.runtime.mlflow",
+    "tensorflow": "shipyard.runtime.tensorflow",
+    "tflite": "shipyard.runtime.tflite",
 }
 
 
@@ -34,6 +37,7 @@ def test_runtime_module_imports_without_its_framework(monkeypatch: pytest.Monkey
 def test_builtin_flavors_are_ordered_specific_before_generic() -> None:
     names = flavors()
     # a graph (made of other versions) is checked first: no other runtime takes one
-    assert names[:8] == ["graph", "python", "mlflow", "onnx", "torch", "xgboost", "lightgbm", "sklearn"]
-    for flavor in names[:8]:
+    builtin = ["graph", "python", "mlflow", "onnx", "torch", "tensorflow", "tflite", "xgboost", "lightgbm", "sklearn"]
+    assert names[:10] == builtin
+    for flavor in names[:10]:
         assert get_runtime(flavor).flavor == flavor

@@ -132,6 +132,8 @@ def test_every_builtin_runtime_declares_its_options() -> None:
         "mlflow": [],
         "onnx": ["threads"],
         "torch": [],
+        "tensorflow": ["signature"],
+        "tflite": ["signature", "threads"],
         "xgboost": ["methods"],
         "lightgbm": ["methods", "classes"],
         "sklearn": ["methods"],
