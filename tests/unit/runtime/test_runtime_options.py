@@ -128,6 +128,7 @@ def test_onnx_threads_is_a_whole_number_of_at_least_one(
 def test_every_builtin_runtime_declares_its_options() -> None:
     declared = {flavor: [o.name for o in specs] for flavor, specs in declared_options().items()}
     assert declared == {
+        "graph": [],
         "python": ["code_paths"],
         "mlflow": [],
         "onnx": ["threads"],
@@ -185,7 +186,7 @@ def test_batch_predict_refuses_an_unknown_keyword_with_the_nearest(tmp_path: Pat
 def test_a_mistyped_flavor_names_the_nearest(registry: Registry, model: Any) -> None:
     with pytest.raises(UnsupportedModel, match=re.escape("unknown model flavor 'sklean'; did you mean 'sklearn'?")):
         registry.register(model, "iris", flavor="sklean")
-    with pytest.raises(UnsupportedModel, match="unknown model flavor 'keras'; known: python, mlflow, onnx"):
+    with pytest.raises(UnsupportedModel, match="unknown model flavor 'keras'; known: graph, python, mlflow, onnx"):
         registry.register(model, "iris", flavor="keras")
 
 
