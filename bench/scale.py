@@ -66,6 +66,20 @@ def wrk(url: str, concurrency: int, duration: int, script: Path) -> dict[str, fl
             "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, sock.groups())) if sock else 0)}
 
 
+def answering(url: str, times: int, deadline_s: float = 30.0) -> None:
+    """Wait until ``times`` predictions in a row through ``url`` succeed (a point measured earlier counts 503s)."""
+    give_up, ok = time.monotonic() + deadline_s, 0
+    while ok < times:
+        if time.monotonic() > give_up:
+            raise RuntimeError(f"{url} did not answer {times} predictions in a row within {deadline_s:.0f} s")
+        try:
+            version_of(url)
+            ok += 1
+        except OSError:
+            ok = 0
+            time.sleep(0.1)
+
+
 def version_of(url: str) -> str:
     req = urllib.request.Request(f"{url}/v2/models/demo/infer", method="POST", headers={"Content-Type":
                                  "application/json"}, data=json.dumps({"inputs": [
@@ -134,6 +148,7 @@ def main() -> None:
                                                                 script)}
         for n in (1, 2, 3):
             with load_balancer(tmp / f"lb-{n}", [f"127.0.0.1:{r.port}" for r in replicas[:n]]) as lb:
+                answering(lb, 10 * n)  # HAProxy's health checks have found every backend up
                 points[f"{n} behind haproxy"] = wrk(lb, args.concurrency, args.duration, script)
         report["loadavg_after"] = loadavg()
         base = points["1 behind haproxy"]["rps"]

@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS pending (
 _OPTIONS = {"path", "ack_wait", "retention_hours"}
 # First and longest sleep between polls of an empty stream. Each poll wakes a thread, and in a serving
 # process (asynchronous requests) every wake costs the request path: a model that releases the GIL often
-# hands it to the waking thread and back many times. An idle stream is looked at 4 times a second.
+# hands it to the waking thread and back many times. The pause grows while the stream stays empty, across
+# fetches (a consumer fetches again at once when one comes back empty), so an idle stream is looked at 4
+# times a second; the first message found brings it back to the shortest.
 _POLL_SECONDS = (0.002, 0.25)
 _TRIM_EVERY = 500  # sends between retention checks
 
@@ -149,6 +151,7 @@ class LocalSource(Source):
         self.group = group
         self.consumer = consumer
         self.ack_wait = url.float_option("ack_wait", 30.0)
+        self._pause = _POLL_SECONDS[0]
         self._db: _Database | None = None
 
     @property
@@ -168,14 +171,16 @@ class LocalSource(Source):
 
     async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
         deadline = time.monotonic() + timeout
-        pause = _POLL_SECONDS[0]
         while True:
             got: list[Message] = await anyio.to_thread.run_sync(self._poll, max_messages)
-            left = deadline - time.monotonic()
-            if got or left <= 0:
+            if got:
+                self._pause = _POLL_SECONDS[0]
                 return got
-            await asyncio.sleep(min(pause, left))
-            pause = min(pause * 2, _POLL_SECONDS[1])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return got
+            await asyncio.sleep(min(self._pause, left))
+            self._pause = min(self._pause * 2, _POLL_SECONDS[1])
 
     def _poll(self, limit: int) -> list[Message]:
         # an idle consumer only reads: the write lock is taken when there is something to reserve

@@ -57,6 +57,7 @@ defaults
     timeout client 60s
     timeout server 60s
     timeout http-request 10s
+    timeout check 2s
     retries {retries}
     option redispatch 1
     option http-buffer-request
