@@ -313,6 +313,25 @@ def test_the_credential_matrix_on_rest_grpc_and_graphql(world: World) -> None:
     assert "Traceback" not in world.server.log()
 
 
+def test_a_large_token_over_grpc_is_always_unauthenticated_and_one_over_the_limit_always_refused(world: World) -> None:
+    # gRPC's default metadata limits refuse headers between 8 and 16 KiB at random (a 9 KB token was
+    # RESOURCE_EXHAUSTED about one call in five); the server sets one limit, so the answer is certain
+    def codes(size: int, calls: int) -> set[grpc.StatusCode]:
+        seen = set()
+        with grpc.insecure_channel(world.server.grpc_target) as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                        request_serializer=pb.ModelInferRequest.SerializeToString,
+                                        response_deserializer=pb.ModelInferResponse.FromString)
+            for _ in range(calls):
+                with pytest.raises(grpc.RpcError) as refused:
+                    infer(_infer_request(), metadata=(("authorization", "Bearer " + "x" * size),), timeout=30)
+                seen.add(refused.value.code())
+        return seen
+
+    assert codes(15_000, 40) == {grpc.StatusCode.UNAUTHENTICATED}
+    assert codes(17_000, 5) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
 def test_a_key_over_its_rate_gets_429_with_retry_after_on_rest_and_resource_exhausted_on_grpc(world: World) -> None:
     slow = world.keys["slow"]  # 0.2 requests a second: a bucket of one
     first = _rest(world, "POST", "/v1/models/demo:predict", slow, body={"instances": [ROW]})

@@ -19,6 +19,9 @@ from shipyard.serving.grpc.service import InferenceServicer
 
 logger = logging.getLogger(__name__)
 
+#: request metadata (headers) a call may carry; the HTTP front allows the same (h11's 16 KiB)
+MAX_METADATA_BYTES = 16 * 1024
+
 
 def address(host: str, port: int) -> str:
     """``host:port`` as gRPC wants it (IPv6 literals in brackets)."""
@@ -72,6 +75,11 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", -1),
+                # gRPC rejects metadata between its soft (8 KiB) and hard (16 KiB) limits at random;
+                # one limit for both makes a large bearer token reach authentication every time,
+                # as it does over REST, and answer UNAUTHENTICATED rather than, sometimes, RESOURCE_EXHAUSTED
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
                 # without this a second server could bind the same port and share its traffic
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ]
