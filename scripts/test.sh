@@ -123,4 +123,5 @@ say "ruff and mypy (strict)"
 
 # -- tests -------------------------------------------------------------------------------
 say "running tests"
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+# the slowest tests are listed at the end, so a suite that grows shows where its time went
+exec .venv/bin/python -m pytest -p no:cacheprovider --durations=30 "$@"
