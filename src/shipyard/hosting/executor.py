@@ -1,4 +1,4 @@
-"""Where a model call runs: in this process (inline, or on the model's own lane thread).
+"""Where a model call runs: in this process (on the event loop, or on the model's own lane thread).
 
 Every executor has the same shape: ``await executor.run(model, arrays)`` with inputs
 that already passed the signature, and ``capacity``, how many calls it can run at
@@ -129,13 +129,20 @@ class _Cost:
 
 
 class InProcessExecutor:
-    """Runs the model in the server process: inline when cheap, else on the model's lane.
+    """Runs the model in the server process: on the event loop when it can, else on the model's lane.
 
-    A call under ``inline_below_ms`` of CPU (median of the model's latest calls) runs inline
-    on the event loop, as a bare endpoint would run it. On a thread it would cost more, not
-    less: a forest releases the GIL once per tree, and each release hands the GIL to the loop
-    and back (two thread switches), which on a 100-tree forest costs more CPU than the loop
-    gains (bench/serve.py measured 4.9 ms of CPU a request inline against 7.4 ms on a lane).
+    A call under ``inline_below_ms`` of CPU (median of the model's latest calls) runs on the
+    event loop, as a bare endpoint would run it. On a thread it would cost more, not less: a
+    forest releases the GIL once per tree, and each release hands the GIL to the loop and back
+    (two thread switches), which on a 100-tree forest costs more CPU than the loop gains
+    (bench/serve.py measured 4.9 ms of CPU a request inline against 7.4 ms on a lane).
+
+    Calls on the loop take turns with everything else the loop does: once model calls used
+    ``turn_ms`` since the loop last looked for I/O, further calls wait in a queue, run by a
+    task that yields to the loop between turns. A health probe, or a cheap model's request,
+    so waits for about one call of the costliest inline model, never for all the calls queued
+    (32 forest calls run back to back would hold a probe for 32 calls).
+
     A model whose calls cost more, or that waits inside them, runs on its lane, so the loop
     stays free for other requests, health probes and other models while it runs. A model's
     first calls go to the lane until its cost is known.
@@ -147,11 +154,19 @@ class InProcessExecutor:
     SAMPLE_INLINE = 16
     #: Timed inline calls in a row that must wait (not work) before a model is kept on its lane.
     WAITS_AFTER = 3
+    #: A timed inline call that took this long, four times more wall time than CPU, waited.
+    WAIT_MS = 2.0
 
-    def __init__(self, inline_below_ms: float = 10.0) -> None:
+    def __init__(self, inline_below_ms: float = 50.0, turn_ms: float = 5.0) -> None:
         self.inline_below_ms = inline_below_ms
+        self.turn_ms = turn_ms
         self._lanes: dict[str, tuple[Lane, _Cost]] = {}
         self._calls = 0
+        self._turn_used = 0.0
+        """Seconds of model calls on the loop since the loop last looked for I/O."""
+        self._new_turn_due = False
+        self._waiting: deque[tuple[Callable[[], Arrays], asyncio.Future[Arrays]]] = deque()
+        self._drainer: asyncio.Task[None] | None = None
 
     def _lane(self, model: LoadedModel) -> tuple[Lane, _Cost]:
         key = model.version.ref
@@ -161,28 +176,16 @@ class InProcessExecutor:
         return entry
 
     def runs_inline(self, model: LoadedModel) -> bool:
-        """Whether the next call of ``model`` runs inline on the event loop (it cannot be interrupted there)."""
+        """Whether a call of ``model`` runs on the event loop within a turn: no deadline could cut it short."""
         entry = self._lanes.get(model.version.ref)
-        return entry is not None and entry[1].cheap(self.inline_below_ms)
+        return entry is not None and entry[1].cheap(min(self.inline_below_ms, self.turn_ms))
 
     async def run(self, model: LoadedModel, arrays: Arrays) -> Arrays:
         lane, cost = self._lane(model)
         if cost.cheap(self.inline_below_ms):
-            self._calls += 1
-            if self._calls % self.SAMPLE_INLINE:
-                return model.run(arrays)
-            wall, cpu = time.perf_counter(), time.thread_time()
-            result = model.run(arrays)
-            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-            cost.add(cpu)
-            waited = wall * 1e3 >= self.inline_below_ms and cpu * 4 < wall  # mostly waiting, not working
-            # a process descheduled mid-call looks the same once: only a model that keeps doing it waits
-            cost.waited = cost.waited + 1 if waited else 0
-            if cost.waited >= self.WAITS_AFTER:
-                cost.waits = True  # it held the loop waiting, not working: its lane from now on
-                logger.info("%s waits inside its calls (%.1f ms, %.1f ms of it working): it runs on its "
-                            "own thread from now on", model.version.ref, wall * 1e3, cpu * 1e3)
-            return result
+            if self._waiting or self._turn_used * 1e3 >= self.turn_ms:
+                return await self._wait_for_turn(lambda: self._inline(model, arrays, cost))
+            return self._inline(model, arrays, cost)
 
         def call() -> Arrays:
             started = time.thread_time()
@@ -193,6 +196,60 @@ class InProcessExecutor:
 
         return await lane.submit(call)  # type: ignore[no-any-return]
 
+    def _inline(self, model: LoadedModel, arrays: Arrays, cost: _Cost) -> Arrays:
+        started = time.perf_counter()
+        try:
+            self._calls += 1
+            if self._calls % self.SAMPLE_INLINE:
+                return model.run(arrays)
+            cpu = time.thread_time()
+            result = model.run(arrays)
+            wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
+            cost.add(cpu)
+            waited = wall * 1e3 >= self.WAIT_MS and cpu * 4 < wall  # mostly waiting, not working
+            # a process descheduled mid-call looks the same once: only a model that keeps doing it waits
+            cost.waited = cost.waited + 1 if waited else 0
+            if cost.waited >= self.WAITS_AFTER:
+                cost.waits = True  # it held the loop waiting, not working: its lane from now on
+                logger.info("%s waits inside its calls (%.1f ms, %.1f ms of it working): it runs on its "
+                            "own thread from now on", model.version.ref, wall * 1e3, cpu * 1e3)
+            return result
+        finally:
+            self._turn_used += time.perf_counter() - started
+            if not self._new_turn_due:
+                # a callback scheduled now runs after the loop's next look for I/O
+                self._new_turn_due = True
+                asyncio.get_running_loop().call_soon(self._new_turn)
+
+    def _new_turn(self) -> None:
+        self._turn_used, self._new_turn_due = 0.0, False
+
+    def _wait_for_turn(self, call: Callable[[], Arrays]) -> asyncio.Future[Arrays]:
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        self._waiting.append((call, future))
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        """Run the waiting calls in order, a turn's worth at a time."""
+        try:
+            while self._waiting:
+                if self._turn_used * 1e3 >= self.turn_ms:
+                    await asyncio.sleep(0)  # the loop looks for I/O, then a new turn begins
+                    continue
+                call, future = self._waiting.popleft()
+                if future.done():  # its caller gave up (deadline)
+                    continue
+                try:
+                    result = call()
+                except BaseException as exc:  # delivered to the caller, never lost with the task
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+        finally:
+            self._drainer = None
+
     def release(self, name: str, version: int) -> None:
         """Stop the lane of a version no longer served (calls already queued on it finish first)."""
         entry = self._lanes.pop(f"{name}:{version}", None)
@@ -200,6 +257,11 @@ class InProcessExecutor:
             entry[0].close()
 
     async def close(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+        for _, future in self._waiting:
+            future.cancel()
+        self._waiting.clear()
         threads = [t for lane, _ in self._lanes.values() if (t := lane.close()) is not None]
         self._lanes.clear()
         if threads:

@@ -146,3 +146,58 @@ async def test_a_model_that_becomes_costly_moves_to_its_lane() -> None:
             break
     assert not executor.runs_inline(model)  # type: ignore[arg-type]
     await executor.close()
+
+
+async def _learn_cost(executor: InProcessExecutor, model: Model) -> None:
+    """Calls until the executor knows the model's cost and runs it on the loop."""
+    for _ in range(4 * InProcessExecutor.SAMPLE_INLINE):
+        await executor.run(model, X)  # type: ignore[arg-type]
+        if executor._lanes[model.version.ref][1].cheap(executor.inline_below_ms):
+            return
+    raise AssertionError("the model never became cheap enough for the loop")
+
+
+async def test_calls_on_the_loop_take_turns_with_the_loops_other_work() -> None:
+    executor = InProcessExecutor(inline_below_ms=50.0, turn_ms=5.0)
+    model = Model("forest", cpu_ms=3.0)
+    await _learn_cost(executor, model)
+    loop_thread = threading.get_ident()
+    model.threads.clear()
+    burst = asyncio.gather(*(executor.run(model, X) for _ in range(20)))  # type: ignore[arg-type]
+    turns = 0
+    while not burst.done():  # another request's work on the same loop
+        turns += 1
+        await asyncio.sleep(0)
+    assert all(r["y"].tolist() == [0.0, 2.0, 4.0] for r in await burst)
+    assert set(model.threads) == {loop_thread} and model.most_at_once == 1
+    # 20 calls of 3 ms, at most two a 5 ms turn: the loop got back at least every second call
+    # (run back to back, the 20 calls would hold it for one stretch of 60 ms)
+    assert turns >= 10
+    await executor.close()
+
+
+async def test_a_waiting_call_whose_caller_gave_up_is_never_run() -> None:
+    executor = InProcessExecutor(inline_below_ms=50.0, turn_ms=5.0)
+    model = Model("forest", cpu_ms=3.0)
+    await _learn_cost(executor, model)
+    model.threads.clear()
+    calls = [asyncio.ensure_future(executor.run(model, X)) for _ in range(8)]  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # all eight submitted: two run in this turn, the rest wait
+    calls[-1].cancel()
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(done[-1], asyncio.CancelledError)
+    assert len(model.threads) == 7
+    await executor.close()
+
+
+async def test_a_failure_on_the_loop_reaches_its_caller_and_the_queue_goes_on() -> None:
+    executor = InProcessExecutor(inline_below_ms=50.0, turn_ms=5.0)
+    model = Model("flaky", cpu_ms=3.0)
+    await _learn_cost(executor, model)
+    model.fail = True
+    results = await asyncio.gather(*(executor.run(model, X) for _ in range(6)),  # type: ignore[arg-type]
+                                   return_exceptions=True)
+    assert all(isinstance(r, InferenceError) for r in results)
+    model.fail = False
+    assert (await executor.run(model, X))["y"].tolist() == [0.0, 2.0, 4.0]  # type: ignore[arg-type]
+    await executor.close()
