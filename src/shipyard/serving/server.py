@@ -54,6 +54,7 @@ from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import ResponseCache
 from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.explanations import Explanations
 from shipyard.serving.feedback import Feedback
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.drift import drift_endpoints
@@ -211,12 +212,12 @@ def build_server(
             metrics.include(feedback.collector.registry())
     if feedback is not None:
         feedback.watch(watched)
+    explanations = Explanations(dp, max_rows=settings.explain_max_rows)
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
-                       experiments=experiments, auth=auth,
+                       experiments=experiments, auth=auth, explanations=explanations,
                        endpoints=[*(feedback.endpoints if feedback is not None else ()),
                                   *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ()),
-                                  *explain_endpoints(dp, max_rows=settings.explain_max_rows,
-                                                     max_body_bytes=settings.max_body_bytes),
+                                  *explain_endpoints(explanations, max_body_bytes=settings.max_body_bytes),
                                   *retrain_endpoints(reg.database)])
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them);
