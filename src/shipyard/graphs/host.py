@@ -16,7 +16,9 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio.to_thread
 
 from shipyard.context import RequestContext
 from shipyard.errors import ShipyardError
@@ -33,6 +35,8 @@ STEP_SPAN = "graph.step"
 
 #: The request a graph runs for (set by the data plane around a request; None: no step events).
 graph_request: ContextVar[RequestContext | None] = ContextVar("shipyard_graph_request", default=None)
+
+T = TypeVar("T")
 
 _MAX_ID = 64
 """Longest prediction id the prediction log keeps."""
@@ -101,3 +105,16 @@ class ServedSteps:
 
     async def gather(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
         return list(await asyncio.gather(*calls))
+
+    async def offload(self, graph: str, step: str, ref: str, work: Callable[[Arrays], T], arrays: Arrays) -> T:
+        """A step's work that is not a model call (an explanation): on a worker thread, with its span and series."""
+        started = time.perf_counter()
+        ok = False
+        try:
+            with self.tracing.span(STEP_SPAN, {"shipyard.graph": graph, "shipyard.step": step, "shipyard.model": ref}):
+                result = await anyio.to_thread.run_sync(work, arrays)
+            ok = True
+            return result
+        finally:
+            if self.metrics is not None:
+                self.metrics.graph_step(graph, step, time.perf_counter() - started, ok)

@@ -12,6 +12,10 @@ returned (the first takes the request's inputs):
 * ``Switch(name, field, cases, otherwise)``: each row goes to the case its ``field``
   value names (``otherwise`` when none does); rows come back in their order.
 
+* ``Explain(name, step)``: only as the last node, right after a single step: that step's
+  outputs, plus the feature attributions (SHAP, extra ``explain``) of its prediction for
+  each row: ``base_value``, ``explained_value`` and ``attribution.FEATURE`` per input.
+
 A leaf node may be optional: ``on_error="skip"`` passes its inputs on unchanged (or,
 in a fan-out, leaves the branch out of the join), ``on_error="default"`` answers the
 constant outputs in ``default`` for every row. These are plain values; wiring checks
@@ -37,6 +41,7 @@ JOINS = ("mean", "weighted", "vote")
 _NODE_KEYS = ("name", "model", "on_error", "default", "placement")
 _FAN_OUT_KEYS = ("name", "fan_out", "join", "weights")
 _SWITCH_KEYS = ("name", "switch", "cases", "otherwise")
+_EXPLAIN_KEYS = ("name", "explain")
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,30 @@ class Switch:
         return d
 
 
-AnyNode = Node | FanOut | Switch
+@dataclass(frozen=True)
+class Explain:
+    """The last step of a graph: the attributions of the step right before it, for each row.
+
+    Its outputs are that step's outputs plus ``base_value``, ``explained_value`` (what is
+    explained: a classifier's probability or margin of its predicted class, else the
+    prediction; ``base_value`` plus the attributions add up to it) and one
+    ``attribution.FEATURE`` per input of the explained step, all FP64 (see ``shipyard.explain``).
+    """
+
+    name: str = "explain"
+    step: str | None = None
+    """The step it explains: the one right before it (None: that one)."""
+
+    def __post_init__(self) -> None:
+        _check_step_name(self.name)
+        if self.step is not None and not isinstance(self.step, str):
+            raise _bad(self.name, f"explain must name the step it explains, got {type(self.step).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "explain": self.step}
+
+
+AnyNode = Node | FanOut | Switch | Explain
 
 
 @dataclass(frozen=True)
@@ -190,6 +218,7 @@ class Graph:
                 raise InvalidInput(f"step name '{name}' is used twice in the graph; every step needs its own name",
                                    field="steps", got=name)
             seen.add(name)
+        object.__setattr__(self, "steps", _pin_explain(nodes))
         object.__setattr__(self, "_leaves", tuple(leaves(nodes)))
 
     @classmethod
@@ -221,8 +250,32 @@ class Graph:
         return resolve(self, registry)
 
 
+def _pin_explain(nodes: tuple[AnyNode, ...]) -> tuple[AnyNode, ...]:
+    """``nodes`` with an explain step naming the step it explains; refused anywhere but last, after a step."""
+    for i, n in enumerate(nodes):
+        if not isinstance(n, Explain):
+            continue
+        if i != len(nodes) - 1:
+            raise _bad(n.name, "an explain step can only end a graph (it must be the last step)")
+        before = nodes[i - 1] if i else None
+        if not isinstance(before, Node):
+            raise _bad(n.name, "an explain step explains the single step right before it"
+                       + ("; it cannot be the first step" if before is None else
+                          f", and '{before.name}' is a {type(before).__name__}"))
+        if n.step is not None and n.step != before.name:
+            raise _bad(n.name, f"explain names step '{n.step}', but the step right before it is '{before.name}' "
+                       "(an explain step explains the step it follows)")
+        if before.on_error != "fail":
+            raise _bad(n.name, f"step '{before.name}' may be skipped or answer a default (on_error: "
+                       f"{before.on_error}); an explained step must answer for itself (on_error: fail)")
+        return (*nodes[:-1], Explain(n.name, before.name))
+    return nodes
+
+
 def leaves(nodes: Sequence[AnyNode]) -> Iterator[Node]:
     for n in nodes:
+        if isinstance(n, Explain):
+            continue
         if isinstance(n, Node):
             yield n
         elif isinstance(n, FanOut):
@@ -244,7 +297,7 @@ def _names(nodes: Sequence[AnyNode]) -> Iterator[str]:
 
 
 def _node(value: Any, where: str) -> AnyNode:
-    if isinstance(value, (Node, FanOut, Switch)):
+    if isinstance(value, (Node, FanOut, Switch, Explain)):
         return value
     if isinstance(value, str):
         try:
@@ -253,8 +306,8 @@ def _node(value: Any, where: str) -> AnyNode:
             raise InvalidInput(f"{where}: {exc}", field=where, got=value) from None
         return Node(ref.name, value)
     if not isinstance(value, Mapping):
-        raise InvalidInput(f"{where} must be a reference or a mapping with a name and a model, fan_out or switch, "
-                           f"got {type(value).__name__}", field=where)
+        raise InvalidInput(f"{where} must be a reference or a mapping with a name and a model, fan_out, switch or "
+                           f"explain, got {type(value).__name__}", field=where)
     if "fan_out" in value:
         _check_keys(value, _FAN_OUT_KEYS, where)
         join = value.get("join", "mean")
@@ -267,6 +320,10 @@ def _node(value: Any, where: str) -> AnyNode:
             join=_leaf(join, f"{where}.join") if isinstance(join, Mapping) else join,
             weights=tuple(value["weights"]) if value.get("weights") is not None else None,
         )
+    if "explain" in value:
+        _check_keys(value, _EXPLAIN_KEYS, where)
+        step = value["explain"]
+        return Explain(str(value.get("name", "explain")), None if step in (None, True) else step)
     if "switch" in value:
         _check_keys(value, _SWITCH_KEYS, where)
         cases = value.get("cases")
