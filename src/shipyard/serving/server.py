@@ -62,6 +62,7 @@ from shipyard.serving.rest.explain import explain_endpoints
 from shipyard.serving.rest.retrains import retrain_endpoints
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.services import Hooks, Service, Services
+from shipyard.types import ModelRef
 
 if TYPE_CHECKING:
     from shipyard.serving.grpc.server import GrpcServer
@@ -216,7 +217,8 @@ def build_server(
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
                        experiments=experiments, auth=auth, explanations=explanations,
                        endpoints=[*(feedback.endpoints if feedback is not None else ()),
-                                  *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ()),
+                                  *(drift_endpoints(reg.database, served=_with_graph_steps(repo))
+                                    if drift is not None else ()),
                                   *explain_endpoints(explanations, max_body_bytes=settings.max_body_bytes),
                                   *retrain_endpoints(reg.database)])
 
@@ -298,6 +300,19 @@ class _Profiles:
             if key not in self._known:
                 self._known[key] = self.registry.profile(self.registry.get(f"{model}:{version}"))
             return self._known[key]
+
+
+def _with_graph_steps(repo: ModelRepository) -> Callable[[], list[str]]:
+    """The served names plus the models that loaded graphs run as steps (each step's drift is reported too)."""
+
+    def names() -> list[str]:
+        found = set(repo.names())
+        for mv in repo.loaded_versions():
+            for ref in dict(mv.lineage.get("steps") or {}).values() if mv.flavor == "graph" else ():
+                found.add(ModelRef.parse(str(ref)).name)
+        return sorted(found)
+
+    return names
 
 
 def _drift_monitor(settings: Settings, registry: Registry, traffic: TrafficStore) -> DriftMonitor | None:
