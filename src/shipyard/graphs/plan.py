@@ -90,8 +90,15 @@ class Plan:
         self.graph = graph
         self.models = dict(models)
         self.explainers = dict(explainers or {})
-        self.remotes = {n.name: RemoteStep(n.placement, self.models[n.name].version)
-                        for n in graph.leaves if n.placement is not None}
+        self.remotes: dict[str, Any] = {n.name: RemoteStep(n.remote_url, self.models[n.name].version)
+                                        for n in graph.leaves if n.remote_url is not None}
+        """Step name -> where it is called instead of in this process (``infer``, ``infer_sync``, ``close``)."""
+        self.pooled = {n.name: n.pool_workers for n in graph.leaves if n.pool_workers is not None}
+        """Step name -> the size of its own worker pool (run in-process until a server attaches the pool)."""
+
+    def attach(self, pools: Mapping[str, Any]) -> None:
+        """Route pooled steps to their pools' handles (a server's ``StepPools`` does; closed on unload)."""
+        self.remotes.update(pools)
 
     async def run(self, inputs: Arrays, host: Host, graph_name: str = "graph") -> Arrays:
         current = inputs
@@ -127,7 +134,7 @@ class Plan:
             return await host.call(graph_name, node.name, model, arrays, remote)
         except Exception as exc:
             if node.on_error == "fail":
-                raise step_error(node.name, model, exc, node.placement) from exc
+                raise step_error(node.name, model, exc, node.placement if node.name in self.remotes else None) from exc
             logger.warning("graph %s: step '%s' failed (%s); %s", graph_name, node.name, exc,
                            "skipped" if node.on_error == "skip" else "answering its default")
             if node.on_error == "skip":

@@ -37,6 +37,8 @@ from shipyard.types import ModelRef, check_name
 ON_ERROR = ("fail", "skip", "default")
 PLACEMENT_SCHEMES = ("grpc", "grpcs", "http", "https")
 JOINS = ("mean", "weighted", "vote")
+POOL = "workers"
+MAX_POOL_WORKERS = 64
 
 _NODE_KEYS = ("name", "model", "on_error", "default", "placement")
 _FAN_OUT_KEYS = ("name", "fan_out", "join", "weights")
@@ -57,18 +59,23 @@ class Node:
     default: Mapping[str, Any] | None = None
     """With ``on_error="default"``: one constant per output of the step, given to every row."""
     placement: str | None = None
-    """Where the step runs: in this server (None, ``local``), or on the shipyard server at a
-    ``grpc://``, ``grpcs://``, ``http://`` or ``https://`` URL that serves its version."""
+    """Where the step runs: in this server's process (None, ``local``), on a worker pool of its own
+    inside the server (``{"workers": N}``, kept as ``workers:N``: N child processes serving its
+    version, ``graphs/pool.py``), or on the shipyard server at a ``grpc://``, ``grpcs://``, ``http://``
+    or ``https://`` URL that serves its version."""
 
     def __post_init__(self) -> None:
         _check_step_name(self.name)
         if self.placement in ("", "local"):
             object.__setattr__(self, "placement", None)
-        if self.placement is not None:
+        pool = _pool_size(self.name, self.placement)
+        if pool is not None:
+            object.__setattr__(self, "placement", f"{POOL}:{pool}")
+        elif self.placement is not None:
             parts = urlsplit(str(self.placement))
             if parts.scheme not in PLACEMENT_SCHEMES or not parts.netloc or parts.path not in ("", "/"):
-                raise _bad(self.name, f"placement must be 'local' or a server URL such as grpc://host:8001, "
-                           f"got {self.placement!r}")
+                raise _bad(self.name, f"placement must be 'local', {{{POOL}: N}} or a server URL such as "
+                           f"grpc://host:8001, got {self.placement!r}")
         try:
             ModelRef.parse(self.model)
         except InvalidInput as exc:
@@ -87,9 +94,23 @@ class Node:
             d["on_error"] = self.on_error
         if self.default is not None:
             d["default"] = dict(self.default)
-        if self.placement is not None:
+        if self.pool_workers is not None:
+            d["placement"] = {POOL: self.pool_workers}
+        elif self.placement is not None:
             d["placement"] = self.placement
         return d
+
+    @property
+    def pool_workers(self) -> int | None:
+        """The size of the step's own worker pool (``placement: {workers: N}``); None: not on a pool."""
+        if self.placement is None or not self.placement.startswith(f"{POOL}:"):
+            return None
+        return int(self.placement.split(":", 1)[1])
+
+    @property
+    def remote_url(self) -> str | None:
+        """The URL of the server the step is placed on; None: in this server (its process or a pool)."""
+        return None if self.placement is None or self.pool_workers is not None else self.placement
 
 
 @dataclass(frozen=True)
@@ -369,7 +390,23 @@ def leaf_from_mapping(value: Mapping[str, Any], where: str) -> Node:
     name = value.get("name", ModelRef.parse(model).name)
     placement = value.get("placement")
     return Node(str(name), model, on_error=str(value.get("on_error", "fail")), default=value.get("default"),
-                placement=None if placement is None else str(placement))
+                placement=None if placement is None else f"{POOL}:{_pool_size(str(name), placement)}"
+                if isinstance(placement, Mapping) else str(placement))
+
+
+def _pool_size(step: str, placement: Any) -> int | None:
+    """N of a ``{workers: N}`` (or ``workers:N``) placement; None for the other forms; refused when malformed."""
+    if isinstance(placement, str) and placement.startswith(f"{POOL}:"):
+        text = placement.split(":", 1)[1]
+        placement = {POOL: int(text) if text.isdigit() else text}
+    if not isinstance(placement, Mapping):
+        return None
+    unknown = [k for k in placement if k != POOL]
+    workers = placement.get(POOL)
+    if unknown or isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_POOL_WORKERS:
+        raise _bad(step, f"placement as a worker pool is {{{POOL}: N}} with N from 1 to {MAX_POOL_WORKERS}, "
+                   f"got {dict(placement)!r}")
+    return workers
 
 
 def _check_step_name(name: str) -> None:

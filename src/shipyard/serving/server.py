@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shipyard._extras import require
 from shipyard.batching.policy import BatchPolicy
 from shipyard.config import Settings
+from shipyard.graphs.pool import StepPools
 from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.monitoring.alerts import AlertCollector, AlertService, AlertStore, MonitorSnapshot
@@ -185,6 +186,8 @@ def build_server(
     ])
     metrics.watch(watched)
     repo.on_load(metrics.model_loaded)
+    pools = StepPools(settings)
+    repo.on_load(functools.partial(_start_pools, repo, pools))  # a graph's pooled steps: readiness waits for them
     tracing = Tracing(settings.monitoring.tracing)
     declared = deployment.traffic_policies(settings)
     dp = DataPlane(
@@ -227,6 +230,7 @@ def build_server(
     services: list[Service] = []
     if auth is not None:  # keys and signing keys loaded before any request is taken
         services += [Hooks("authentication", auth.start), _Loop("credential refresh", auth.watch)]
+    services.append(pools)  # stops after the models: every graph step's child process ends
     services.append(Hooks("models", repo.start, _async(repo.close)))
 
     async def start_traffic() -> None:
@@ -300,6 +304,13 @@ class _Profiles:
             if key not in self._known:
                 self._known[key] = self.registry.profile(self.registry.get(f"{model}:{version}"))
             return self._known[key]
+
+
+def _start_pools(repo: ModelRepository, pools: StepPools, name: str, version: int, took: float) -> None:
+    """After a version loads (on the loading thread): a graph's steps placed on worker pools get them."""
+    model = repo.cached(ModelRef(name, version))
+    if model is not None and model.version.flavor == "graph":
+        pools.attach(model)
 
 
 def _with_graph_steps(repo: ModelRepository) -> Callable[[], list[str]]:
