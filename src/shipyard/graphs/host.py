@@ -50,6 +50,37 @@ def step_prediction_id(prediction_id: str, step: str) -> str:
     return f"{prediction_id}.{hashlib.blake2b(step.encode(), digest_size=8).hexdigest()}"
 
 
+class StepVersions:
+    """Which step versions each loaded graph version runs, so a released graph's steps can be released too.
+
+    Its steps' lanes and batchers live in the data plane under the steps' own versions; when the
+    graph version goes, those of its steps that nothing else loaded runs (served by name, or a
+    step of another loaded graph) go with it.
+    """
+
+    def __init__(self) -> None:
+        self._steps: dict[tuple[str, int], frozenset[tuple[str, int]]] = {}
+
+    def loaded(self, key: tuple[str, int], model: LoadedModel | None) -> None:
+        """``model`` (loaded as ``key``) was loaded: remember its steps when it is a graph."""
+        plan = getattr(getattr(model, "runtime", None), "plan", None)
+        models = getattr(plan, "models", None)
+        if models:
+            self._steps[key] = frozenset((m.name, m.version.version) for m in models.values())
+
+    def released(self, key: tuple[str, int], loaded: set[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The step versions to release with the graph version ``key``: none of the ``loaded`` versions
+        (the versions still loaded) is one of them or runs one as a step."""
+        steps = self._steps.pop(key, None)
+        if not steps:
+            return []
+        kept = set(loaded)
+        for graph, used in list(self._steps.items()):
+            if graph in loaded:
+                kept |= used
+        return sorted(steps - kept)
+
+
 class ServedSteps:
     """The host a data plane gives a graph: ``call`` runs a step through ``run_model`` (lane, batcher, admission).
 
@@ -66,6 +97,8 @@ class ServedSteps:
         self.tracing = tracing
         self.metrics = metrics
         self.observers = observers
+        self.versions = StepVersions()
+        """The step versions of each loaded graph version (what to release with it)."""
 
     async def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays,
                    remote: RemoteStep | None = None) -> Arrays:
