@@ -296,7 +296,7 @@ def _child_settings(settings: Settings) -> dict[str, Any]:
         "home": str(settings.home), "registry_url": settings.registry_url, "artifacts": settings.artifacts,
         "runtime": settings.runtime, "max_body_bytes": settings.max_body_bytes, "max_queue": settings.max_queue,
         "request_timeout_seconds": settings.request_timeout_seconds, "async_broker": "",
-        "alias_refresh_seconds": settings.alias_refresh_seconds,
+        "alias_refresh_seconds": settings.alias_refresh_seconds, "log_format": settings.log_format,
         "monitoring": {"drift": {"enabled": False}, "prediction_log": {"enabled": False},
                        "metrics": {"enabled": False}},
     }
