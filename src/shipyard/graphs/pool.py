@@ -176,7 +176,8 @@ class _Pool:
                    "--port", str(child.http_port), "--grpc-port", str(child.grpc_port), "--workers", "1",
                    "--log-level", "warning"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}  # only the file's settings
-        child.process = subprocess.Popen(command, env=env, cwd=self._folder, stdin=subprocess.DEVNULL,
+        # the server's working folder: a relative home, artifacts folder or SQLite path means the same there
+        child.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                          preexec_fn=_die_with_parent)  # noqa: PLW1509 - prctl only, no locks
         child.started_at = time.monotonic()
         logger.info("pool %s: worker %d started (pid %d)", self.label, child.index, child.process.pid)
