@@ -99,6 +99,7 @@ def check_adds_up(out: dict[str, np.ndarray[Any, Any]], forest: Any, rows: pd.Da
     assert np.ptp(out["attribution.x0"]) > 0  # the attributions explain something
 
 
+@pytest.mark.slow  # shap (numba) loads
 def test_a_loaded_graph_ending_in_explain_returns_attributions_that_add_up(
         registry: tuple[Path, Registry, Any]) -> None:
     _, reg, forest = registry
@@ -113,6 +114,7 @@ def test_a_loaded_graph_ending_in_explain_returns_attributions_that_add_up(
     check_adds_up(out, forest, rows)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_served_graph_ending_in_explain_answers_the_prediction_with_attributions_that_add_up(
         server: Server, registry: tuple[Path, Registry, Any]) -> None:
