@@ -53,6 +53,16 @@ server's tree, and the whole tree. Then one line per config on how throughput fo
 (each level's req/s over the level before's). /proc/loadavg is printed before and after each
 model's block, and `nproc` once.
 
+--graphs adds issue 18's graph rows for each model (``--configs none --graphs`` runs only them), each
+round on two ``shipyard serve --workers 1`` servers, every point with wrk as above:
+
+  (G1) graph of one model  ``M-graph`` (a graph whose one step is M:1) beside M itself on one server:
+                           req/s of the graph over the model's at each concurrency (target >= 0.95 at c=32)
+  (G3) three-step graph    ``M-pipe``: a Python pre-processing step (``center``), M:1, a Python
+                           post-processing step (``label``; bench/graph_steps.py), beside each of the three
+                           served alone on one server: the graph's time per request (1/req/s) over the sum
+                           of the steps' (target <= 1.10)
+
 --json PATH writes every raw point and start (and the check results) for tables made elsewhere.
 --check prints, after the tables, issue 17's targets with PASS/FAIL/n/a and the measured value; it
 is a report and never changes the exit status.
@@ -74,6 +84,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -258,8 +269,11 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> int:
 def post_json(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})},
                                  method="POST")
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return int(resp.status), orjson.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status), orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # an error answer is an answer: its status and body
+        return int(exc.code), orjson.loads(exc.read() or b"null")
 
 
 def start(cmd: list[str], env: dict[str, str], url: str, body: bytes,
@@ -439,6 +453,8 @@ START_ESTIMATE_S = {"bare": 3.0, "shipyard": 5.0, "onnx-compile": 10.0}
 
 
 def choose(spec: str) -> list[Config]:
+    if spec == "none":
+        return []
     if spec == "default":
         return [c for c in CONFIGS if c.default]
     if spec == "all":
@@ -536,6 +552,113 @@ def run_model(name: str, model: Any, row: np.ndarray, configs: list[Config], arg
             except (RuntimeError, subprocess.SubprocessError) as exc:
                 print(f"skipping {config.name} for {name} in round {round_ + 1}: {exc}", file=sys.stderr)
     return results
+
+
+# ---------------------------------------------------------------- issue 18's graph rows
+
+
+def register_graphs(home: Path, names: list[str], row_count: int = 5) -> None:
+    """Register the steps of (G3) and, per model M, ``M-graph`` (M:1 alone) and ``M-pipe`` (center, M:1, label)."""
+    sys.path.insert(0, str(ROOT))
+    from bench.graph_steps import Center, Label
+
+    from shipyard.config import Settings
+    from shipyard.graphs import Graph, Node
+    from shipyard.registry import Registry
+
+    X, _ = training_data()
+    reg = Registry.from_settings(Settings(home=home))
+    try:
+        reg.register(Center(), "center", sample={"input": X[:row_count]})
+        reg.register(Label(), "label", sample={"predict": np.array([0, 1, 1], dtype=np.int64)})
+        for name in names:
+            reg.register(Graph([Node("model", f"{name}:1")]), f"{name}-graph")
+            reg.register(Graph([Node("pre", "center:1"), Node("model", f"{name}:1"), Node("post", "label:1")]),
+                         f"{name}-pipe")
+    finally:
+        reg.close()
+
+
+#: (G1) and (G3): the names one server serves, and each name's request (M stands for the model)
+GRAPH_SERVERS = {"G1": ("M", "M-graph"), "G3": ("M-pipe", "center", "M", "label")}
+
+
+def run_graph_rows(name: str, model: Any, row: np.ndarray, args: argparse.Namespace, levels: list[int],
+                   tmp: Path, env: dict[str, str], raw: list[dict[str, Any]]) -> dict[str, Result]:
+    """Each (G1)/(G3) server once per round; each of its names loaded at every concurrency (order alternates)."""
+    predicted = int(model.predict(row)[0])
+    label = int(predicted >= 1)
+    bodies = {name: request_body(row), f"{name}-graph": request_body(row), f"{name}-pipe": request_body(row),
+              "center": request_body(row), "label": orjson.dumps({"instances": [{"predict": predicted}]})}
+    expected = {name: model.predict(row).tolist(), f"{name}-graph": model.predict(row).tolist(),
+                f"{name}-pipe": [label], "center": row.tolist(), "label": [label]}
+    results: dict[str, Result] = {}
+    for round_ in range(args.rounds):
+        for group, served in GRAPH_SERVERS.items():
+            names = [s.replace("M", name) if s.startswith("M") else s for s in served]
+            order = names if round_ % 2 == 0 else list(reversed(names))
+            port = free_port()
+            cmd = [sys.executable, "-m", "shipyard", "serve", *names, "--host", "127.0.0.1", "--port", str(port),
+                   "--log-level", "warning", "--workers", "1"]
+            first = f"http://127.0.0.1:{port}/v1/models/{names[0]}:predict"
+            try:
+                with running(cmd, env, first, bodies[names[0]]) as (proc, _):
+                    for served_name in names:
+                        url = f"http://127.0.0.1:{port}/v1/models/{served_name}:predict"
+                        status, answer = post_json(url, bodies[served_name])
+                        if status != 200 or answer.get("predictions") != expected[served_name]:
+                            print(f"warning: ({group}) {served_name} answered {status} {answer!r}, expected "
+                                  f"predictions {expected[served_name]}", file=sys.stderr)
+                    for c in levels:
+                        for served_name in order:
+                            url = f"http://127.0.0.1:{port}/v1/models/{served_name}:predict"
+                            point = wrk(url, bodies[served_name], c, args.duration, tmp, None, server_pid=proc.pid)
+                            results.setdefault(f"{group}:{served_name}", Result()).points.setdefault(c, []).append(
+                                point)
+                            raw.append({"model": name, "config": group, "served": served_name, "round": round_,
+                                        "concurrency": c, **asdict(point)})
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                print(f"skipping ({group}) for {name} in round {round_ + 1}: {exc}", file=sys.stderr)
+    return results
+
+
+def graph_rows(name: str, results: dict[str, Result]) -> list[dict[str, Any]]:
+    """Per concurrency: (G1) the graph's req/s over the model's; (G3) the graph's time per request over the
+    sum of its steps' (each served alone)."""
+    out = []
+    levels = sorted({c for r in results.values() for c in r.points})
+    for c in levels:
+        model, graph = rps(results, f"G1:{name}", c), rps(results, f"G1:{name}-graph", c)
+        out.append({"row": "G1", "concurrency": c, "graph_rps": graph, "steps_rps": [model],
+                    "ratio": ratio(graph, model), "target": ">= 0.95 (req/s, graph over model)"})
+        steps = [rps(results, f"G3:{s}", c) for s in ("center", name, "label")]
+        pipe = rps(results, f"G3:{name}-pipe", c)
+        summed = sum(1 / v for v in steps) if all(v == v and v > 0 for v in steps) else float("nan")
+        cost = ratio(1 / pipe, summed) if pipe == pipe and pipe > 0 else float("nan")
+        out.append({"row": "G3", "concurrency": c, "graph_rps": pipe, "steps_rps": steps, "ratio": cost,
+                    "target": "<= 1.10 (time per request, graph over the sum of its steps)"})
+    return out
+
+
+def print_graph_rows(name: str, results: dict[str, Result], args: argparse.Namespace, load_before: str,
+                     load_after: str) -> None:
+    print(f"\n### {name}: issue 18's graph rows, median of {args.rounds} rounds, {args.duration} s per point\n")
+    print(f"load before: {load_before}  |  after: {load_after}  |  nproc: {os.cpu_count()}\n")
+    print("| served | c | req/s | p50 ms | p99 ms | non-2xx |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for key, res in results.items():
+        for c in sorted(res.points):
+            pts = res.points[c]
+            print(f"| ({key.replace(':', ') ')} | {c} | {med([p.rps for p in pts]):.0f} | "
+                  f"{med([p.p50_ms for p in pts]):.2f} | {med([p.p99_ms for p in pts]):.2f} | "
+                  f"{sum(p.errors + p.socket_errors for p in pts)} |")
+    print("\n| row | c | graph req/s | steps' req/s | ratio | target |")
+    print("| --- | ---: | ---: | --- | ---: | --- |")
+    for r in graph_rows(name, results):
+        steps = ", ".join(f"{v:.0f}" for v in r["steps_rps"])
+        print(f"| ({r['row']}) | {r['concurrency']} | {r['graph_rps']:.0f} | {steps} | {x(r['ratio'])} | "
+              f"{r['target']} |")
+    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------- summaries
@@ -724,6 +847,9 @@ def run() -> None:
                     help="'default' (a,b,o,c,g,f,p), 'all', or comma-separated letters, e.g. b,c,h")
     ap.add_argument("--json", type=Path, help="write every raw point and start to this file")
     ap.add_argument("--check", action="store_true", help="print issue 17's targets with PASS/FAIL")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also issue 18's graph rows (G1: a one-model graph vs the model; G3: a three-step "
+                         "graph vs the sum of its steps); '--configs none --graphs' runs only them")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/serve.py needs wrk: apt-get install wrk")
@@ -736,6 +862,9 @@ def run() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     est = estimate_seconds(configs, len(names), len(levels), args.rounds, args.duration)
+    if args.graphs:  # two starts a round, six names loaded at each level
+        est += len(names) * args.rounds * (2 * START_ESTIMATE_S["shipyard"] + len(levels) * 6 * (
+            args.duration + 0.3))
     print(f"bench/serve.py: models {','.join(names)}; configs {','.join(c.letter for c in configs)}; "
           f"concurrency {args.concurrency}; {args.rounds} rounds of {args.duration} s per point; "
           f"nproc {os.cpu_count()}; estimated total {est / 60:.1f} min")
@@ -750,6 +879,8 @@ def run() -> None:
             home = tmp / "home"
             models = register_models(home, second_versions=any(c.kind.startswith("shipyard-") for c in configs))
             key_header = bench_key(home)
+            if args.graphs:
+                register_graphs(home, names)
             # this checkout's shipyard (src) and bench.bare_app (the root), whatever the venv has installed
             env = {**os.environ, "SHIPYARD_HOME": str(home), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
             for name in names:
@@ -761,7 +892,15 @@ def run() -> None:
                 report["models"][name] = {"loadavg_before": before, "loadavg_after": after,
                                           "table": table_rows(results, configs),
                                           "starts": {k: start_summary(r) for k, r in results.items() if r.starts}}
-                print_model(name, results, configs, levels, args, before, after)
+                if configs:
+                    print_model(name, results, configs, levels, args, before, after)
+                if args.graphs:
+                    before = loadavg()
+                    graphs = run_graph_rows(name, model, row, args, levels, tmp, env, raw)
+                    after = loadavg()
+                    report["models"][name]["graphs"] = {"loadavg_before": before, "loadavg_after": after,
+                                                        "rows": graph_rows(name, graphs)}
+                    print_graph_rows(name, graphs, args, before, after)
                 if args.json:
                     args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     finally:

@@ -122,7 +122,7 @@ class Explainer:
             base = np.full(len(X), expected[0])
             att = sv.reshape(len(X), len(self.features))
             return Explanation(self.method, "prediction", self.features, base, att, base + att.sum(axis=1))
-        predicted = np.asarray(self.estimator.predict(X))
+        predicted = np.asarray(self.estimator.predict(self._named(X)))
         index = np.searchsorted(self.estimator.classes_, predicted)
         if sv.ndim == 3:  # (rows, features, classes)
             att = sv[np.arange(len(X)), :, index]
@@ -135,6 +135,15 @@ class Explainer:
             raise InvalidInput(f"cannot read the explainer's output for {self.model.version.ref}", field="model")
         output = "probability" if self.method == "tree" else "margin"
         return Explanation(self.method, output, self.features, base, att, base + att.sum(axis=1), list(predicted))
+
+    def _named(self, X: np.ndarray[Any, Any]) -> Any:
+        """``X`` as the estimator was fitted: a frame with its feature names when it has them (else sklearn warns)."""
+        names = getattr(self.estimator, "feature_names_in_", None)
+        if names is None:
+            return X
+        import pandas as pd  # the estimator was fitted on a frame: pandas is there
+
+        return pd.DataFrame(X, columns=self.features)[list(names)]
 
     def _sampled(self, X: np.ndarray[Any, Any]) -> Explanation:
         values = self._predict_first(X)

@@ -203,6 +203,7 @@ GRAPHQL_QUERIES = {
     "models": "{ models { name } }",
     "model": '{ model(name: "demo") { name } }',
     "predict": 'query($r: JSON!) { predict(model: "demo", records: $r) { predictions } }',
+    "explain": 'query($r: JSON!) { explain(model: "demo", records: $r) { method } }',
 }
 
 

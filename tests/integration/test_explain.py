@@ -108,3 +108,31 @@ def test_more_rows_than_the_limit_and_bad_input_are_refused(fitted: Any) -> None
     r = explain(server, "forest", rows.drop(columns=["b"]))
     assert r.status_code == 400 and "missing input 'b'" in r.json()["error"]
     assert explain(server, "nope", rows).status_code == 404
+
+
+EXPLAIN_QUERY = """query($m: String!, $r: JSON!) {
+  explain(model: $m, records: $r) {
+    modelName modelVersion method output explanations { value baseValue attributions class }
+  }
+}"""
+
+
+def test_graphql_explain_gives_the_rest_answer_and_the_same_row_limit(fitted: Any) -> None:
+    server, _, rows = fitted
+    records = rows.head(5).to_dict(orient="records")
+    for name in ("forest", "linear"):
+        rest = httpx.post(f"{server.url}/v1/models/{name}:explain", json={"instances": records}, timeout=120).json()
+        r = httpx.post(f"{server.url}/graphql", json={"query": EXPLAIN_QUERY, "variables": {"m": name, "r": records}},
+                       timeout=120)
+        assert r.status_code == 200 and "errors" not in r.json(), r.text
+        got = r.json()["data"]["explain"]
+        assert (got["modelName"], got["modelVersion"], got["method"], got["output"]) == (
+            rest["model_name"], rest["model_version"], rest["method"], rest["output"])
+        assert [{"value": e["value"], "base_value": e["baseValue"], "attributions": e["attributions"],
+                 "class": e["class"]} for e in got["explanations"]] == rest["explanations"]
+    many = pd.concat([rows, rows]).to_dict(orient="records")
+    r = httpx.post(f"{server.url}/graphql", json={"query": EXPLAIN_QUERY, "variables": {"m": "forest", "r": many}},
+                   timeout=120)
+    (error,) = r.json()["errors"]
+    assert "80 rows asked to be explained; at most 50 per request (explain_max_rows" in error["message"]
+    assert error["extensions"]["status"] == 400 and error["extensions"]["field"] == "records", error

@@ -10,7 +10,7 @@ registration, ``runtime.py`` for how a graph version is stored and ``plan.py`` f
 
 from __future__ import annotations
 
-from shipyard.graphs.spec import FanOut, Graph, Node, Switch
+from shipyard.graphs.spec import Explain, FanOut, Graph, Node, Switch
 from shipyard.graphs.step import Step
 
-__all__ = ["FanOut", "Graph", "Node", "Step", "Switch"]
+__all__ = ["Explain", "FanOut", "Graph", "Node", "Step", "Switch"]

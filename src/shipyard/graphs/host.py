@@ -16,7 +16,9 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio.to_thread
 
 from shipyard.context import RequestContext
 from shipyard.errors import ShipyardError
@@ -34,6 +36,8 @@ STEP_SPAN = "graph.step"
 #: The request a graph runs for (set by the data plane around a request; None: no step events).
 graph_request: ContextVar[RequestContext | None] = ContextVar("shipyard_graph_request", default=None)
 
+T = TypeVar("T")
+
 _MAX_ID = 64
 """Longest prediction id the prediction log keeps."""
 
@@ -44,6 +48,37 @@ def step_prediction_id(prediction_id: str, step: str) -> str:
     if len(candidate) <= _MAX_ID:
         return candidate
     return f"{prediction_id}.{hashlib.blake2b(step.encode(), digest_size=8).hexdigest()}"
+
+
+class StepVersions:
+    """Which step versions each loaded graph version runs, so a released graph's steps can be released too.
+
+    Its steps' lanes and batchers live in the data plane under the steps' own versions; when the
+    graph version goes, those of its steps that nothing else loaded runs (served by name, or a
+    step of another loaded graph) go with it.
+    """
+
+    def __init__(self) -> None:
+        self._steps: dict[tuple[str, int], frozenset[tuple[str, int]]] = {}
+
+    def loaded(self, key: tuple[str, int], model: LoadedModel | None) -> None:
+        """``model`` (loaded as ``key``) was loaded: remember its steps when it is a graph."""
+        plan = getattr(getattr(model, "runtime", None), "plan", None)
+        models = getattr(plan, "models", None)
+        if models:
+            self._steps[key] = frozenset((m.name, m.version.version) for m in models.values())
+
+    def released(self, key: tuple[str, int], loaded: set[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The step versions to release with the graph version ``key``: none of the ``loaded`` versions
+        (the versions still loaded) is one of them or runs one as a step."""
+        steps = self._steps.pop(key, None)
+        if not steps:
+            return []
+        kept = set(loaded)
+        for graph, used in list(self._steps.items()):
+            if graph in loaded:
+                kept |= used
+        return sorted(steps - kept)
 
 
 class ServedSteps:
@@ -62,6 +97,8 @@ class ServedSteps:
         self.tracing = tracing
         self.metrics = metrics
         self.observers = observers
+        self.versions = StepVersions()
+        """The step versions of each loaded graph version (what to release with it)."""
 
     async def call(self, graph: str, step: str, model: LoadedModel, arrays: Arrays,
                    remote: RemoteStep | None = None) -> Arrays:
@@ -101,3 +138,16 @@ class ServedSteps:
 
     async def gather(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
         return list(await asyncio.gather(*calls))
+
+    async def offload(self, graph: str, step: str, ref: str, work: Callable[[Arrays], T], arrays: Arrays) -> T:
+        """A step's work that is not a model call (an explanation): on a worker thread, with its span and series."""
+        started = time.perf_counter()
+        ok = False
+        try:
+            with self.tracing.span(STEP_SPAN, {"shipyard.graph": graph, "shipyard.step": step, "shipyard.model": ref}):
+                result = await anyio.to_thread.run_sync(work, arrays)
+            ok = True
+            return result
+        finally:
+            if self.metrics is not None:
+                self.metrics.graph_step(graph, step, time.perf_counter() - started, ok)

@@ -11,19 +11,22 @@ thread, and the same coroutine is driven to its end without an event loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from shipyard.errors import InferenceError, InvalidInput, ModelNotReady, RequestTimeout, ShipyardError
 from shipyard.graphs import joins
 from shipyard.graphs.remote import RemoteStep
-from shipyard.graphs.spec import FanOut, Graph, Node, Switch
+from shipyard.graphs.spec import Explain, FanOut, Graph, Node, Switch
+from shipyard.graphs.wiring import ATTRIBUTION, BASE_VALUE, EXPLAINED_VALUE
 from shipyard.registry.loaded import LoadedModel
 from shipyard.runtime.base import Arrays
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Host(Protocol):
@@ -39,6 +42,11 @@ class Host(Protocol):
         """Await the branches of a fan-out (concurrently where the host can)."""
         ...
 
+    def offload(self, graph: str, step: str, ref: str, work: Callable[[Arrays], T], arrays: Arrays) -> Awaitable[T]:
+        """Run step ``step``'s blocking ``work`` on ``arrays`` that is not a model call (an explanation of
+        the version ``ref``), off the event loop where there is one."""
+        ...
+
 
 class SyncHost:
     """Steps called in the calling thread, one after another: never suspends."""
@@ -49,6 +57,9 @@ class SyncHost:
 
     async def gather(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
         return [await c for c in calls]
+
+    async def offload(self, graph: str, step: str, ref: str, work: Callable[[Arrays], T], arrays: Arrays) -> T:
+        return work(arrays)
 
 
 SYNC = SyncHost()
@@ -69,21 +80,39 @@ def drive(coro: Coroutine[Any, Any, Arrays]) -> Arrays:
 class Plan:
     """A graph whose steps are loaded: ``run`` interprets it over a host."""
 
-    def __init__(self, graph: Graph, models: Mapping[str, LoadedModel]) -> None:
+    def __init__(self, graph: Graph, models: Mapping[str, LoadedModel],
+                 explainers: Mapping[str, Any] | None = None) -> None:
+        """Args:
+            graph: the graph.
+            models: step name -> the loaded version it runs.
+            explainers: explain step name -> its ``shipyard.explain.Explainer`` (of the step it explains).
+        """
         self.graph = graph
         self.models = dict(models)
-        self.remotes = {n.name: RemoteStep(n.placement, self.models[n.name].version)
-                        for n in graph.leaves if n.placement is not None}
+        self.explainers = dict(explainers or {})
+        self.remotes: dict[str, Any] = {n.name: RemoteStep(n.remote_url, self.models[n.name].version)
+                                        for n in graph.leaves if n.remote_url is not None}
+        """Step name -> where it is called instead of in this process (``infer``, ``infer_sync``, ``close``)."""
+        self.pooled = {n.name: n.pool_workers for n in graph.leaves if n.pool_workers is not None}
+        """Step name -> the size of its own worker pool (run in-process until a server attaches the pool)."""
+
+    def attach(self, pools: Mapping[str, Any]) -> None:
+        """Route pooled steps to their pools' handles (a server's ``StepPools`` does; closed on unload)."""
+        self.remotes.update(pools)
 
     async def run(self, inputs: Arrays, host: Host, graph_name: str = "graph") -> Arrays:
         current = inputs
         before = ""
+        given = inputs  # what the last single step was given (an explain step explains it)
         for node in self.graph.steps:
             if isinstance(node, Node):
+                given = current
                 out = await self._step(node, current, before, host, graph_name)
                 if out is not _SKIPPED:
                     current = out
                     before = node.name
+            elif isinstance(node, Explain):
+                current = await self._explain(node, given, current, host, graph_name)
             elif isinstance(node, FanOut):
                 current, before = await self._fan_out(node, current, before, host, graph_name)
             else:
@@ -105,12 +134,31 @@ class Plan:
             return await host.call(graph_name, node.name, model, arrays, remote)
         except Exception as exc:
             if node.on_error == "fail":
-                raise step_error(node.name, model, exc, node.placement) from exc
+                raise step_error(node.name, model, exc, node.placement if node.name in self.remotes else None) from exc
             logger.warning("graph %s: step '%s' failed (%s); %s", graph_name, node.name, exc,
                            "skipped" if node.on_error == "skip" else "answering its default")
             if node.on_error == "skip":
                 return _SKIPPED
             return joins.constant(dict(node.default or {}), joins.rows_of(available))
+
+    async def _explain(self, node: Explain, given: Arrays, outputs: Arrays, host: Host, graph_name: str) -> Arrays:
+        """The explained step's ``outputs`` with the attributions of its prediction on ``given``."""
+        model = self.models[str(node.step)]
+        arrays = model.signature.validate({n: given[n] for n in model.signature.input_names if n in given})
+        features = list(model.signature.input_names)
+        rows = joins.rows_of(arrays)
+        if rows == 0:
+            empty = np.zeros(0, dtype=np.float64)
+            return {**outputs, BASE_VALUE: empty, EXPLAINED_VALUE: empty, **{ATTRIBUTION + f: empty for f in features}}
+        try:
+            why = await host.offload(graph_name, node.name, model.version.ref, self.explainers[node.name].explain,
+                                     arrays)
+        except Exception as exc:
+            raise step_error(node.name, model, exc) from exc
+        attributions = np.asarray(why.attributions, dtype=np.float64)
+        return {**outputs, BASE_VALUE: np.asarray(why.base_values, dtype=np.float64),
+                EXPLAINED_VALUE: np.asarray(why.values, dtype=np.float64),
+                **{ATTRIBUTION + f: np.ascontiguousarray(attributions[:, j]) for j, f in enumerate(features)}}
 
     async def _fan_out(self, node: FanOut, available: Arrays, before: str, host: Host,
                        graph_name: str) -> tuple[Arrays, str]:

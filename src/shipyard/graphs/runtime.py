@@ -21,7 +21,7 @@ from typing import Any
 from shipyard.errors import ModelFormatError
 from shipyard.graphs.plan import SYNC, Host, Plan, drive
 from shipyard.graphs.resolve import ResolvedGraph
-from shipyard.graphs.spec import Graph
+from shipyard.graphs.spec import Explain, Graph
 from shipyard.graphs.wiring import derive_signature
 from shipyard.registry.loaded import LoadedModel
 from shipyard.registry.model import ModelVersion
@@ -78,11 +78,13 @@ class GraphRuntime(Runtime):
                     folder = path / MODELS / mv.digest
                     loaded[mv.ref] = LoadedModel(mv, get_runtime(mv.flavor).load(folder, mv.flavor_meta))
                 models[step] = loaded[mv.ref]
+            explainers = {node.name: _explainer(models[str(node.step)], path / MODELS)
+                          for node in graph.steps if isinstance(node, Explain)}
         except BaseException:
             for m in loaded.values():
                 m.close()
             raise
-        return cls(Plan(graph, models))
+        return cls(Plan(graph, models, explainers))
 
     def predict(self, inputs: Arrays) -> Arrays:
         return drive(self.plan.run(inputs, SYNC))
@@ -93,6 +95,19 @@ class GraphRuntime(Runtime):
 
     def unload(self) -> None:
         self.plan.unload()
+
+
+def _explainer(model: LoadedModel, models: Path) -> Any:
+    """The explainer of an explain step (built at load: a tree explainer walks the trees once); the explained
+    version's check set, copied with its files, is the background a linear or sampling explainer needs."""
+    from shipyard.explain import Explainer  # shap loads only for graphs that explain
+    from shipyard.registry import checkset
+
+    mv = model.version
+    background = None
+    if mv.check_set.get("file") in mv.files:
+        background = checkset.read(models / mv.digest, mv.signature, mv.check_set, mv.ref).inputs
+    return Explainer(model, background)
 
 
 def _version_record(mv: ModelVersion) -> dict[str, Any]:
@@ -117,5 +132,5 @@ def _version(rec: dict[str, Any]) -> ModelVersion:
         files=dict(rec.get("files") or {}), signature=Signature.from_dict(rec["signature"]),
         flavor_meta=dict(rec.get("flavor_meta") or {}), description=rec.get("description", ""),
         tags=dict(rec.get("tags") or {}), lineage=dict(rec.get("lineage") or {}),
-        created_at=rec.get("created_at", ""),
+        created_at=rec.get("created_at", ""), check_set=dict(rec.get("check_set") or {}),
     )

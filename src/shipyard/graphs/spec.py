@@ -12,6 +12,10 @@ returned (the first takes the request's inputs):
 * ``Switch(name, field, cases, otherwise)``: each row goes to the case its ``field``
   value names (``otherwise`` when none does); rows come back in their order.
 
+* ``Explain(name, step)``: only as the last node, right after a single step: that step's
+  outputs, plus the feature attributions (SHAP, extra ``explain``) of its prediction for
+  each row: ``base_value``, ``explained_value`` and ``attribution.FEATURE`` per input.
+
 A leaf node may be optional: ``on_error="skip"`` passes its inputs on unchanged (or,
 in a fan-out, leaves the branch out of the join), ``on_error="default"`` answers the
 constant outputs in ``default`` for every row. These are plain values; wiring checks
@@ -33,10 +37,13 @@ from shipyard.types import ModelRef, check_name
 ON_ERROR = ("fail", "skip", "default")
 PLACEMENT_SCHEMES = ("grpc", "grpcs", "http", "https")
 JOINS = ("mean", "weighted", "vote")
+POOL = "workers"
+MAX_POOL_WORKERS = 64
 
 _NODE_KEYS = ("name", "model", "on_error", "default", "placement")
 _FAN_OUT_KEYS = ("name", "fan_out", "join", "weights")
 _SWITCH_KEYS = ("name", "switch", "cases", "otherwise")
+_EXPLAIN_KEYS = ("name", "explain")
 
 
 @dataclass(frozen=True)
@@ -52,18 +59,23 @@ class Node:
     default: Mapping[str, Any] | None = None
     """With ``on_error="default"``: one constant per output of the step, given to every row."""
     placement: str | None = None
-    """Where the step runs: in this server (None, ``local``), or on the shipyard server at a
-    ``grpc://``, ``grpcs://``, ``http://`` or ``https://`` URL that serves its version."""
+    """Where the step runs: in this server's process (None, ``local``), on a worker pool of its own
+    inside the server (``{"workers": N}``, kept as ``workers:N``: N child processes serving its
+    version, ``graphs/pool.py``), or on the shipyard server at a ``grpc://``, ``grpcs://``, ``http://``
+    or ``https://`` URL that serves its version."""
 
     def __post_init__(self) -> None:
         _check_step_name(self.name)
         if self.placement in ("", "local"):
             object.__setattr__(self, "placement", None)
-        if self.placement is not None:
+        pool = _pool_size(self.name, self.placement)
+        if pool is not None:
+            object.__setattr__(self, "placement", f"{POOL}:{pool}")
+        elif self.placement is not None:
             parts = urlsplit(str(self.placement))
             if parts.scheme not in PLACEMENT_SCHEMES or not parts.netloc or parts.path not in ("", "/"):
-                raise _bad(self.name, f"placement must be 'local' or a server URL such as grpc://host:8001, "
-                           f"got {self.placement!r}")
+                raise _bad(self.name, f"placement must be 'local', {{{POOL}: N}} or a server URL such as "
+                           f"grpc://host:8001, got {self.placement!r}")
         try:
             ModelRef.parse(self.model)
         except InvalidInput as exc:
@@ -82,9 +94,23 @@ class Node:
             d["on_error"] = self.on_error
         if self.default is not None:
             d["default"] = dict(self.default)
-        if self.placement is not None:
+        if self.pool_workers is not None:
+            d["placement"] = {POOL: self.pool_workers}
+        elif self.placement is not None:
             d["placement"] = self.placement
         return d
+
+    @property
+    def pool_workers(self) -> int | None:
+        """The size of the step's own worker pool (``placement: {workers: N}``); None: not on a pool."""
+        if self.placement is None or not self.placement.startswith(f"{POOL}:"):
+            return None
+        return int(self.placement.split(":", 1)[1])
+
+    @property
+    def remote_url(self) -> str | None:
+        """The URL of the server the step is placed on; None: in this server (its process or a pool)."""
+        return None if self.placement is None or self.pool_workers is not None else self.placement
 
 
 @dataclass(frozen=True)
@@ -155,7 +181,30 @@ class Switch:
         return d
 
 
-AnyNode = Node | FanOut | Switch
+@dataclass(frozen=True)
+class Explain:
+    """The last step of a graph: the attributions of the step right before it, for each row.
+
+    Its outputs are that step's outputs plus ``base_value``, ``explained_value`` (what is
+    explained: a classifier's probability or margin of its predicted class, else the
+    prediction; ``base_value`` plus the attributions add up to it) and one
+    ``attribution.FEATURE`` per input of the explained step, all FP64 (see ``shipyard.explain``).
+    """
+
+    name: str = "explain"
+    step: str | None = None
+    """The step it explains: the one right before it (None: that one)."""
+
+    def __post_init__(self) -> None:
+        _check_step_name(self.name)
+        if self.step is not None and not isinstance(self.step, str):
+            raise _bad(self.name, f"explain must name the step it explains, got {type(self.step).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "explain": self.step}
+
+
+AnyNode = Node | FanOut | Switch | Explain
 
 
 @dataclass(frozen=True)
@@ -190,6 +239,7 @@ class Graph:
                 raise InvalidInput(f"step name '{name}' is used twice in the graph; every step needs its own name",
                                    field="steps", got=name)
             seen.add(name)
+        object.__setattr__(self, "steps", _pin_explain(nodes))
         object.__setattr__(self, "_leaves", tuple(leaves(nodes)))
 
     @classmethod
@@ -221,8 +271,32 @@ class Graph:
         return resolve(self, registry)
 
 
+def _pin_explain(nodes: tuple[AnyNode, ...]) -> tuple[AnyNode, ...]:
+    """``nodes`` with an explain step naming the step it explains; refused anywhere but last, after a step."""
+    for i, n in enumerate(nodes):
+        if not isinstance(n, Explain):
+            continue
+        if i != len(nodes) - 1:
+            raise _bad(n.name, "an explain step can only end a graph (it must be the last step)")
+        before = nodes[i - 1] if i else None
+        if not isinstance(before, Node):
+            raise _bad(n.name, "an explain step explains the single step right before it"
+                       + ("; it cannot be the first step" if before is None else
+                          f", and '{before.name}' is a {type(before).__name__}"))
+        if n.step is not None and n.step != before.name:
+            raise _bad(n.name, f"explain names step '{n.step}', but the step right before it is '{before.name}' "
+                       "(an explain step explains the step it follows)")
+        if before.on_error != "fail":
+            raise _bad(n.name, f"step '{before.name}' may be skipped or answer a default (on_error: "
+                       f"{before.on_error}); an explained step must answer for itself (on_error: fail)")
+        return (*nodes[:-1], Explain(n.name, before.name))
+    return nodes
+
+
 def leaves(nodes: Sequence[AnyNode]) -> Iterator[Node]:
     for n in nodes:
+        if isinstance(n, Explain):
+            continue
         if isinstance(n, Node):
             yield n
         elif isinstance(n, FanOut):
@@ -244,7 +318,7 @@ def _names(nodes: Sequence[AnyNode]) -> Iterator[str]:
 
 
 def _node(value: Any, where: str) -> AnyNode:
-    if isinstance(value, (Node, FanOut, Switch)):
+    if isinstance(value, (Node, FanOut, Switch, Explain)):
         return value
     if isinstance(value, str):
         try:
@@ -253,8 +327,8 @@ def _node(value: Any, where: str) -> AnyNode:
             raise InvalidInput(f"{where}: {exc}", field=where, got=value) from None
         return Node(ref.name, value)
     if not isinstance(value, Mapping):
-        raise InvalidInput(f"{where} must be a reference or a mapping with a name and a model, fan_out or switch, "
-                           f"got {type(value).__name__}", field=where)
+        raise InvalidInput(f"{where} must be a reference or a mapping with a name and a model, fan_out, switch or "
+                           f"explain, got {type(value).__name__}", field=where)
     if "fan_out" in value:
         _check_keys(value, _FAN_OUT_KEYS, where)
         join = value.get("join", "mean")
@@ -267,6 +341,10 @@ def _node(value: Any, where: str) -> AnyNode:
             join=_leaf(join, f"{where}.join") if isinstance(join, Mapping) else join,
             weights=tuple(value["weights"]) if value.get("weights") is not None else None,
         )
+    if "explain" in value:
+        _check_keys(value, _EXPLAIN_KEYS, where)
+        step = value["explain"]
+        return Explain(str(value.get("name", "explain")), None if step in (None, True) else step)
     if "switch" in value:
         _check_keys(value, _SWITCH_KEYS, where)
         cases = value.get("cases")
@@ -312,7 +390,23 @@ def leaf_from_mapping(value: Mapping[str, Any], where: str) -> Node:
     name = value.get("name", ModelRef.parse(model).name)
     placement = value.get("placement")
     return Node(str(name), model, on_error=str(value.get("on_error", "fail")), default=value.get("default"),
-                placement=None if placement is None else str(placement))
+                placement=None if placement is None else f"{POOL}:{_pool_size(str(name), placement)}"
+                if isinstance(placement, Mapping) else str(placement))
+
+
+def _pool_size(step: str, placement: Any) -> int | None:
+    """N of a ``{workers: N}`` (or ``workers:N``) placement; None for the other forms; refused when malformed."""
+    if isinstance(placement, str) and placement.startswith(f"{POOL}:"):
+        text = placement.split(":", 1)[1]
+        placement = {POOL: int(text) if text.isdigit() else text}
+    if not isinstance(placement, Mapping):
+        return None
+    unknown = [k for k in placement if k != POOL]
+    workers = placement.get(POOL)
+    if unknown or isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_POOL_WORKERS:
+        raise _bad(step, f"placement as a worker pool is {{{POOL}: N}} with N from 1 to {MAX_POOL_WORKERS}, "
+                   f"got {dict(placement)!r}")
+    return workers
 
 
 def _check_step_name(name: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shipyard.errors import InvalidInput
-from shipyard.graphs.spec import AnyNode, FanOut, Graph, Node, Switch
+from shipyard.graphs.spec import Explain, FanOut, Graph, Node, Switch
 from shipyard.signature import WIDENS_TO, Signature, TensorSpec
 
 _FLOATS = ("FP16", "FP32", "FP64")
@@ -46,6 +46,10 @@ def derive_signature(graph: Graph, signatures: Mapping[str, Signature], refs: Ma
     fmt = signatures[graph.leaves[0].name].format
     produced: _Produced | None = None
     for node in graph.steps:
+        if isinstance(node, Explain):  # last, after a step (spec.py): what that step returned, and why
+            assert produced is not None
+            produced = _Produced(explained_outputs(produced.specs, node, signatures[str(node.step)], label), node.name)
+            continue
         needs = _needs(node, signatures, produced, label)
         if produced is None:
             inputs = needs
@@ -57,7 +61,32 @@ def derive_signature(graph: Graph, signatures: Mapping[str, Signature], refs: Ma
     return Signature(inputs=tuple(inputs.values()), outputs=tuple(produced.specs.values()), format=fmt)
 
 
-def _needs(node: AnyNode, sigs: Mapping[str, Signature], before: _Produced | None,
+BASE_VALUE = "base_value"
+EXPLAINED_VALUE = "explained_value"
+ATTRIBUTION = "attribution."
+"""Prefix of an explain step's output for each input feature of the explained step."""
+
+
+def explained_outputs(outputs: Mapping[str, TensorSpec], node: Explain, explained: Signature,
+                      label: _Label) -> dict[str, TensorSpec]:
+    """What an explain step returns: the explained step's ``outputs``, its base value, explained value and one
+    attribution per input feature (FP64, one per row); refused unless the step takes numeric columns."""
+    step = str(node.step)
+    bad = [s for s in explained.inputs if len(s.shape) != 1 or s.datatype in ("BYTES", "BOOL")]
+    if explained.format != "columns" or bad or not explained.inputs:
+        raise InvalidInput(
+            f"explain step '{node.name}' explains step {label(step)}, which takes "
+            f"{', '.join(s.name + ' ' + s.describe() for s in explained.inputs) or 'nothing'}; explanations need "
+            "numeric columns, one value per feature", field=node.name)
+    added = [BASE_VALUE, EXPLAINED_VALUE, *(ATTRIBUTION + s.name for s in explained.inputs)]
+    clash = [n for n in added if n in outputs]
+    if clash:
+        raise InvalidInput(f"explain step '{node.name}' adds '{clash[0]}', which step {label(step)} already returns",
+                           field=node.name)
+    return {**outputs, **{n: TensorSpec(n, "FP64", (-1,)) for n in added}}
+
+
+def _needs(node: Node | FanOut | Switch, sigs: Mapping[str, Signature], before: _Produced | None,
            label: _Label) -> dict[str, TensorSpec]:
     """The inputs ``node`` takes: a step's own; the union over branches or cases (they must agree)."""
     if isinstance(node, Node):
@@ -106,7 +135,7 @@ def _check_fits(before: _Produced, step: str, needs: Mapping[str, TensorSpec], l
                     field=step, expected=spec.describe(), got=got.describe())
 
 
-def _produces(node: AnyNode, sigs: Mapping[str, Signature], available: Mapping[str, TensorSpec],
+def _produces(node: Node | FanOut | Switch, sigs: Mapping[str, Signature], available: Mapping[str, TensorSpec],
               label: _Label) -> _Produced:
     if isinstance(node, Node):
         _check_default(node, sigs[node.name], label)

@@ -177,6 +177,7 @@ class DataPlane:
         self._steps = ServedSteps(self._call_step, self.tracing, self.metrics, self.observers)
         """The host of inference graphs: each step a model call of this request path (``shipyard.graphs``)."""
         repository.on_release(self._released)
+        repository.on_load(self._loaded)
 
     # -- health and metadata -----------------------------------------------------
 
@@ -549,8 +550,19 @@ class DataPlane:
             self._batchers[key] = batcher
         return batcher
 
+    def _loaded(self, name: str, version: int, took: float) -> None:
+        """A version was loaded (on the loading thread): a graph's step versions are noted, to go with it."""
+        self._steps.versions.loaded((name, version), self.repository.cached(ModelRef(name, version=version)))
+
     def _released(self, name: str, version: int) -> None:
-        """A version no reference reaches any more: its batcher and lane go (requests already in them finish)."""
+        """A version no reference reaches any more: its batcher and lane go (requests already in them finish),
+        and so do those of a graph's steps that no loaded version runs any more."""
+        loaded = {(mv.name, mv.version) for mv in self.repository.loaded_versions()}
+        for step in self._steps.versions.released((name, version), loaded):
+            self._release_one(*step)
+        self._release_one(name, version)
+
+    def _release_one(self, name: str, version: int) -> None:
         release = getattr(self.executor, "release", None)  # the worker pool holds nothing per version
         if release is not None:
             release(name, version)

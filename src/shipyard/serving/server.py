@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shipyard._extras import require
 from shipyard.batching.policy import BatchPolicy
 from shipyard.config import Settings
+from shipyard.graphs.pool import StepPools
 from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.monitoring.alerts import AlertCollector, AlertService, AlertStore, MonitorSnapshot
@@ -54,6 +55,7 @@ from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import ResponseCache
 from shipyard.serving.connections import http_protocol
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.explanations import Explanations
 from shipyard.serving.feedback import Feedback
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.drift import drift_endpoints
@@ -61,6 +63,7 @@ from shipyard.serving.rest.explain import explain_endpoints
 from shipyard.serving.rest.retrains import retrain_endpoints
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.services import Hooks, Service, Services
+from shipyard.types import ModelRef
 
 if TYPE_CHECKING:
     from shipyard.serving.grpc.server import GrpcServer
@@ -183,6 +186,8 @@ def build_server(
     ])
     metrics.watch(watched)
     repo.on_load(metrics.model_loaded)
+    pools = StepPools(settings)
+    repo.on_load(functools.partial(_start_pools, repo, pools))  # a graph's pooled steps: readiness waits for them
     tracing = Tracing(settings.monitoring.tracing)
     declared = deployment.traffic_policies(settings)
     dp = DataPlane(
@@ -211,12 +216,13 @@ def build_server(
             metrics.include(feedback.collector.registry())
     if feedback is not None:
         feedback.watch(watched)
+    explanations = Explanations(dp, max_rows=settings.explain_max_rows)
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
-                       experiments=experiments, auth=auth,
+                       experiments=experiments, auth=auth, explanations=explanations,
                        endpoints=[*(feedback.endpoints if feedback is not None else ()),
-                                  *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ()),
-                                  *explain_endpoints(dp, max_rows=settings.explain_max_rows,
-                                                     max_body_bytes=settings.max_body_bytes),
+                                  *(drift_endpoints(reg.database, served=_with_graph_steps(repo))
+                                    if drift is not None else ()),
+                                  *explain_endpoints(explanations, max_body_bytes=settings.max_body_bytes),
                                   *retrain_endpoints(reg.database)])
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them);
@@ -224,6 +230,7 @@ def build_server(
     services: list[Service] = []
     if auth is not None:  # keys and signing keys loaded before any request is taken
         services += [Hooks("authentication", auth.start), _Loop("credential refresh", auth.watch)]
+    services.append(pools)  # stops after the models: every graph step's child process ends
     services.append(Hooks("models", repo.start, _async(repo.close)))
 
     async def start_traffic() -> None:
@@ -297,6 +304,26 @@ class _Profiles:
             if key not in self._known:
                 self._known[key] = self.registry.profile(self.registry.get(f"{model}:{version}"))
             return self._known[key]
+
+
+def _start_pools(repo: ModelRepository, pools: StepPools, name: str, version: int, took: float) -> None:
+    """After a version loads (on the loading thread): a graph's steps placed on worker pools get them."""
+    model = repo.cached(ModelRef(name, version))
+    if model is not None and model.version.flavor == "graph":
+        pools.attach(model)
+
+
+def _with_graph_steps(repo: ModelRepository) -> Callable[[], list[str]]:
+    """The served names plus the models that loaded graphs run as steps (each step's drift is reported too)."""
+
+    def names() -> list[str]:
+        found = set(repo.names())
+        for mv in repo.loaded_versions():
+            for ref in dict(mv.lineage.get("steps") or {}).values() if mv.flavor == "graph" else ():
+                found.add(ModelRef.parse(str(ref)).name)
+        return sorted(found)
+
+    return names
 
 
 def _drift_monitor(settings: Settings, registry: Registry, traffic: TrafficStore) -> DriftMonitor | None:

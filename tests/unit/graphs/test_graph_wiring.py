@@ -52,8 +52,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     ([{"name": "s", "switch": "region", "cases": {"eu": {"name": "eu", "model": "m", "on_error": "skip"}}}],
      "a case of a switch cannot be skipped"),
     ([{"name": "x", "model": "m", "placement": "ftp://other:8001"}],
-     "step 'x': placement must be 'local' or a server URL"),
+     "step 'x': placement must be 'local', {workers: N} or a server URL"),
     ([{"name": "bad name!", "model": "m"}], "invalid step name 'bad name!'"),
+    ([{"name": "x", "model": "m", "placement": {"workers": 0}}],
+     "step 'x': placement as a worker pool is {workers: N} with N from 1 to 64, got {'workers': 0}"),
+    ([{"name": "x", "model": "m", "placement": {"wrkers": 2}}], "step 'x': placement as a worker pool is"),
 ])
 def test_malformed_graphs_are_refused_naming_the_step_or_key(steps: list[object], message: str) -> None:
     with pytest.raises(InvalidInput) as info:
@@ -69,6 +72,12 @@ def test_a_graph_round_trips_through_its_dict_form() -> None:
                    Node("cut", "cut:1", on_error="default", default={"label": 0})])
     assert Graph.from_dict(graph.to_dict()) == graph
     assert [n.name for n in graph.leaves] == ["scaler", "a", "b", "eu", "rest", "cut"]
+    pooled = Graph.from_dict({"steps": [{"name": "m", "model": "lr:1", "placement": {"workers": 2}}]})
+    assert pooled.to_dict()["steps"][0]["placement"] == {"workers": 2}
+    assert Graph.from_dict(pooled.to_dict()) == pooled
+    assert (pooled.leaves[0].pool_workers, pooled.leaves[0].remote_url) == (2, None)
+    remote = Node("m", "lr:1", placement="grpc://b:8001")
+    assert (remote.pool_workers, remote.remote_url) == (None, "grpc://b:8001")
 
 
 # -- wiring -------------------------------------------------------------------------------------------

@@ -281,6 +281,6 @@ async def test_services_start_in_order_and_stop_in_reverse_also_when_one_fails()
 def test_the_server_lists_its_services_in_start_order(shared: tuple[Settings, Registry]) -> None:
     settings, registry = shared
     server = build_server(settings.replace(async_broker="local://shipyard"), ["m"], registry=registry)
-    assert server.services.names == ["models", "traffic policies", "drift monitor", "observers", "data plane",
-                                     "alias watcher", "traffic-policy watcher", "rollout controller",
+    assert server.services.names == ["graph step pools", "models", "traffic policies", "drift monitor", "observers",
+                                     "data plane", "alias watcher", "traffic-policy watcher", "rollout controller",
                                      "asynchronous requests"]

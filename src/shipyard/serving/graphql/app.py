@@ -33,6 +33,7 @@ from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.protocol.json_body import parse_json
 from shipyard.serving.catalog import ModelCatalog
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.explanations import Explanations
 from shipyard.serving.graphql.errors import extensions_for, format_error, is_expected
 from shipyard.serving.graphql.schema import Context, Query
 from shipyard.serving.rest.body import check_json_type, media_type, read_body
@@ -55,9 +56,10 @@ SCHEMA = _Schema(query=Query)
 class GraphQLApp(GraphQL[Context, None]):
     """``/graphql``: POST (or GET) a GraphQL document; GET in a browser opens GraphiQL."""
 
-    def __init__(self, dataplane: DataPlane, max_body_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int, explanations: Explanations | None = None) -> None:
         super().__init__(SCHEMA)
         self.dataplane = dataplane
+        self.explanations = explanations
         self.catalog = ModelCatalog(dataplane.repository)
         self.max_body_bytes = max_body_bytes
 
@@ -116,7 +118,7 @@ class GraphQLApp(GraphQL[Context, None]):
         return parsed
 
     async def get_context(self, request: Any, response: Any) -> Context:
-        return Context(self.dataplane, self.catalog, request, response)
+        return Context(self.dataplane, self.catalog, request, response, self.explanations)
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         doc: GraphQLHTTPResponse = {"data": result.data}

@@ -1,4 +1,4 @@
-"""The GraphQL schema: served models, their versions, aliases and signatures, and ``predict``.
+"""The GraphQL schema: served models, their versions, aliases and signatures, ``predict`` and ``explain``.
 
 Resolvers only translate: every question goes to the data plane (resolve,
 infer) or, for versions and aliases, to the ``ModelCatalog``; predictions run
@@ -17,12 +17,13 @@ from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 
 from shipyard.context import RequestContext, request_id_var
-from shipyard.errors import InvalidInput, PermissionDenied
+from shipyard.errors import InvalidInput, PermissionDenied, ShipyardError
 from shipyard.protocol import simple
 from shipyard.registry import ModelVersion
 from shipyard.security.principal import principal_var
 from shipyard.serving.catalog import ModelCatalog
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.explanations import Explanations
 from shipyard.signature import Signature, TensorSpec
 from shipyard.types import InferenceRequest
 
@@ -35,6 +36,8 @@ class Context:
     catalog: ModelCatalog
     request: Any = None
     response: Any = None
+    explanations: Explanations | None = None
+    """What ``explain`` asks (the service behind ``POST /v1/models/NAME:explain``)."""
 
 
 Info = strawberry.Info[Context, None]
@@ -186,9 +189,51 @@ async def _predict(info: Info, model: str, records: JSON, version: str | None = 
     )
 
 
+@strawberry.type(name="ExplainedRow", description="The attributions of one record: base_value plus the "
+                 "attributions add up to value.")
+class ExplainedRowType:
+    value: float = strawberry.field(description="The explained number (a probability, a margin or an output).")
+    base_value: float
+    attributions: JSON = strawberry.field(description="One number per input feature, by name.")
+    class_: JSON | None = strawberry.field(
+        name="class", default=None, description="A classifier's class of the record, whose value is explained.")
+
+
+@strawberry.type(name="Explanation", description="Feature attributions (SHAP) of each record, as "
+                 "POST /v1/models/NAME:explain answers them.")
+class ExplanationType:
+    model_name: str
+    model_version: str
+    method: str = strawberry.field(description="tree, linear or sampling.")
+    output: str = strawberry.field(description="What is explained: probability, margin or an output's name.")
+    explanations: list[ExplainedRowType]
+
+
+async def _explain(info: Info, model: str, records: JSON) -> ExplanationType:
+    explanations = info.context.explanations
+    if explanations is None:
+        raise ShipyardError("explanations are not set up on this server")
+    if not isinstance(records, list) or not records:
+        raise InvalidInput("records must be a non-empty list of rows (objects, or lists of values for a one-input "
+                           "model)", field="records", got=type(records).__name__)
+    try:
+        doc = await explanations.explain(model, orjson.dumps({"instances": records}), rows_field="records")
+    except InvalidInput as exc:
+        if exc.field == "instances":  # the argument is called records here
+            exc.field = "records"
+        raise
+    return ExplanationType(
+        model_name=doc["model_name"], model_version=doc["model_version"], method=doc["method"], output=doc["output"],
+        explanations=[ExplainedRowType(value=r["value"], base_value=r["base_value"],
+                                       attributions=JSON(r["attributions"]),
+                                       class_=JSON(r["class"]) if "class" in r else None)
+                      for r in doc["explanations"]],
+    )
+
+
 #: What each root field needs (``security.principal.NEEDS``); the HTTP route needs any valid credential.
 #: Every root field of ``Query`` must be here (a test enumerates the schema).
-FIELD_SCOPES: dict[str, str] = {"models": "read", "model": "read", "predict": "predict"}
+FIELD_SCOPES: dict[str, str] = {"models": "read", "model": "read", "predict": "predict", "explain": "predict"}
 
 
 class Scoped(BasePermission):
@@ -215,6 +260,11 @@ class Query:
         resolver=_predict, permission_classes=[Scoped],
         description="Predict with a model (name, name@alias or name:VERSION) for records: "
         'a list of objects such as [{"x": 1.0, "y": 2.0}] (lists of values for a one-input model).',
+    )
+    explain: ExplanationType = strawberry.field(
+        resolver=_explain, permission_classes=[Scoped],
+        description="Feature attributions (SHAP, extra 'explain') of each record for a model (name, name@alias or "
+        "name:VERSION): the same answer as POST /v1/models/NAME:explain, at most explain_max_rows records.",
     )
 
 

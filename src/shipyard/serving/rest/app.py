@@ -41,6 +41,7 @@ from shipyard.types import InferenceRequest
 if TYPE_CHECKING:
     from shipyard.rollout.experiments import Experiments
     from shipyard.security.auth import Authenticator
+    from shipyard.serving.explanations import Explanations
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class RestApp:
         self, dataplane: DataPlane, *, max_body_bytes: int, async_requests: AsyncRequests | None = None,
         metrics: ServingMetrics | None = None, experiments: Experiments | None = None,
         endpoints: Sequence[Endpoint] = (), auth: Authenticator | None = None,
+        explanations: Explanations | None = None,
     ) -> None:
         self.dp = dataplane
         self.auth = auth
@@ -160,7 +162,7 @@ class RestApp:
             *experiment_endpoints(self),
             *admin_endpoints(self),
             *endpoints,  # what the composition root contributes (feedback)
-            *graphql_endpoints(dataplane, max_body_bytes),
+            *graphql_endpoints(dataplane, max_body_bytes, explanations),
         ]
         """The route table: what ``build`` routes and ``/openapi.json`` documents."""
         self._spec: dict[str, Any] | None = None
