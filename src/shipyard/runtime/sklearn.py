@@ -11,7 +11,9 @@ trusted, it is converted to skops on the way in when skops can hold it.
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
+import importlib.machinery
 import logging
 import shutil
 import sys
@@ -166,13 +168,53 @@ class _HideWhileImporting(importlib.abc.MetaPathFinder):
         return None
 
 
+class _NoScipyListing(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ``skops.io._trusted_types`` without its listing of SciPy's ufuncs.
+
+    skops names every public ufunc of ``scipy.special`` when it imports (a quarter to half a
+    second of a server's start, looking each one's module up). Like the estimator listing, it
+    only widens skops' default trust, which shipyard never uses: SciPy types pass shipyard's own
+    check by name (SAFE_PREFIXES).
+    """
+
+    MODULE = "skops.io._trusted_types"
+
+    def __init__(self) -> None:
+        self._inner: Any = None
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.MODULE:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        self._inner, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        utils = importlib.import_module("skops.io._utils")
+        listing = utils.get_public_type_names
+
+        def public_type_names(module: Any, oftype: Any) -> list[str]:
+            return [] if module.__name__.startswith("scipy") else listing(module, oftype)  # type: ignore[no-any-return]
+
+        utils.get_public_type_names = public_type_names
+        try:
+            self._inner.exec_module(module)
+        finally:
+            utils.get_public_type_names = listing
+
+
 def import_skops() -> Any:
     """``skops.io``, imported without dragging torch and dask in behind it."""
     if "skops.io" in sys.modules:
         return sys.modules["skops.io"]
     hide = tuple(n for n in _UNNEEDED_FOR_SKOPS if n not in sys.modules)
-    finder = _HideWhileImporting(hide)
-    sys.meta_path.insert(0, finder)
+    finder, no_scipy_listing = _HideWhileImporting(hide), _NoScipyListing()
+    sys.meta_path[:0] = [finder, no_scipy_listing]
     listing: Any = None
     try:
         sk_utils: Any = require("sklearn.utils", "sklearn", "scikit-learn")
@@ -187,6 +229,7 @@ def import_skops() -> Any:
         if listing is not None:
             sk_utils.all_estimators = listing
         sys.meta_path.remove(finder)
+        sys.meta_path.remove(no_scipy_listing)
         for name in [m for m in sys.modules if m.startswith("sklearn.externals.array_api_compat.")]:
             if name.split(".")[4:5] and name.split(".")[4] in hide:
                 del sys.modules[name]  # half-imported shims; scikit-learn re-imports them on demand
