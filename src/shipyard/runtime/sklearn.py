@@ -195,11 +195,11 @@ class _NoScipyListing(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return self._inner.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
-        utils = importlib.import_module("skops.io._utils")
+        utils: Any = importlib.import_module("skops.io._utils")
         listing = utils.get_public_type_names
 
         def public_type_names(module: Any, oftype: Any) -> list[str]:
-            return [] if module.__name__.startswith("scipy") else listing(module, oftype)  # type: ignore[no-any-return]
+            return [] if module.__name__.startswith("scipy") else listing(module, oftype)
 
         utils.get_public_type_names = public_type_names
         try:
