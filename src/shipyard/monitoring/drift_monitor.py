@@ -45,6 +45,7 @@ from shipyard.registry.database import Database
 
 if TYPE_CHECKING:
     from shipyard.monitoring.drift.detector import DriftReport, DriftSettings
+    from shipyard.monitoring.drift.null_cache import NullThresholdCache
     from shipyard.monitoring.drift.profile import Profile
     from shipyard.monitoring.drift.window import Window
     from shipyard.rollout.store import TrafficStore
@@ -179,6 +180,7 @@ class DriftMonitor:
         replica: this process's name in the windows table and the lease.
         interval: seconds between two ticks (default: a fifth of the window, 0.5 to 5 s).
         clock: wall-clock seconds.
+        thresholds: where null thresholds are kept across restarts (the home's cache folder).
     """
 
     database: Database
@@ -189,6 +191,7 @@ class DriftMonitor:
     replica: str
     interval: float | None = None
     clock: Callable[[], float] = time.time
+    thresholds: NullThresholdCache | None = None
     name: str = "drift monitor"
     compared: int = 0
     """Windows compared by this replica."""
@@ -281,7 +284,7 @@ class DriftMonitor:
         from shipyard.monitoring.drift.detector import compare
 
         self.compared += 1
-        return compare(profile, window, settings)
+        return compare(profile, window, settings, thresholds=self.thresholds)
 
     def _record(self, model: str, version: int, arm: str, start: int, report: DriftReport) -> None:
         try:

@@ -35,6 +35,7 @@ from shipyard.graphs.pool import StepPools
 from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.monitoring.alerts import AlertCollector, AlertService, AlertStore, MonitorSnapshot
+from shipyard.monitoring.drift.null_cache import NullThresholdCache
 from shipyard.monitoring.drift_monitor import DriftCollector, DriftMonitor, DriftRecorder
 from shipyard.monitoring.events import Observers, PredictionObserver
 from shipyard.monitoring.feedback_service import prune_loop
@@ -333,7 +334,8 @@ def _drift_monitor(settings: Settings, registry: Registry, traffic: TrafficStore
         return None
     profiles = _Profiles(registry)
     recorder = DriftRecorder(profiles, window_seconds=config.window_seconds)
-    return DriftMonitor(registry.database, recorder, profiles, config, traffic, _replica())
+    thresholds = NullThresholdCache(settings.cache_dir / "drift-null-thresholds.sqlite")
+    return DriftMonitor(registry.database, recorder, profiles, config, traffic, _replica(), thresholds=thresholds)
 
 
 def _retrain_service(settings: Settings, registry: Registry) -> Service | None:

@@ -62,6 +62,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shipyard.monitoring.drift import statistics as st
+from shipyard.monitoring.drift.null_cache import NullThresholdCache
 from shipyard.monitoring.drift.profile import CategoricalProfile, FeatureProfile, NumericProfile, Profile
 from shipyard.monitoring.drift.window import Window
 
@@ -262,6 +263,18 @@ def _null_threshold(
     return st.null_quantile(test, counts, n, q, bins=bins, draws=_BOOTSTRAP_DRAWS, seed=_SEED)
 
 
+def _cached_null_threshold(store: NullThresholdCache | None, *inputs: Any) -> float:
+    """``_null_threshold``, looked up in (and added to) ``store`` first when there is one."""
+    if store is None:
+        return _null_threshold(*inputs)
+    key = store.key(*inputs, _BOOTSTRAP_DRAWS, _SEED)
+    found = store.get(key)
+    if found is None:
+        found = _null_threshold(*inputs)
+        store.put(key, found)
+    return found
+
+
 @dataclass(frozen=True)
 class _Plan:
     feature: FeatureProfile
@@ -291,7 +304,8 @@ def _plan(feature: FeatureProfile, window: Window, profile: Profile, settings: D
     return _Plan(feature, test, counts, quality, skipped)
 
 
-def _run(plan: _Plan, window: Window, settings: DriftSettings, alpha: float) -> FeatureDrift:
+def _run(plan: _Plan, window: Window, settings: DriftSettings, alpha: float,
+         thresholds: NullThresholdCache | None = None) -> FeatureDrift:
     f, test = plan.feature, plan.test
     ref = np.asarray(f.counts, dtype=np.int64)
     cur = plan.counts
@@ -327,7 +341,7 @@ def _run(plan: _Plan, window: Window, settings: DriftSettings, alpha: float) -> 
         res = st.hellinger_binned(ref, cur)
         key = ((), 0.0, 0.0, 1.0)
     configured = settings.thresholds.get(f.name, st.DISTANCE_TESTS[test])
-    null = _null_threshold(test, tuple(int(c) for c in f.counts), *key, _size_bucket(res.n), alpha)
+    null = _cached_null_threshold(thresholds, test, tuple(int(c) for c in f.counts), *key, _size_bucket(res.n), alpha)
     threshold = max(configured, null)
     drifted = res.statistic >= threshold
     return FeatureDrift(f.name, test, res.statistic, None, res.effect, threshold, res.n, drifted, quality=plan.quality)
@@ -386,13 +400,15 @@ def _run_multivariate(
 # --- the comparison ---------------------------------------------------------------------------------
 
 
-def compare(profile: Profile, window: Window, settings: DriftSettings | None = None) -> DriftReport:
+def compare(profile: Profile, window: Window, settings: DriftSettings | None = None, *,
+            thresholds: NullThresholdCache | None = None) -> DriftReport:
     """Compare a window with its reference profile (see the module docstring for the rules).
 
     Args:
         profile: the version's reference profile.
         window: current rows counted on that profile's bins.
         settings: tests, thresholds and the false-alarm target; defaults when None.
+        thresholds: where distance tests' null thresholds are kept between processes (None: memory only).
 
     Returns:
         Per input feature, per output and per multivariate test results, and the dataset verdict.
@@ -405,7 +421,7 @@ def compare(profile: Profile, window: Window, settings: DriftSettings | None = N
     alpha = settings.false_alarms / max(k, 1)
 
     def run(plan: _Plan) -> FeatureDrift:
-        return _skipped(plan) if plan.skipped else _run(plan, window, settings, alpha)
+        return _skipped(plan) if plan.skipped else _run(plan, window, settings, alpha, thresholds)
 
     features = tuple(run(p) for p in inputs)
     outs = tuple(run(p) for p in outputs)
