@@ -281,11 +281,13 @@ class StepPools:
         plan.attach({step: self.acquire(plan.models[step].version, workers, user) for step, workers in pooled.items()})
 
     def pools(self) -> list[dict[str, Any]]:
-        """Each pool: its version, size, users and the pids of its children (for logs and tests)."""
+        """Each pool: its version, size, users, its children's pids and gRPC ports, and its settings folder
+        (for logs and tests; the key is not shown)."""
         with self._lock:
             pools = list(self._pools.values())
         return [{"version": p.version.ref, "workers": p.workers, "users": sorted(p.users),
                  "pids": [c.process.pid if c.process is not None else None for c in p.children],
+                 "grpc_ports": [c.grpc_port for c in p.children], "folder": p._folder,
                  "ready": len(p._ready)} for p in pools]
 
     async def start(self) -> None:

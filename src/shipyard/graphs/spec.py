@@ -76,7 +76,7 @@ class Node:
 
     def __post_init__(self) -> None:
         _check_step_name(self.name)
-        if isinstance(self.placement, Mapping) and POOL not in self.placement:
+        if isinstance(self.placement, Mapping) and any(k in self.placement for k in _REMOTE_KEYS):
             _remote_placement(self)
         if self.placement in ("", "local"):
             object.__setattr__(self, "placement", None)
@@ -449,7 +449,7 @@ def _pool_size(step: str, placement: Any) -> int | None:
     workers = placement.get(POOL)
     if unknown or isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_POOL_WORKERS:
         raise _bad(step, f"placement as a worker pool is {{{POOL}: N}} with N from 1 to {MAX_POOL_WORKERS}, "
-                   f"got {dict(placement)!r}")
+                   f"got {dict(placement)!r} (a server: {{url: grpc://host:8001, token_env: NAME}})")
     return workers
 
 
