@@ -49,6 +49,21 @@ def test_a_step_on_a_host_not_allowed_is_refused_naming_step_host_and_setting(
     assert message in str(info.value)
 
 
+def test_a_remote_step_sends_the_value_of_its_token_env_and_an_unset_one_is_refused_naming_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from shipyard.graphs import Node
+    from shipyard.graphs.plan import _token
+
+    node = Node("model", "lr:1", placement={"url": "grpc://b:8001", "token_env": "MODELS_B_TOKEN"})
+    monkeypatch.setenv("MODELS_B_TOKEN", " sy_abc ")
+    assert _token(node) == "sy_abc" and _token(Node("local", "lr:1")) is None
+    monkeypatch.delenv("MODELS_B_TOKEN")
+    with pytest.raises(ConfigError) as info:
+        _token(node)
+    assert str(info.value) == ("step 'model' (placed on grpc://b:8001) sends the key in the environment variable "
+                               "MODELS_B_TOKEN (placement.token_env), which is not set here")
+
+
 def test_pool_folders_are_private_under_home_and_stale_ones_are_removed(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     root = tmp_path / "home" / "run" / "pools"
