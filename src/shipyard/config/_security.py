@@ -157,7 +157,8 @@ class SecurityConfig:
     Loopback, link-local and private addresses are refused unless listed here."""
 
     model_url_hosts: tuple[str, ...] = ()
-    """Hosts a model may be registered or loaded from by http(s) URL; empty: none."""
+    """Hosts a model may be registered or loaded from by http(s) URL, and graph steps may be placed on
+    (``placement: URL``, checked when the graph loads); empty: none."""
 
     def __post_init__(self) -> None:
         for name in ("callback_hosts", "model_url_hosts"):
