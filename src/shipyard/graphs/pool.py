@@ -115,10 +115,7 @@ class _Pool:
 
     def start(self) -> None:
         self._folder = _new_folder(self.settings)
-        config = os.path.join(self._folder, "shipyard.yaml")
-        key_sha256 = hashlib.sha256(self._key.encode()).hexdigest()
-        with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            json.dump(_child_settings(self.settings, key_sha256), f)  # JSON is YAML
+        self._write_settings()
         self.children = [_Child(i) for i in range(self.workers)]
         self._thread = threading.Thread(target=self._supervise, name=f"pool {self.version.ref}", daemon=True)
         self._thread.start()
@@ -185,7 +182,18 @@ class _Pool:
             logger.info("pool %s: worker %d (pid %d) ready on 127.0.0.1:%d (gRPC)", self.label, child.index,
                         process.pid, child.grpc_port)
 
+    def _write_settings(self) -> None:
+        """The children's settings file (0600, in the pool's 0700 folder); again if something removed it."""
+        config = os.path.join(self._folder, "shipyard.yaml")
+        if os.path.exists(config):
+            return
+        os.makedirs(self._folder, mode=0o700, exist_ok=True)
+        key_sha256 = hashlib.sha256(self._key.encode()).hexdigest()
+        with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(_child_settings(self.settings, key_sha256), f)  # JSON is YAML
+
     def _spawn(self, child: _Child) -> None:
+        self._write_settings()
         child.http_port, child.grpc_port = _free_port(), _free_port()
         command = [sys.executable, "-m", "shipyard", "serve", self.version.ref,
                    "-c", os.path.join(self._folder, "shipyard.yaml"), "--host", "127.0.0.1",
