@@ -17,7 +17,9 @@ import httpx
 import pytest
 from tests.fixtures.graph_steps import FEATURES, data
 
+from shipyard.client import Client
 from shipyard.config import Settings
+from shipyard.errors import Unauthenticated
 from shipyard.graphs import Graph, Node
 from shipyard.graphs.pool import StepPools
 from shipyard.registry import Registry
@@ -77,6 +79,17 @@ async def test_a_pooled_step_answers_as_in_process_fails_503_when_its_child_dies
     assert (pool["version"], pool["workers"], pool["users"], pool["ready"]) == ("lr:1", 1, ["pooled:1"], 1)
     [pid] = pool["pids"]
     assert alive(pid)
+    folder = Path(pool["folder"])  # the children's private settings: under the home, 0700 / 0600
+    assert folder.parent == server.settings.home / "run" / "pools"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    settings_file = folder / "shipyard.yaml"
+    assert settings_file.stat().st_mode & 0o777 == 0o600
+    assert '"pool_key_sha256"' in settings_file.read_text() and "sy_pool_" not in settings_file.read_text()
+    [grpc_port] = pool["grpc_ports"]
+    for token in (None, "sy_pool_" + "x" * 43):  # a local user calling the child directly is refused
+        with Client(f"grpc://127.0.0.1:{grpc_port}", token=token, retries=0) as direct, \
+                pytest.raises(Unauthenticated):
+            direct.infer("lr", {f: rows[f].to_numpy() for f in FEATURES}, version=1)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app), base_url="http://shipyard.test",
                                  timeout=60) as c:
         async def infer(name: str) -> httpx.Response:
@@ -103,4 +116,4 @@ async def test_a_pooled_step_answers_as_in_process_fails_503_when_its_child_dies
     assert restarted != pid and alive(restarted)
     server_pools = pools
     await server.services.stop()  # the server stops: its pool's children end with it
-    assert server_pools.pools() == [] and not alive(restarted)
+    assert server_pools.pools() == [] and not alive(restarted) and not folder.exists()

@@ -27,6 +27,9 @@ stray variable must not stop a server from starting.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from shipyard.config import _loading  # noqa: F401 - loaded with the package (Settings.load uses it)
 from shipyard.config._sections import (
     CONFIG_VARIABLE,
@@ -46,6 +49,16 @@ from shipyard.config._security import AuthConfig, JwtConfig, SecurityConfig, Tls
 from shipyard.config._settings import Settings
 from shipyard.config._showing import MASK, field_doc, masked, render_yaml
 from shipyard.errors import ConfigError
+
+
+def secret_from_env(variable: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of the environment variable a setting names for a secret (``token_env``); None when unset or empty.
+
+    Secrets stay out of registered versions and settings files: they name the variable instead.
+    """
+    value = (os.environ if environ is None else environ).get(variable, "").strip()
+    return value or None
+
 
 __all__ = [
     "CONFIG_VARIABLE",
@@ -70,4 +83,5 @@ __all__ = [
     "field_doc",
     "masked",
     "render_yaml",
+    "secret_from_env",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from shipyard.errors import ConfigError
@@ -93,6 +94,10 @@ class AuthConfig:
     refresh_seconds: float = 5.0
     """How often a server re-reads the keys: a revoked key stops working within this."""
 
+    pool_key_sha256: str = ""
+    """The sha256 (hex) of the one key a graph step pool's child accepts, with the ``predict`` scope only:
+    a server writes it into the private settings file of each child it starts; not set by hand."""
+
     def __post_init__(self) -> None:
         if self.metrics not in ("open", "read"):
             raise ConfigError(f"security.auth.metrics must be 'open' or 'read', got {self.metrics!r}")
@@ -100,7 +105,9 @@ class AuthConfig:
             raise ConfigError("security.auth.rate_limit_per_second and rate_limit_burst must not be negative")
         if not self.refresh_seconds > 0:
             raise ConfigError(f"security.auth.refresh_seconds must be positive, got {self.refresh_seconds}")
-        if self.enabled and not (self.api_keys or self.jwt.enabled):
+        if self.pool_key_sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.pool_key_sha256):
+            raise ConfigError("security.auth.pool_key_sha256 must be a sha256 in hex (64 characters)")
+        if self.enabled and not (self.api_keys or self.jwt.enabled or self.pool_key_sha256):
             raise ConfigError("security.auth is enabled but accepts nothing: keep api_keys on or configure jwt")
 
 
@@ -150,7 +157,8 @@ class SecurityConfig:
     Loopback, link-local and private addresses are refused unless listed here."""
 
     model_url_hosts: tuple[str, ...] = ()
-    """Hosts a model may be registered or loaded from by http(s) URL; empty: none."""
+    """Hosts a model may be registered or loaded from by http(s) URL, and graph steps may be placed on
+    (``placement: URL``, checked when the graph loads); empty: none."""
 
     def __post_init__(self) -> None:
         for name in ("callback_hosts", "model_url_hosts"):

@@ -16,7 +16,17 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from shipyard.errors import InferenceError, InvalidInput, ModelNotReady, RequestTimeout, ShipyardError
+from shipyard.config import secret_from_env
+from shipyard.errors import (
+    ConfigError,
+    InferenceError,
+    InvalidInput,
+    ModelNotReady,
+    PermissionDenied,
+    RequestTimeout,
+    ShipyardError,
+    Unauthenticated,
+)
 from shipyard.graphs import joins
 from shipyard.graphs.remote import RemoteStep
 from shipyard.graphs.spec import Explain, FanOut, Graph, Node, Switch
@@ -90,11 +100,17 @@ class Plan:
         self.graph = graph
         self.models = dict(models)
         self.explainers = dict(explainers or {})
-        self.remotes: dict[str, Any] = {n.name: RemoteStep(n.remote_url, self.models[n.name].version)
+        self.remotes: dict[str, Any] = {n.name: RemoteStep(n.remote_url, self.models[n.name].version,
+                                                           token=_token(n), ca_file=n.ca_file)
                                         for n in graph.leaves if n.remote_url is not None}
         """Step name -> where it is called instead of in this process (``infer``, ``infer_sync``, ``close``)."""
         self.pooled = {n.name: n.pool_workers for n in graph.leaves if n.pool_workers is not None}
         """Step name -> the size of its own worker pool (run in-process until a server attaches the pool)."""
+
+    @property
+    def placements(self) -> dict[str, str]:
+        """Step name -> the URL of the server it is placed on (steps on other servers only)."""
+        return {n.name: n.remote_url for n in self.graph.leaves if n.remote_url is not None}
 
     def attach(self, pools: Mapping[str, Any]) -> None:
         """Route pooled steps to their pools' handles (a server's ``StepPools`` does; closed on unload)."""
@@ -134,7 +150,7 @@ class Plan:
             return await host.call(graph_name, node.name, model, arrays, remote)
         except Exception as exc:
             if node.on_error == "fail":
-                raise step_error(node.name, model, exc, node.placement if node.name in self.remotes else None) from exc
+                raise step_error(node.name, model, exc, node.where if node.name in self.remotes else None) from exc
             logger.warning("graph %s: step '%s' failed (%s); %s", graph_name, node.name, exc,
                            "skipped" if node.on_error == "skip" else "answering its default")
             if node.on_error == "skip":
@@ -214,6 +230,17 @@ class Plan:
                 model.close()
 
 
+def _token(node: Node) -> str | None:
+    """The credential a remote step sends: the value of its ``token_env`` variable, read as the graph loads."""
+    if node.token_env is None:
+        return None
+    token = secret_from_env(node.token_env)
+    if token is None:
+        raise ConfigError(f"step '{node.name}' (placed on {node.remote_url}) sends the key in the environment "
+                          f"variable {node.token_env} (placement.token_env), which is not set here")
+    return token
+
+
 def step_error(step: str, model: LoadedModel, exc: Exception, placement: str | None = None) -> ShipyardError:
     """The error a request gets when a step fails: of the same kind where that matters, naming the step.
 
@@ -222,6 +249,9 @@ def step_error(step: str, model: LoadedModel, exc: Exception, placement: str | N
     lead = f"step '{step}' ({model.version.ref}{' at ' + placement if placement else ''})"
     if placement is not None and (type(exc) is ShipyardError or not isinstance(exc, ShipyardError)):
         return ModelNotReady(f"{lead} is unavailable: {exc}")
+    if placement is not None and isinstance(exc, (Unauthenticated, PermissionDenied)):
+        return ModelNotReady(f"{lead} is unavailable: that server refused this server's credentials "
+                             f"({type(exc).__name__}: {exc})")
     if isinstance(exc, (RequestTimeout, InvalidInput)) or (isinstance(exc, ShipyardError)
                                                            and str(exc).startswith(f"step '{step}'")):
         return exc if isinstance(exc, ShipyardError) else InferenceError(str(exc))

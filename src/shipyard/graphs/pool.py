@@ -21,17 +21,30 @@ process. Elsewhere (``shipyard.load``, batch jobs, streams) the step runs in-pro
   stops, its children get SIGTERM (drain), SIGKILL after ``STOP_SECONDS``.
 
 The children read the server's registry (``home``, ``registry_url``, ``artifacts``) with
-a settings file of their own: no monitoring (the server observes each step call), no
-authentication; they listen on 127.0.0.1 only.
+a settings file of their own: no monitoring (the server observes each step call); they
+listen on 127.0.0.1 only.
+
+* **Authentication**, always on, whatever the server's own: each pool has a random key that
+  only its server holds. The children's settings file keeps its sha256
+  (``security.auth.pool_key_sha256``, with API keys from the database and JWTs off), so a
+  child answers nothing but ``predict`` calls carrying that key (gRPC ``authorization``
+  metadata); any other local user gets UNAUTHENTICATED, and cannot go around the server's
+  credentials, scopes and rates. The file is written with mode 0600 in a 0700 folder.
+* **Folders**: the settings folder of a pool is ``HOME/run/pools/HOST-PID-RANDOM``, removed
+  when the pool stops; a server that was killed (SIGKILL) leaves its folders behind, and the
+  next server on the same home and host removes those whose process is gone, when it starts
+  its first pool.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -93,16 +106,16 @@ class _Pool:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _folder: str = ""
+    _key: str = field(default_factory=lambda: f"sy_pool_{secrets.token_urlsafe(32)}", repr=False)
+    """The pool's key: only this process holds it; the children's settings file keeps its sha256."""
 
     @property
     def label(self) -> str:
         return f"{self.version.ref} on {self.workers} worker{'s' if self.workers != 1 else ''}"
 
     def start(self) -> None:
-        self._folder = tempfile.mkdtemp(prefix="shipyard-pool-")
-        config = os.path.join(self._folder, "shipyard.yaml")
-        with open(config, "w") as f:
-            json.dump(_child_settings(self.settings), f)  # JSON is YAML
+        self._folder = _new_folder(self.settings)
+        self._write_settings()
         self.children = [_Child(i) for i in range(self.workers)]
         self._thread = threading.Thread(target=self._supervise, name=f"pool {self.version.ref}", daemon=True)
         self._thread.start()
@@ -164,12 +177,23 @@ class _Pool:
                 self._spawn(child)
             return
         if child.remote is None and _ready(child.http_port):
-            child.remote = RemoteStep(f"grpc://127.0.0.1:{child.grpc_port}", self.version)
+            child.remote = RemoteStep(f"grpc://127.0.0.1:{child.grpc_port}", self.version, token=self._key)
             self._ready = [*self._ready, child]
             logger.info("pool %s: worker %d (pid %d) ready on 127.0.0.1:%d (gRPC)", self.label, child.index,
                         process.pid, child.grpc_port)
 
+    def _write_settings(self) -> None:
+        """The children's settings file (0600, in the pool's 0700 folder); again if something removed it."""
+        config = os.path.join(self._folder, "shipyard.yaml")
+        if os.path.exists(config):
+            return
+        os.makedirs(self._folder, mode=0o700, exist_ok=True)
+        key_sha256 = hashlib.sha256(self._key.encode()).hexdigest()
+        with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(_child_settings(self.settings, key_sha256), f)  # JSON is YAML
+
     def _spawn(self, child: _Child) -> None:
+        self._write_settings()
         child.http_port, child.grpc_port = _free_port(), _free_port()
         command = [sys.executable, "-m", "shipyard", "serve", self.version.ref,
                    "-c", os.path.join(self._folder, "shipyard.yaml"), "--host", "127.0.0.1",
@@ -265,11 +289,13 @@ class StepPools:
         plan.attach({step: self.acquire(plan.models[step].version, workers, user) for step, workers in pooled.items()})
 
     def pools(self) -> list[dict[str, Any]]:
-        """Each pool: its version, size, users and the pids of its children (for logs and tests)."""
+        """Each pool: its version, size, users, its children's pids and gRPC ports, and its settings folder
+        (for logs and tests; the key is not shown)."""
         with self._lock:
             pools = list(self._pools.values())
         return [{"version": p.version.ref, "workers": p.workers, "users": sorted(p.users),
                  "pids": [c.process.pid if c.process is not None else None for c in p.children],
+                 "grpc_ports": [c.grpc_port for c in p.children], "folder": p._folder,
                  "ready": len(p._ready)} for p in pools]
 
     async def start(self) -> None:
@@ -291,9 +317,12 @@ class StepPools:
             pool.stop()
 
 
-def _child_settings(settings: Settings) -> dict[str, Any]:
-    """The settings file of a pool's child: the server's registry and limits, nothing observed, no broker."""
+def _child_settings(settings: Settings, key_sha256: str) -> dict[str, Any]:
+    """The settings file of a pool's child: the server's registry and limits, nothing observed, no broker,
+    and only the pool's key accepted."""
     return {
+        "security": {"auth": {"enabled": True, "api_keys": False, "pool_key_sha256": key_sha256},
+                     "model_url_hosts": list(settings.security.model_url_hosts)},
         "home": str(settings.home), "registry_url": settings.registry_url, "artifacts": settings.artifacts,
         "runtime": settings.runtime, "max_body_bytes": settings.max_body_bytes, "max_queue": settings.max_queue,
         "request_timeout_seconds": settings.request_timeout_seconds, "async_broker": "",
@@ -301,6 +330,43 @@ def _child_settings(settings: Settings) -> dict[str, Any]:
         "monitoring": {"drift": {"enabled": False}, "prediction_log": {"enabled": False},
                        "metrics": {"enabled": False}},
     }
+
+
+def _new_folder(settings: Settings) -> str:
+    """A private (0700) folder for a new pool's settings, under the server's home; stale ones go first.
+
+    Named ``HOST-PID-RANDOM``: folders of this host whose server process is gone (killed) are removed.
+    A home that cannot be written falls back to the system's temporary folder (cleaned by the system).
+    """
+    root = os.path.join(os.fspath(settings.home), "run", "pools")
+    host = socket.gethostname().replace(os.sep, "_")
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        _remove_stale(root, host)
+        return tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=root)
+    except OSError as exc:
+        logger.warning("cannot keep pool settings under %s (%s); using the temporary folder", root, exc)
+        return tempfile.mkdtemp(prefix="shipyard-pool-")
+
+
+def _remove_stale(root: str, host: str) -> None:
+    for entry in os.listdir(root):
+        owner, _, rest = entry.rpartition("-")  # HOST-PID-RANDOM -> (HOST-PID, RANDOM)
+        name, _, pid = owner.rpartition("-")
+        if name != host or not pid.isdigit() or not rest or _alive(int(pid)):
+            continue
+        logger.info("removing the settings folder of a pool whose server (pid %s) is gone: %s", pid, entry)
+        shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _free_port() -> int:

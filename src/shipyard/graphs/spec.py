@@ -25,6 +25,7 @@ against the steps' signatures happen at registration (``shipyard.graphs.wiring``
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ _NODE_KEYS = ("name", "model", "on_error", "default", "placement")
 _FAN_OUT_KEYS = ("name", "fan_out", "join", "weights")
 _SWITCH_KEYS = ("name", "switch", "cases", "otherwise")
 _EXPLAIN_KEYS = ("name", "explain")
+_REMOTE_KEYS = ("url", "token_env", "ca_file")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,23 @@ class Node:
     """``fail`` the request, ``skip`` the step (its inputs go on), or answer ``default``."""
     default: Mapping[str, Any] | None = None
     """With ``on_error="default"``: one constant per output of the step, given to every row."""
-    placement: str | None = None
+    placement: str | Mapping[str, Any] | None = None
     """Where the step runs: in this server's process (None, ``local``), on a worker pool of its own
     inside the server (``{"workers": N}``, kept as ``workers:N``: N child processes serving its
     version, ``graphs/pool.py``), or on the shipyard server at a ``grpc://``, ``grpcs://``, ``http://``
-    or ``https://`` URL that serves its version."""
+    or ``https://`` URL that serves its version (``{"url": URL, "token_env": NAME, "ca_file": PATH}``
+    with credentials, kept as ``placement``, ``token_env`` and ``ca_file``)."""
+    token_env: str | None = None
+    """With a URL placement: the environment variable holding the API key or token sent to that server
+    (as ``authorization: Bearer``); read where the graph loads, never stored in the graph."""
+    ca_file: str | None = None
+    """With a ``grpcs://`` or ``https://`` placement: the CA certificates that server is checked against
+    (default: the system's store)."""
 
     def __post_init__(self) -> None:
         _check_step_name(self.name)
+        if isinstance(self.placement, Mapping) and any(k in self.placement for k in _REMOTE_KEYS):
+            _remote_placement(self)
         if self.placement in ("", "local"):
             object.__setattr__(self, "placement", None)
         pool = _pool_size(self.name, self.placement)
@@ -76,6 +88,14 @@ class Node:
             if parts.scheme not in PLACEMENT_SCHEMES or not parts.netloc or parts.path not in ("", "/"):
                 raise _bad(self.name, f"placement must be 'local', {{{POOL}: N}} or a server URL such as "
                            f"grpc://host:8001, got {self.placement!r}")
+        if (self.token_env is not None or self.ca_file is not None) and self.remote_url is None:
+            raise _bad(self.name, "token_env and ca_file go with a server URL placement "
+                       "({url: grpcs://host:8001, token_env: NAME})")
+        if self.token_env is not None and not _ENV_NAME.fullmatch(str(self.token_env)):
+            raise _bad(self.name, f"placement.token_env must name an environment variable (letters, digits and _, "
+                       f"not starting with a digit), got {self.token_env!r}")
+        if self.ca_file is not None and (not self.ca_file or not str(self.remote_url).startswith(("grpcs:", "https:"))):
+            raise _bad(self.name, f"placement.ca_file applies to grpcs:// and https:// URLs, not {self.remote_url}")
         try:
             ModelRef.parse(self.model)
         except InvalidInput as exc:
@@ -96,21 +116,29 @@ class Node:
             d["default"] = dict(self.default)
         if self.pool_workers is not None:
             d["placement"] = {POOL: self.pool_workers}
+        elif self.token_env is not None or self.ca_file is not None:
+            d["placement"] = {"url": self.placement, **({"token_env": self.token_env} if self.token_env else {}),
+                              **({"ca_file": self.ca_file} if self.ca_file else {})}
         elif self.placement is not None:
             d["placement"] = self.placement
         return d
 
     @property
+    def where(self) -> str | None:
+        """The placement as text: ``workers:N``, the server's URL, or None (in this server's process)."""
+        return self.placement if isinstance(self.placement, str) else None
+
+    @property
     def pool_workers(self) -> int | None:
         """The size of the step's own worker pool (``placement: {workers: N}``); None: not on a pool."""
-        if self.placement is None or not self.placement.startswith(f"{POOL}:"):
+        if self.where is None or not self.where.startswith(f"{POOL}:"):
             return None
-        return int(self.placement.split(":", 1)[1])
+        return int(self.where.split(":", 1)[1])
 
     @property
     def remote_url(self) -> str | None:
         """The URL of the server the step is placed on; None: in this server (its process or a pool)."""
-        return None if self.placement is None or self.pool_workers is not None else self.placement
+        return None if self.pool_workers is not None else self.where
 
 
 @dataclass(frozen=True)
@@ -390,8 +418,24 @@ def leaf_from_mapping(value: Mapping[str, Any], where: str) -> Node:
     name = value.get("name", ModelRef.parse(model).name)
     placement = value.get("placement")
     return Node(str(name), model, on_error=str(value.get("on_error", "fail")), default=value.get("default"),
-                placement=None if placement is None else f"{POOL}:{_pool_size(str(name), placement)}"
-                if isinstance(placement, Mapping) else str(placement))
+                placement=None if placement is None else placement if isinstance(placement, Mapping)
+                else str(placement))
+
+
+def _remote_placement(node: Node) -> None:
+    """Spread ``{url, token_env, ca_file}`` over the node's fields (checked by ``__post_init__``)."""
+    placement: dict[str, Any] = dict(node.placement) if isinstance(node.placement, Mapping) else {}
+    _check_keys(placement, _REMOTE_KEYS, f"step '{node.name}' placement")
+    url = placement.get("url")
+    if not isinstance(url, str) or not url:
+        raise _bad(node.name, "placement as a mapping is {workers: N} or {url: grpc://host:8001, token_env: NAME, "
+                   f"ca_file: PATH}}, got {placement!r}")
+    for key in ("token_env", "ca_file"):
+        if placement.get(key) is not None and getattr(node, key) is not None:
+            raise _bad(node.name, f"{key} given twice (in placement and as a field)")
+        if placement.get(key) is not None:
+            object.__setattr__(node, key, str(placement[key]))
+    object.__setattr__(node, "placement", url)
 
 
 def _pool_size(step: str, placement: Any) -> int | None:
@@ -405,7 +449,7 @@ def _pool_size(step: str, placement: Any) -> int | None:
     workers = placement.get(POOL)
     if unknown or isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_POOL_WORKERS:
         raise _bad(step, f"placement as a worker pool is {{{POOL}: N}} with N from 1 to {MAX_POOL_WORKERS}, "
-                   f"got {dict(placement)!r}")
+                   f"got {dict(placement)!r} (a server: {{url: grpc://host:8001, token_env: NAME}})")
     return workers
 
 

@@ -99,7 +99,10 @@ class ModelRepository:
         self._alias_listeners.append(listener)
 
     def on_load(self, listener: Callable[[str, int, float], None]) -> None:
-        """Call ``listener(name, version, seconds)`` after a version is loaded in this process."""
+        """Call ``listener(name, version, seconds)`` after a version is loaded in this process.
+
+        A listener that raises refuses the version: it is closed, and the load fails with that error.
+        """
         self._load_listeners.append(listener)
 
     def on_release(self, listener: Callable[[str, int], None]) -> None:
@@ -263,8 +266,13 @@ class ModelRepository:
                 self._loaded[key] = model
                 took = time.perf_counter() - started
                 logger.info("loaded %s:%d in %.2fs", ref.name, version, took)
-                for listener in self._load_listeners:
-                    listener(ref.name, version, took)
+                try:
+                    for listener in self._load_listeners:
+                        listener(ref.name, version, took)
+                except Exception:  # a listener refused the version (a graph step on a host not allowed)
+                    self._loaded.pop(key, None)
+                    model.close()
+                    raise
         return model
 
     def _load(self, mv: ModelVersion) -> LoadedModel:

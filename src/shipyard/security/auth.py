@@ -13,6 +13,8 @@ authentication, unless ``security.insecure`` says so out loud.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import ipaddress
 import logging
 import re
@@ -37,6 +39,8 @@ MAX_CREDENTIAL_BYTES = 8192
 #: API keys start with this; anything else is read as a JWT.
 KEY_PREFIX = "sy_"
 _SPACE = re.compile(r"\s")
+#: Who a graph step pool's key stands for, in a pool's child: its parent server, which may only predict.
+POOL_PRINCIPAL = Principal(name="graph step pool", kind="key", scopes=frozenset({"predict"}))
 
 
 class Authenticator:
@@ -47,14 +51,17 @@ class Authenticator:
         jwt: the JWT verifier (None: tokens not accepted).
         limiter: per-credential request rates (None: no limits).
         metrics_open: ``/metrics`` needs no credentials (else the ``read`` scope).
+        pool_key_sha256: the sha256 (hex) of a graph step pool's key, accepted with the ``predict``
+            scope (a pool's child: ``security.auth.pool_key_sha256``).
     """
 
     def __init__(self, *, keys: KeyRing | None = None, jwt: JwtVerifier | None = None,
-                 limiter: RateLimiter | None = None, metrics_open: bool = True) -> None:
-        if keys is None and jwt is None:
+                 limiter: RateLimiter | None = None, metrics_open: bool = True, pool_key_sha256: str = "") -> None:
+        if keys is None and jwt is None and not pool_key_sha256:
             raise ConfigError("authentication needs API keys or a JWT issuer")
         self.keys = keys
         self.jwt = jwt
+        self.pool_key_sha256 = pool_key_sha256
         self.limiter = limiter
         self.metrics_open = metrics_open
 
@@ -74,7 +81,8 @@ class Authenticator:
 
             jwt = JwtVerifier(config.jwt)
         limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
-        return cls(keys=keys, jwt=jwt, limiter=limiter, metrics_open=config.metrics == "open")
+        return cls(keys=keys, jwt=jwt, limiter=limiter, metrics_open=config.metrics == "open",
+                   pool_key_sha256=config.pool_key_sha256)
 
     # -- the check ------------------------------------------------------------------------
 
@@ -99,6 +107,9 @@ class Authenticator:
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal a ``Bearer`` credential stands for; Unauthenticated otherwise."""
         token = bearer_token(authorization)
+        if self.pool_key_sha256 and hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(),
+                                                        self.pool_key_sha256):
+            return POOL_PRINCIPAL
         if token.startswith(KEY_PREFIX):
             if self.keys is None:
                 raise Unauthenticated("API keys are not accepted by this server; send a JWT")

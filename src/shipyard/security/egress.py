@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 from shipyard.errors import InvalidInput
@@ -107,18 +107,20 @@ class HostAllowList:
             forms.append(v4)
         return any(f in net for f in forms for net in self.networks if f.version == net.version)
 
-    def check_url(self, url: str, *, what: str, field: str) -> list[IPAddress]:
+    def check_url(self, url: str, *, what: str, field: str,
+                  ports: Mapping[str, int] = DEFAULT_PORTS) -> list[IPAddress]:
         """The addresses to connect to for ``url``; ``InvalidInput`` naming ``field`` when it is not allowed.
 
         Args:
             url: the URL as the caller gave it.
             what: what the URL is for, as the message should say it (``callback URL``).
             field: the request field or option that carried it.
+            ports: the URL schemes accepted, each with its default port (http and https).
 
         Returns:
             Every address the host resolves to, all allowed, in the resolver's order.
         """
-        parts = self._parts(url, what, field)
+        parts = self._parts(url, what, field, ports)
         shown = _without_userinfo(parts)
         host = parts.hostname or ""
         how = f"list it in {self.setting} (host name, address or CIDR network)"
@@ -133,7 +135,7 @@ class HostAllowList:
             addresses: list[IPAddress] = [literal]
         else:
             try:
-                addresses = list(self.resolver(host, parts.port or DEFAULT_PORTS[parts.scheme]))
+                addresses = list(self.resolver(host, parts.port or ports[parts.scheme]))
             except (OSError, UnicodeError) as exc:
                 raise InvalidInput(f"{what} {shown} refused: its host {host!r} cannot be resolved ({exc})",
                                    field=field, got=shown) from None
@@ -157,14 +159,15 @@ class HostAllowList:
         return addresses
 
     @staticmethod
-    def _parts(url: str, what: str, field: str) -> SplitResult:
+    def _parts(url: str, what: str, field: str, ports: Mapping[str, int]) -> SplitResult:
         try:
             parts = urlsplit(url.strip())
             parts.port  # noqa: B018 (raises ValueError on a bad port)
         except ValueError as exc:
             raise InvalidInput(f"{what} is not a valid URL ({exc})", field=field, got=url) from None
-        if parts.scheme not in DEFAULT_PORTS:
-            raise InvalidInput(f"{what} must be an http:// or https:// URL", field=field,
+        if parts.scheme not in ports:
+            schemes = " or ".join(f"{s}://" for s in ports)
+            raise InvalidInput(f"{what} must be a URL starting with {schemes}", field=field,
                                got=_without_userinfo(parts))
         if "@" in parts.netloc:
             raise InvalidInput(f"{what} must not carry a user name or password (user@host)", field=field,

@@ -32,6 +32,7 @@ from shipyard._extras import require
 from shipyard.batching.policy import BatchPolicy
 from shipyard.config import Settings
 from shipyard.graphs.pool import StepPools
+from shipyard.graphs.remote import HOSTS_SETTING, check_placements
 from shipyard.hosting.compiled import CompiledCache
 from shipyard.hosting.repository import ModelRepository
 from shipyard.monitoring.alerts import AlertCollector, AlertService, AlertStore, MonitorSnapshot
@@ -51,6 +52,7 @@ from shipyard.rollout.router import PolicyRouter
 from shipyard.rollout.store import TrafficStore
 from shipyard.security.audit import record_config
 from shipyard.security.auth import Authenticator, exposure_check
+from shipyard.security.egress import HostAllowList
 from shipyard.serving import deployment
 from shipyard.serving.async_requests import AsyncRequests
 from shipyard.serving.cache import ResponseCache
@@ -188,7 +190,8 @@ def build_server(
     metrics.watch(watched)
     repo.on_load(metrics.model_loaded)
     pools = StepPools(settings)
-    repo.on_load(functools.partial(_start_pools, repo, pools))  # a graph's pooled steps: readiness waits for them
+    step_hosts = HostAllowList(settings.security.model_url_hosts, setting=HOSTS_SETTING)
+    repo.on_load(functools.partial(_start_pools, repo, pools, step_hosts))  # readiness waits for a graph's pools
     tracing = Tracing(settings.monitoring.tracing)
     declared = deployment.traffic_policies(settings)
     dp = DataPlane(
@@ -307,10 +310,13 @@ class _Profiles:
             return self._known[key]
 
 
-def _start_pools(repo: ModelRepository, pools: StepPools, name: str, version: int, took: float) -> None:
-    """After a version loads (on the loading thread): a graph's steps placed on worker pools get them."""
+def _start_pools(repo: ModelRepository, pools: StepPools, hosts: HostAllowList, name: str, version: int,
+                 took: float) -> None:
+    """After a version loads (on the loading thread): a graph's steps placed on other servers must be on
+    allowed hosts (else the load fails), and its steps placed on worker pools get them."""
     model = repo.cached(ModelRef(name, version))
     if model is not None and model.version.flavor == "graph":
+        check_placements(getattr(getattr(model.runtime, "plan", None), "placements", {}), hosts)
         pools.attach(model)
 
 

@@ -57,6 +57,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     ([{"name": "x", "model": "m", "placement": {"workers": 0}}],
      "step 'x': placement as a worker pool is {workers: N} with N from 1 to 64, got {'workers': 0}"),
     ([{"name": "x", "model": "m", "placement": {"wrkers": 2}}], "step 'x': placement as a worker pool is"),
+    ([{"name": "x", "model": "m", "placement": {"url": "grpc://b:8001", "token": "sy_secret"}}],
+     "unknown key 'token' in step 'x' placement; it takes url, token_env, ca_file (did you mean 'token_env'?)"),
+    ([{"name": "x", "model": "m", "placement": {"url": "grpc://b:8001", "token_env": "MY TOKEN"}}],
+     "step 'x': placement.token_env must name an environment variable"),
+    ([{"name": "x", "model": "m", "placement": {"url": "grpc://b:8001", "ca_file": "ca.pem"}}],
+     "step 'x': placement.ca_file applies to grpcs:// and https:// URLs, not grpc://b:8001"),
+    ([{"name": "x", "model": "m", "placement": {"token_env": "T"}}], "step 'x': placement as a mapping is"),
 ])
 def test_malformed_graphs_are_refused_naming_the_step_or_key(steps: list[object], message: str) -> None:
     with pytest.raises(InvalidInput) as info:
@@ -78,6 +85,15 @@ def test_a_graph_round_trips_through_its_dict_form() -> None:
     assert (pooled.leaves[0].pool_workers, pooled.leaves[0].remote_url) == (2, None)
     remote = Node("m", "lr:1", placement="grpc://b:8001")
     assert (remote.pool_workers, remote.remote_url) == (None, "grpc://b:8001")
+    secured = Graph.from_dict({"steps": [{"name": "m", "model": "lr:1", "placement": {
+        "url": "grpcs://b:8443", "token_env": "B_TOKEN", "ca_file": "/etc/ca.pem"}}]})
+    node = secured.leaves[0]
+    assert (node.remote_url, node.token_env, node.ca_file) == ("grpcs://b:8443", "B_TOKEN", "/etc/ca.pem")
+    assert secured.to_dict()["steps"][0]["placement"] == {"url": "grpcs://b:8443", "token_env": "B_TOKEN",
+                                                          "ca_file": "/etc/ca.pem"}  # the name, never a secret
+    assert Graph.from_dict(secured.to_dict()) == secured
+    assert Node("m", "lr:1", placement="grpc://b:8001", token_env="B_TOKEN") == Node(
+        "m", "lr:1", placement={"url": "grpc://b:8001", "token_env": "B_TOKEN"})
 
 
 # -- wiring -------------------------------------------------------------------------------------------

@@ -99,3 +99,35 @@ def test_requests_carry_their_principal_into_the_prediction_log() -> None:
     assert ctx.principal == "fraud-scorer" and RequestContext.new("rest").principal is None
     event = PredictionEvent(ctx, "fraud", 3, "champion", None, None, 0.0, 0.001, "ok")
     assert to_record(event)["principal"] == "fraud-scorer"
+
+
+@pytest.mark.anyio
+async def test_a_pool_child_accepts_only_its_pools_key_and_only_to_predict(settings: Settings) -> None:
+    import hashlib
+
+    from shipyard.errors import ConfigError, PermissionDenied
+    from shipyard.registry import Registry
+    from shipyard.security.auth import Authenticator
+    from shipyard.security.keys import KeyStore
+
+    key = "sy_pool_" + "k" * 43
+    child = settings.replace(security=SecurityConfig(auth=AuthConfig(
+        enabled=True, api_keys=False, pool_key_sha256=hashlib.sha256(key.encode()).hexdigest())))
+    registry = Registry.from_settings(child)
+    try:
+        _, stored = KeyStore(registry.database).create("boss", ["admin"])
+        auth = Authenticator.from_settings(child, registry.database)
+        assert auth is not None
+        await auth.start()
+        principal = await auth.check(f"Bearer {key}", "predict")
+        assert principal is not None and principal.name == "graph step pool"
+        for need in ("read", "admin", "feedback"):
+            with pytest.raises(PermissionDenied, match="needs the '.*' scope"):
+                await auth.check(f"Bearer {key}", need)
+        for wrong in (None, f"Bearer {key}x", f"Bearer {stored}"):  # the database's keys are not accepted either
+            with pytest.raises(Unauthenticated):
+                await auth.check(wrong, "predict")
+    finally:
+        registry.close()
+    with pytest.raises(ConfigError, match="pool_key_sha256 must be a sha256 in hex"):
+        AuthConfig(enabled=True, api_keys=False, pool_key_sha256="not-a-digest")
