@@ -58,6 +58,7 @@ from shipyard.serving.feedback import Feedback
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.drift import drift_endpoints
 from shipyard.serving.rest.explain import explain_endpoints
+from shipyard.serving.rest.overview import overview_endpoints
 from shipyard.serving.rest.retrains import retrain_endpoints
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.services import Hooks, Service, Services
@@ -217,7 +218,9 @@ def build_server(
                                   *(drift_endpoints(reg.database, served=repo.names) if drift is not None else ()),
                                   *explain_endpoints(dp, max_rows=settings.explain_max_rows,
                                                      max_body_bytes=settings.max_body_bytes),
-                                  *retrain_endpoints(reg.database)])
+                                  *retrain_endpoints(reg.database),
+                                  *overview_endpoints(dp, experiments, settings, served=repo.names,
+                                                      authentication=auth is not None)])
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them);
     # the gRPC listener opens last and drains first.
@@ -265,8 +268,12 @@ def build_server(
         grpc_server = _grpc_server(dp, settings, grpc_port, auth, reuse_port=worker is not None)
         services.append(Hooks("gRPC", grpc_server.start, grpc_server.stop))
     group = Services(services)
-    return Server(settings, reg, repo, dp, _Lifespan(rest_app.build(), group, on_ready), group,
-                  rest_app.endpoints)
+    app = rest_app.build()
+    if settings.dashboard:  # /ui: pages drawn from the JSON API above, asked in-process
+        from shipyard.dashboard import with_dashboard
+
+        app = with_dashboard(app, settings, secure_cookies=settings.security.tls.enabled)
+    return Server(settings, reg, repo, dp, _Lifespan(app, group, on_ready), group, rest_app.endpoints)
 
 
 def _async(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:
