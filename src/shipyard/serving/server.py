@@ -142,12 +142,15 @@ def build_server(
     grpc_port: int | None = None,
     observers: list[PredictionObserver] | None = None,
     worker: WorkerContext | None = None,
+    load_models: bool = True,
 ) -> Server:
     """Wire a server for ``models`` (references); no models means every registered model.
 
     ``grpc_port`` adds the gRPC listener (extra ``grpc``) on the same data plane;
     ``observers`` see every prediction (besides those the settings turn on);
-    ``worker`` says this process is one worker of ``--workers N`` (shared metrics, shared gRPC port).
+    ``worker`` says this process is one worker of ``--workers N`` (shared metrics, shared gRPC port);
+    ``load_models=False`` loads no model, follows no alias and steps no rollout (``shipyard ui``: the JSON
+    API's registry and monitoring routes and a read-only dashboard).
     """
     exposure_check(settings)  # no listening beyond loopback without authentication
     reg = registry or Registry.from_settings(settings)
@@ -227,7 +230,7 @@ def build_server(
     services: list[Service] = []
     if auth is not None:  # keys and signing keys loaded before any request is taken
         services += [Hooks("authentication", auth.start), _Loop("credential refresh", auth.watch)]
-    services.append(Hooks("models", repo.start, _async(repo.close)))
+    services.append(Hooks("models", repo.start if load_models else repo.start_unloaded, _async(repo.close)))
 
     async def start_traffic() -> None:
         for policy in declared:
@@ -250,10 +253,10 @@ def build_server(
     services += [
         Hooks("observers", watched.start, watched.stop),  # stops after the data plane: sees every last event
         Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor
-        _Loop("alias watcher", repo.watch),
+        *([_Loop("alias watcher", repo.watch)] if load_models else []),  # it preloads what an alias moves to
         _Loop("traffic-policy watcher", router.watch),
     ]
-    if settings.rollout_tick_seconds > 0:
+    if settings.rollout_tick_seconds > 0 and load_models:
         services.append(_RolloutControllerService(settings, reg, traffic))
     retraining = _retrain_service(settings, reg)
     if retraining is not None:  # scheduled and alert-started runs, one replica at a time (a lease)
@@ -272,7 +275,7 @@ def build_server(
     if settings.dashboard:  # /ui: pages drawn from the JSON API above, asked in-process
         from shipyard.dashboard import with_dashboard
 
-        app = with_dashboard(app, settings, secure_cookies=settings.security.tls.enabled)
+        app = with_dashboard(app, settings, secure_cookies=settings.security.tls.enabled, read_only=not load_models)
     return Server(settings, reg, repo, dp, _Lifespan(app, group, on_ready), group, rest_app.endpoints)
 
 
