@@ -21,20 +21,23 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 if TYPE_CHECKING:
     from shipyard.config import Settings
 
-__all__ = ["PREFIX", "with_dashboard"]
+__all__ = ["PREFIX", "STATIC", "with_dashboard"]
 
 PREFIX = "/ui"
+STATIC = PREFIX + "/static/"
+"""Scripts, styles and vendored libraries (the dashboard's and GraphiQL's): served even without the pages."""
 
 
 class _WithDashboard:
     """``/ui`` and below to the dashboard (built on first use), the rest to ``api``."""
 
-    def __init__(self, api: ASGIApp, settings: Settings, secure_cookies: bool, read_only: bool) -> None:
+    def __init__(self, api: ASGIApp, pages: bool, secure_cookies: bool, read_only: bool) -> None:
         self.api = api
-        self.settings = settings
+        self.pages = pages
         self.secure_cookies = secure_cookies
         self.read_only = read_only
         self._ui: ASGIApp | None = None
+        self._static: ASGIApp | None = None
         self._lock = asyncio.Lock()
 
     async def _dashboard(self) -> ASGIApp:
@@ -50,7 +53,17 @@ class _WithDashboard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path == PREFIX or path.startswith(PREFIX + "/"):
+            if path.startswith(STATIC):
+                if self._static is None:
+                    from pathlib import Path
+
+                    from starlette.routing import Mount
+                    from starlette.staticfiles import StaticFiles
+
+                    self._static = Mount(STATIC.rstrip("/"), StaticFiles(directory=Path(__file__).parent / "static"))
+                await self._static(scope, receive, send)
+                return
+            if self.pages and (path == PREFIX or path.startswith(PREFIX + "/")):
                 await (await self._dashboard())(scope, receive, send)
                 return
         await self.api(scope, receive, send)
@@ -58,5 +71,8 @@ class _WithDashboard:
 
 def with_dashboard(api: ASGIApp, settings: Settings, *, secure_cookies: bool = False,
                    read_only: bool = False) -> ASGIApp:
-    """``api`` with the dashboard at ``/ui`` (``read_only``: no action forms, for ``shipyard ui``)."""
-    return _WithDashboard(api, settings, secure_cookies, read_only)
+    """``api`` with the dashboard at ``/ui`` (``read_only``: no action forms, for ``shipyard ui``).
+
+    With ``settings.dashboard`` off only ``/ui/static/`` is served (GraphiQL's files live there).
+    """
+    return _WithDashboard(api, settings.dashboard, secure_cookies, read_only)

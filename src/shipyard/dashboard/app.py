@@ -29,8 +29,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from shipyard._extras import require
@@ -154,7 +153,6 @@ class Dashboard:
             Route(PREFIX + "/models/{name}/aliases/{alias}/rollback", self.rollback, methods=["POST"]),
             Route(PREFIX + "/models/{name}/aliases/{alias}/set", self.set_alias, methods=["POST"]),
             Route(PREFIX + "/models/{name}/rollout/{action}", self.rollout, methods=["POST"]),
-            Mount(PREFIX + "/static", StaticFiles(directory=HERE / "static"), name="static"),
         ], exception_handlers={404: self._not_found})
 
     # -- rendering ----------------------------------------------------------------------------

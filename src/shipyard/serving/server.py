@@ -271,11 +271,11 @@ def build_server(
         grpc_server = _grpc_server(dp, settings, grpc_port, auth, reuse_port=worker is not None)
         services.append(Hooks("gRPC", grpc_server.start, grpc_server.stop))
     group = Services(services)
-    app = rest_app.build()
-    if settings.dashboard:  # /ui: pages drawn from the JSON API above, asked in-process
-        from shipyard.dashboard import with_dashboard
+    # /ui: pages drawn from the JSON API above, asked in-process; /ui/static: their files and GraphiQL's
+    from shipyard.dashboard import with_dashboard
 
-        app = with_dashboard(app, settings, secure_cookies=settings.security.tls.enabled, read_only=not load_models)
+    app = with_dashboard(rest_app.build(), settings, secure_cookies=settings.security.tls.enabled,
+                         read_only=not load_models)
     return Server(settings, reg, repo, dp, _Lifespan(app, group, on_ready), group, rest_app.endpoints)
 
 
