@@ -38,9 +38,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 
 MODELS = [f"model{i}" for i in range(10)]
 PREDICTIONS = 100_000
-X = pd.DataFrame({"x1": [0.0, 1.0, 2.0, 3.0, 0.5, 2.5], "x2": [3.0, 1.0, 2.0, 0.0, 2.5, 0.5]})
+_RNG = random.Random(3)
+X = pd.DataFrame({"x1": [_RNG.uniform(0, 3) for _ in range(300)], "x2": [_RNG.uniform(0, 3) for _ in range(300)]})
 Y = (X["x1"] > X["x2"]).astype(int)
 FIELDS = ("requests_per_second", "error_percent", "p50_ms", "p99_ms")
+REAL_BATCH = 150  # rows per request of the drifted traffic
+LABELLED = 40
 
 
 @dataclass
@@ -100,8 +103,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         lr = LogisticRegression().fit(X, Y)
         for i, name in enumerate(MODELS):
             tags = {"latency_budget_ms": "3"} if i % 2 == 0 else {}
-            reg.register(lr, name, sample=X, alias="champion", tags=tags)
-        reg.register(LogisticRegression(C=0.5).fit(X, Y), "model0", sample=X, alias="champion")
+            reg.register(lr, name, sample=X.head(5), training_data=X, alias="champion", tags=tags)
+        reg.register(LogisticRegression(C=0.5).fit(X, Y), "model0", sample=X.head(5), training_data=X,
+                     alias="champion")
         keys = KeyStore(reg.database)
         admin = keys.create("ui-admin", ["admin"])[1]
         reader = keys.create("ui-reader", ["read", "predict"])[1]
@@ -113,9 +117,36 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     shots.mkdir(parents=True, exist_ok=True)
     print(f"\ndashboard screenshots: {shots}")
     env = {"SHIPYARD_MONITORING__PREDICTION_LOG__ENABLED": "true", "SHIPYARD_SECURITY__AUTH__ENABLED": "true",
-           "SHIPYARD_ASYNC_BROKER": "off"}
+           "SHIPYARD_ASYNC_BROKER": "off", "SHIPYARD_MONITORING__FEEDBACK__ENABLED": "true",
+           "SHIPYARD_MONITORING__DRIFT__WINDOW_SECONDS": "2", "SHIPYARD_MONITORING__DRIFT__MIN_ROWS": "100"}
     with run_server(home, [f"{m}@champion" for m in MODELS], env=env, ready_timeout=120) as server:
-        yield Deployment(server.url, admin, reader, shots)
+        deployment = Deployment(server.url, admin, reader, shots)
+        _real_traffic(deployment)
+        yield deployment
+
+
+def _real_traffic(deployment: Deployment) -> None:
+    """Shifted inputs to model1 until its drift monitor reports; labelled predictions of model2."""
+    with deployment.api(deployment.admin) as api:
+        deadline = time.monotonic() + 60
+        while not api.get("/v1/models/model1/drift").json()["reports"]:
+            assert time.monotonic() < deadline, "no drift report within 60 s"
+            rows = [{"x1": 40.0 + i % 7, "x2": -30.0 - i % 5} for i in range(REAL_BATCH)]
+            assert api.post("/v1/models/model1:predict", json={"instances": rows}).status_code == 200
+            time.sleep(0.5)
+        labels = []
+        for i in range(LABELLED):
+            answer = api.post("/v1/models/model2:predict", json={"instances": [{"x1": float(i % 4), "x2": 1.5}]})
+            labels.append({"prediction_id": answer.headers["X-Prediction-ID"], "label": int(i % 4 > 1 or i % 5 == 0)})
+        assert api.post("/v1/feedback", json={"feedback": labels}).status_code == 200
+        # the last windows of that traffic close and are reported within a few seconds; then nothing moves
+        previous, deadline = None, time.monotonic() + 30
+        while time.monotonic() < deadline:
+            drift = [m["drift"] for m in api.get("/v1/overview").json()["models"]]
+            if drift == previous:
+                break
+            previous = drift
+            time.sleep(3)
 
 
 def _sign_in(browser: Browser, deployment: Deployment, token: str) -> Page:
@@ -139,7 +170,7 @@ def test_first_screen_shows_every_model_with_the_api_numbers(browser: Browser, d
     with deployment.api(deployment.admin) as api:
         doc = api.get("/v1/overview", params={"window": 300, "end": end}).json()
     assert [m["name"] for m in doc["models"]] == MODELS
-    assert sum(m["traffic"]["requests"] for m in doc["models"]) == PREDICTIONS
+    assert sum(m["traffic"]["requests"] for m in doc["models"]) > PREDICTIONS
     for m in doc["models"]:
         row = page.locator(f'#overview tr[data-model="{m["name"]}"]')
         for field in FIELDS:
@@ -148,9 +179,17 @@ def test_first_screen_shows_every_model_with_the_api_numbers(browser: Browser, d
         assert row.locator('[data-field="open_alerts"]').inner_text() == str(m["alerts"]["open"])
         assert row.locator('[data-field="drift"]').inner_text() == m["drift"]["status"]
         assert row.locator('[data-field="label_coverage"]').inner_text() == _fmt(m["realized"]["label_coverage"])
+        realized = m["realized"]
+        shown = f"{realized['metric']} {_fmt(realized['value'])}" if realized["metric"] else "—"
+        assert row.locator('[data-field="realized"]').inner_text() == shown
         assert row.locator('[data-field="version"]').inner_text() == f"{m['ref']} → v{m['version']}"
         assert row.locator('[data-field="weight"]').all_inner_texts() == [_fmt(a["weight"]) for a in m["arms"]]
     assert doc["models"][0]["version"] == 2 and doc["models"][3]["alerts"]["open"] == 1
+    assert doc["models"][1]["drift"]["status"] == "drifted"
+    assert doc["models"][2]["realized"]["metric"] == "accuracy" and doc["models"][2]["realized"]["labelled"] == LABELLED
+    with page.expect_response(lambda r: "/ui/fragments/overview" in r.url, timeout=15_000):  # htmx refreshes
+        pass
+    expect(rows).to_have_count(len(MODELS))
     assert doc["models"][0]["traffic"]["requests"] == PREDICTIONS // len(MODELS)
     page.screenshot(path=deployment.shots / "overview.png", full_page=True)
 
@@ -243,3 +282,29 @@ def test_forms_without_the_csrf_token_or_credential_are_refused(deployment: Depl
         assert cross.status_code == 403
     with deployment.api(deployment.admin) as api:
         assert api.get("/v1/models/model2/aliases").json()["aliases"] == {"champion": 1}
+
+
+def test_pages_and_graphiql_load_nothing_from_another_host(browser: Browser, deployment: Deployment) -> None:
+    context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {deployment.admin}"})
+    elsewhere: list[str] = []
+
+    def only_here(route: Any) -> None:  # an offline machine: anything not from the server fails
+        if route.request.url.startswith(deployment.url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_here)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    for path in ("/ui/", "/ui/models/model1", "/ui/audit"):
+        page.goto(deployment.url + path)
+        page.wait_for_load_state("networkidle")
+    page.goto(f"{deployment.url}/graphql", wait_until="networkidle")
+    expect(page.locator(".graphiql-container")).to_be_visible()
+    expect(page.get_by_role("button", name="Execute query")).to_be_visible()
+    page.screenshot(path=deployment.shots / "graphiql.png")
+    assert elsewhere == [] and errors == []
+    context.close()
