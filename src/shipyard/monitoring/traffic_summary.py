@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from shipyard.config import Settings
 from shipyard.errors import ConfigError
 from shipyard.monitoring.predlog_sinks import (
+    SUMMARY_INDEX,
     TABLE,
     default_folder,
     log_files,
@@ -45,9 +46,19 @@ Row = tuple[float, int, str, float]
 """(epoch seconds, version, outcome, latency in ms) of one logged request."""
 
 _FILE_QUERY = (
-    "SELECT ts, version, json_extract(CAST(record AS TEXT), '$.outcome'), "
-    "json_extract(CAST(record AS TEXT), '$.latency_ms') FROM predictions "
-    "WHERE model = ? AND ts >= ? AND ts < ? AND coalesce(json_extract(CAST(record AS TEXT), '$.shadow'), 0) = 0"
+    "SELECT ts, version, outcome, latency_ms FROM predictions "
+    "WHERE model = ? AND ts >= ? AND ts < ? AND coalesce(shadow, 0) = 0"
+)
+_RECORD = "json_extract(CAST(record AS TEXT), '$.{}')"
+# a file written before the summary columns existed: read them from each record (slower)
+_OLD_FILE_QUERY = (
+    f"SELECT ts, version, {_RECORD.format('outcome')}, {_RECORD.format('latency_ms')} FROM predictions "
+    f"WHERE model = ? AND ts >= ? AND ts < ? AND coalesce({_RECORD.format('shadow')}, 0) = 0"
+)
+_MIXED_FILE_QUERY = (
+    f"SELECT ts, version, coalesce(outcome, {_RECORD.format('outcome')}), "
+    f"coalesce(latency_ms, {_RECORD.format('latency_ms')}) FROM predictions "
+    f"WHERE model = ? AND ts >= ? AND ts < ? AND coalesce(shadow, {_RECORD.format('shadow')}, 0) = 0"
 )
 
 
@@ -81,7 +92,15 @@ def _file_rows(settings: Settings, model: str, start: float, end: float) -> list
         except sqlite3.Error:
             continue  # deleted by retention meanwhile
         try:
-            rows.extend(conn.execute(_FILE_QUERY, (model, start, end)).fetchall())
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+            indexes = {row[1] for row in conn.execute("PRAGMA index_list(predictions)")}
+            if SUMMARY_INDEX in indexes:  # made with the summary columns: every row has them
+                query = _FILE_QUERY
+            elif "outcome" in columns:  # columns added later: older rows have them in the record only
+                query = _MIXED_FILE_QUERY
+            else:
+                query = _OLD_FILE_QUERY
+            rows.extend(conn.execute(query, (model, start, end)).fetchall())
         except sqlite3.Error as exc:
             logger.warning("prediction log: cannot read %s: %s", path, exc)
         finally:
@@ -114,21 +133,21 @@ def _sql_rows(url: str, model: str, start: float, end: float) -> list[Row]:
     return out
 
 
-def _totals(rows: Sequence[Row], seconds: float) -> dict[str, Any]:
-    n = len(rows)
-    errors = sum(1 for r in rows if is_server_error(r[2]))
-    refused = sum(1 for r in rows if r[2] != "ok" and not is_server_error(r[2]))
-    latencies = np.fromiter((r[3] for r in rows if r[3] is not None), dtype=float, count=-1)
+def _totals(errors: np.ndarray[Any, Any], refused: np.ndarray[Any, Any], latencies: np.ndarray[Any, Any],
+            seconds: float) -> dict[str, Any]:
+    n = int(errors.size)
+    failed = int(errors.sum())
+    known = latencies[~np.isnan(latencies)]
     p50 = p99 = None
-    if latencies.size:
-        q50, q99 = np.percentile(latencies, [50, 99])
+    if known.size:
+        q50, q99 = np.percentile(known, [50, 99])
         p50, p99 = round(float(q50), 2), round(float(q99), 2)
     return {
         "requests": n,
         "requests_per_second": round(n / seconds, 2) if seconds > 0 else None,
-        "errors": errors,
-        "refused": refused,
-        "error_percent": round(100.0 * errors / n, 2) if n else None,
+        "errors": failed,
+        "refused": int(refused.sum()),
+        "error_percent": round(100.0 * failed / n, 2) if n else None,
         "p50_ms": p50,
         "p99_ms": p99,
     }
@@ -143,19 +162,27 @@ def summarize(rows: Sequence[Row], *, start: float, end: float, buckets: int = 0
         p99_ms (None where there is nothing to say), rounded as the dashboard shows them.
     """
     seconds = end - start
-    by_version: dict[int, list[Row]] = {}
-    for r in rows:
-        by_version.setdefault(int(r[1]), []).append(r)
-    out: dict[str, Any] = {"start": start, "end": end, "window_seconds": seconds, **_totals(rows, seconds),
-                           "versions": {str(v): _totals(rs, seconds) for v, rs in sorted(by_version.items())}}
+    n = len(rows)
+    times = np.fromiter((r[0] for r in rows), dtype=float, count=n)
+    versions = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
+    latencies = np.fromiter((math.nan if r[3] is None else r[3] for r in rows), dtype=float, count=n)
+    kinds = {o: is_server_error(o) for o in {r[2] for r in rows}}
+    errors = np.fromiter((kinds[r[2]] for r in rows), dtype=bool, count=n)
+    refused = np.fromiter((r[2] != "ok" and not kinds[r[2]] for r in rows), dtype=bool, count=n)
+
+    def totals(mask: np.ndarray[Any, Any] | None, span: float) -> dict[str, Any]:
+        if mask is None:
+            return _totals(errors, refused, latencies, span)
+        return _totals(errors[mask], refused[mask], latencies[mask], span)
+
+    out: dict[str, Any] = {"start": start, "end": end, "window_seconds": seconds, **totals(None, seconds),
+                           "versions": {str(v): totals(versions == v, seconds) for v in np.unique(versions).tolist()}}
     if buckets > 0:
         width = seconds / buckets
-        slices: list[list[Row]] = [[] for _ in range(buckets)]
-        for r in rows:
-            i = min(int((r[0] - start) // width), buckets - 1) if width > 0 else 0
-            if 0 <= i < buckets:
-                slices[i].append(r)
-        out["series"] = [{"t": round(start + i * width, 3), **_totals(s, width)} for i, s in enumerate(slices)]
+        slot = (np.floor((times - start) / width).astype(np.int64) if width > 0
+                else np.zeros(n, dtype=np.int64))
+        slot = np.minimum(slot, buckets - 1)
+        out["series"] = [{"t": round(start + i * width, 3), **totals(slot == i, width)} for i in range(buckets)]
     return out
 
 
