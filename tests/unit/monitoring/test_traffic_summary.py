@@ -69,7 +69,8 @@ def test_files_from_before_the_summary_columns_are_read_and_then_migrated(tmp_pa
                        "NULL, version INTEGER NOT NULL, record BLOB NOT NULL); CREATE INDEX predictions_by_model ON "
                        "predictions (model, ts);")
     r = record("a", NOW - 20, outcome="timeout", latency=7.0)
-    conn.execute("INSERT INTO predictions VALUES (?, ?, ?, ?, ?)", (r["prediction_id"], NOW - 20, "a", 1, record_json(r)))
+    conn.execute("INSERT INTO predictions VALUES (?, ?, ?, ?, ?)",
+                 (r["prediction_id"], NOW - 20, "a", 1, record_json(r)))
     conn.commit()
     conn.close()
     assert read_rows(settings, "a", start=NOW - 300, end=NOW) == [(NOW - 20, 1, "timeout", 7.0)]
