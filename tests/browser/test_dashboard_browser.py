@@ -31,6 +31,8 @@ from shipyard.config import Settings
 from shipyard.monitoring.alerts import AlertStore
 from shipyard.monitoring.predlog_sinks import FileSink, default_folder, iso_time
 from shipyard.registry import Registry
+from shipyard.rollout.policy import TrafficPolicy
+from shipyard.rollout.store import TrafficStore
 from shipyard.security.keys import KeyStore
 from shipyard.testing import run_server
 
@@ -106,6 +108,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             reg.register(lr, name, sample=X.head(5), training_data=X, alias="champion", tags=tags)
         reg.register(LogisticRegression(C=0.5).fit(X, Y), "model0", sample=X.head(5), training_data=X,
                      alias="champion")
+        reg.register(LogisticRegression(C=2.0).fit(X, Y), "model5", sample=X.head(5), training_data=X,
+                     alias="challenger")
+        TrafficStore(reg.database).put(TrafficPolicy.from_dict({
+            "model": "model5", "arms": [{"name": "champion", "alias": "champion", "weight": 0.75},
+                                        {"name": "challenger", "alias": "challenger", "weight": 0.25}]}), actor="test")
         keys = KeyStore(reg.database)
         admin = keys.create("ui-admin", ["admin"])[1]
         reader = keys.create("ui-reader", ["read", "predict"])[1]
@@ -185,6 +192,8 @@ def test_first_screen_shows_every_model_with_the_api_numbers(browser: Browser, d
         assert row.locator('[data-field="version"]').inner_text() == f"{m['ref']} → v{m['version']}"
         assert row.locator('[data-field="weight"]').all_inner_texts() == [_fmt(a["weight"]) for a in m["arms"]]
     assert doc["models"][0]["version"] == 2 and doc["models"][3]["alerts"]["open"] == 1
+    assert [(a["name"], a["version"], a["weight"]) for a in doc["models"][5]["arms"]] == [
+        ("champion", 1, 0.75), ("challenger", 2, 0.25)]
     assert doc["models"][1]["drift"]["status"] == "drifted"
     assert doc["models"][2]["realized"]["metric"] == "accuracy" and doc["models"][2]["realized"]["labelled"] == LABELLED
     with page.expect_response(lambda r: "/ui/fragments/overview" in r.url, timeout=15_000):  # htmx refreshes
@@ -249,6 +258,25 @@ def test_rollback_through_the_page_under_load_fails_no_request(browser: Browser,
     expect(page.locator("#aliases tbody tr").first).to_contain_text("rollback")
     page.goto(f"{deployment.url}/ui/audit?action=alias.rollback")
     expect(page.locator("#audit tbody")).to_contain_text("model0@champion")
+
+
+def test_rollout_paused_then_aborted_from_the_page(browser: Browser, deployment: Deployment) -> None:
+    page = _sign_in(browser, deployment, deployment.admin)
+    page.goto(f"{deployment.url}/ui/models/model5")
+    expect(page.locator("#experiment")).to_contain_text("split, running")
+    page.get_by_role("button", name="Pause").click()
+    expect(page.get_by_role("status")).to_contain_text("rollout of model5: pause")
+    expect(page.locator("#experiment")).to_contain_text("paused")
+    with deployment.api(deployment.admin) as api:
+        assert api.get("/v1/experiments/model5").json()["state"] == "paused"
+    page.get_by_role("button", name="Abort").click()
+    expect(page.get_by_role("status")).to_contain_text("rollout of model5: abort")
+    expect(page.get_by_role("button", name="Abort")).to_have_count(0)  # a finished rollout offers no action
+    with deployment.api(deployment.admin) as api:
+        assert api.get("/v1/experiments/model5").json()["state"] == "aborted"
+        changes = api.get("/v1/audit", params={"action": "rollout.change", "target": "model5"}).json()["entries"]
+        assert [e["actor"] for e in changes[:2]] == ["ui-admin", "ui-admin"]
+        assert api.post("/v1/experiments/model5/pause").status_code == 409  # aborted: nothing to pause
 
 
 def test_read_only_key_sees_no_actions_and_the_api_refuses_them(browser: Browser, deployment: Deployment) -> None:

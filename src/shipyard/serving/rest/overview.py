@@ -22,14 +22,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio.to_thread
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shipyard.errors import InvalidInput, InvalidOption, ModelNotFound, ShipyardError
+from shipyard.errors import InvalidInput, InvalidOption, Kind, ModelNotFound, ShipyardError
 from shipyard.security.principal import ANONYMOUS, current_actor, principal_var
 from shipyard.serving.rest.routes import JSON, Body, Endpoint, Param
 from shipyard.types import ModelRef
@@ -45,6 +45,17 @@ DEFAULT_WINDOW = 300.0
 MAX_WINDOW = 90 * 86400.0
 MAX_BUCKETS = 500
 MAX_LIMIT = 1_000
+
+
+class RolloutFinished(ShipyardError):
+    """A rollout action on a rollout that already ended (promoted, aborted, rolled back): 409."""
+
+    kind: ClassVar[Kind] = "conflict"
+
+    def __init__(self, model: str, state: str, action: str) -> None:
+        self.model = model
+        self.state = state
+        super().__init__(f"{model}'s rollout is {state}: nothing to {action}; start a new one instead")
 
 
 def _json(content: object) -> Response:
@@ -264,8 +275,11 @@ def overview_endpoints(dp: DataPlane, experiments: Experiments, settings: Settin
 
             def run() -> dict[str, Any]:
                 actor = current_actor().name
-                if store.get(name) is None:
+                policy = store.get(name)
+                if policy is None:
                     raise ExperimentNotFound(name)
+                if policy.state in ("promoted", "aborted", "rolled_back"):
+                    raise RolloutFinished(name, policy.state, action)
                 if action == "promote":
                     stored, move = actions.promote(store, registry, name, None, actor=actor, reason=reason)
                     return {"model": name, "state": stored.state, "revision": stored.revision,
