@@ -76,6 +76,16 @@ def _number(request: Request, name: str, default: float | None, low: float, high
     return value
 
 
+def _integer(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text[:12]) <= high:
+        raise InvalidInput(f"{name} {text[:40]!r}: give a whole number from {low} to {high}", field=name,
+                           expected=f"{low}..{high}", got=text[:40])
+    return int(text)
+
+
 def _window(request: Request) -> tuple[float, float]:
     seconds = _number(request, "window", DEFAULT_WINDOW, 1.0, MAX_WINDOW) or DEFAULT_WINDOW
     end = _number(request, "end", None, 0.0, 1e11)
@@ -186,7 +196,7 @@ def overview_endpoints(dp: DataPlane, experiments: Experiments, settings: Settin
     async def summary(request: Request) -> Response:
         name = served_name(request.path_params["name"])
         start, end = _window(request)
-        buckets = int(_number(request, "buckets", 0, 0, MAX_BUCKETS) or 0)
+        buckets = _integer(request, "buckets", 0, 0, MAX_BUCKETS) or 0
 
         def read() -> dict[str, Any]:
             rows = traffic_summary.read_rows(settings, name, start=start, end=end)
@@ -215,8 +225,8 @@ def overview_endpoints(dp: DataPlane, experiments: Experiments, settings: Settin
 
         name = served_name(request.path_params["name"])
         q = request.query_params
-        version = _number(request, "version", None, 1, 2**31 - 1)
-        limit = int(_number(request, "limit", 50, 1, MAX_LIMIT) or 50)
+        version = _integer(request, "version", None, 1, 2**31 - 1)
+        limit = _integer(request, "limit", 50, 1, MAX_LIMIT) or 50
         outcome = q.get("outcome") or None
         if outcome is not None and (len(outcome) > 64 or not outcome.replace("_", "").isalnum()):
             raise InvalidInput("outcome: an outcome such as ok or invalid_input", field="outcome", got=outcome[:50])
@@ -231,7 +241,7 @@ def overview_endpoints(dp: DataPlane, experiments: Experiments, settings: Settin
                 return {"model": name, "prediction_log": None, "records": []}
             # an outcome filter reads further back, so a rare outcome still fills the page
             records = read_predictions(settings, name, since=since,
-                                       version=None if version is None else int(version),
+                                       version=version,
                                        limit=limit if outcome is None else MAX_LIMIT * 10)
             if outcome is not None:
                 records = [r for r in records if r.get("outcome") == outcome][-limit:]
