@@ -27,7 +27,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sklearn.linear_model import LogisticRegression
 
+from shipyard import Graph
 from shipyard.config import Settings
+from shipyard.graphs import FanOut, Node
 from shipyard.monitoring.alerts import AlertStore
 from shipyard.monitoring.predlog_sinks import FileSink, default_folder, iso_time
 from shipyard.registry import Registry
@@ -46,6 +48,7 @@ Y = (X["x1"] > X["x2"]).astype(int)
 FIELDS = ("requests_per_second", "error_percent", "p50_ms", "p99_ms")
 REAL_BATCH = 150  # rows per request of the drifted traffic
 LABELLED = 40
+GRAPH_CALLS = 12
 
 
 @dataclass
@@ -110,6 +113,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                      alias="champion")
         reg.register(LogisticRegression(C=2.0).fit(X, Y), "model5", sample=X.head(5), training_data=X,
                      alias="challenger")
+        # a graph served beside them: a vote of model0's two versions (its steps are logged as model0's events)
+        reg.register(Graph([FanOut("vote", [Node("old", "model0:1"), Node("new", "model0:2")], join="vote")]),
+                     "ensemble", alias="champion")
         TrafficStore(reg.database).put(TrafficPolicy.from_dict({
             "model": "model5", "arms": [{"name": "champion", "alias": "champion", "weight": 0.75},
                                         {"name": "challenger", "alias": "challenger", "weight": 0.25}]}), actor="test")
@@ -126,7 +132,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     env = {"SHIPYARD_MONITORING__PREDICTION_LOG__ENABLED": "true", "SHIPYARD_SECURITY__AUTH__ENABLED": "true",
            "SHIPYARD_ASYNC_BROKER": "off", "SHIPYARD_MONITORING__FEEDBACK__ENABLED": "true",
            "SHIPYARD_MONITORING__DRIFT__WINDOW_SECONDS": "2", "SHIPYARD_MONITORING__DRIFT__MIN_ROWS": "100"}
-    with run_server(home, [f"{m}@champion" for m in MODELS], env=env, ready_timeout=120) as server:
+    with run_server(home, [f"{m}@champion" for m in [*MODELS, "ensemble"]], env=env, ready_timeout=120) as server:
         deployment = Deployment(server.url, admin, reader, shots)
         _real_traffic(deployment)
         yield deployment
@@ -146,6 +152,9 @@ def _real_traffic(deployment: Deployment) -> None:
             answer = api.post("/v1/models/model2:predict", json={"instances": [{"x1": float(i % 4), "x2": 1.5}]})
             labels.append({"prediction_id": answer.headers["X-Prediction-ID"], "label": int(i % 4 > 1 or i % 5 == 0)})
         assert api.post("/v1/feedback", json={"feedback": labels}).status_code == 200
+        one_row = {"instances": [{"x1": 2.0, "x2": 1.0}]}
+        for _ in range(GRAPH_CALLS):
+            assert api.post("/v1/models/ensemble:predict", json=one_row).status_code == 200
         # the last windows of that traffic close and are reported within a few seconds; then nothing moves
         previous, deadline = None, time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -171,12 +180,13 @@ def _sign_in(browser: Browser, deployment: Deployment, token: str) -> Page:
 def test_first_screen_shows_every_model_with_the_api_numbers(browser: Browser, deployment: Deployment) -> None:
     page = _sign_in(browser, deployment, deployment.admin)
     rows = page.locator("#overview tbody tr[data-model]")
-    expect(rows).to_have_count(len(MODELS))
+    expect(rows).to_have_count(len(MODELS) + 1)
     end = rows.first.get_attribute("data-end")
     assert end is not None
     with deployment.api(deployment.admin) as api:
         doc = api.get("/v1/overview", params={"window": 300, "end": end}).json()
-    assert [m["name"] for m in doc["models"]] == MODELS
+    assert [m["name"] for m in doc["models"]] == ["ensemble", *MODELS]
+    doc["models"] = doc["models"][1:]  # the ten models first; then the graph
     assert sum(m["traffic"]["requests"] for m in doc["models"]) > PREDICTIONS
     for m in doc["models"]:
         row = page.locator(f'#overview tr[data-model="{m["name"]}"]')
@@ -198,8 +208,8 @@ def test_first_screen_shows_every_model_with_the_api_numbers(browser: Browser, d
     assert doc["models"][2]["realized"]["metric"] == "accuracy" and doc["models"][2]["realized"]["labelled"] == LABELLED
     with page.expect_response(lambda r: "/ui/fragments/overview" in r.url, timeout=15_000):  # htmx refreshes
         pass
-    expect(rows).to_have_count(len(MODELS))
-    assert doc["models"][0]["traffic"]["requests"] == PREDICTIONS // len(MODELS)
+    expect(rows).to_have_count(len(MODELS) + 1)
+    assert doc["models"][0]["traffic"]["requests"] == PREDICTIONS // len(MODELS) + 2 * GRAPH_CALLS  # + steps
     page.screenshot(path=deployment.shots / "overview.png", full_page=True)
 
 
@@ -215,6 +225,12 @@ def test_model_and_audit_pages_render_charts_log_and_entries(browser: Browser, d
     page.get_by_role("button", name="Filter").click()
     outcomes = page.locator("#log tbody tr td:nth-child(4)").all_inner_texts()
     assert outcomes and set(outcomes) == {"internal"}
+    page.goto(f"{deployment.url}/ui/models/ensemble")
+    steps = page.locator("#steps li")
+    expect(steps).to_have_count(2)
+    expect(steps.first).to_contain_text(f"old (model0:1): {GRAPH_CALLS} calls")
+    expect(steps.last).to_contain_text(f"new (model0:2): {GRAPH_CALLS} calls")
+    page.screenshot(path=deployment.shots / "graph.png", full_page=True)
     page.goto(f"{deployment.url}/ui/audit")
     expect(page.locator("#chain")).to_contain_text("intact")
     expect(page.locator("#audit tbody tr").first).to_be_visible()

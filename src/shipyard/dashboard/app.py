@@ -183,10 +183,11 @@ class Dashboard:
     # -- pages ----------------------------------------------------------------------------------
 
     async def overview(self, request: Request) -> Response:
-        me = await self._whoami(request)
+        # both at once: the caller and the rows (the rows are refused too without a credential)
+        window = {"window": request.query_params.get("window")}
+        me, (doc, why) = await asyncio.gather(self._whoami(request), self.api.maybe(request, "/v1/overview", window))
         if isinstance(me, Response):
             return me
-        doc, why = await self.api.maybe(request, "/v1/overview", {"window": request.query_params.get("window")})
         return self._page(request, "overview.html", me=me, doc=doc, why=why, done=request.query_params.get("done"))
 
     async def overview_rows(self, request: Request) -> Response:
@@ -222,9 +223,26 @@ class Dashboard:
         why = {k: a[1] for k, a in zip(calls, answers, strict=True)}
         if data["versions"] is None:
             return self._page(request, "error.html", 404, me=me, message=why["versions"])
-        served = next((v for v in data["versions"]["versions"] if v["flavor"] == "graph"), None)
+        graph = next((v for v in reversed(data["versions"]["versions"]) if v["flavor"] == "graph"), None)
+        steps = await self._steps(request, graph, calls["summary"][1])
         return self._page(request, "model.html", me=me, name=name, data=data, why=why, filters=filters,
-                          graph=served, done=q.get("done"), error=q.get("error"))
+                          graph=graph, steps=steps, done=q.get("done"), error=q.get("error"))
+
+    async def _steps(self, request: Request, graph: dict[str, Any] | None,
+                     window: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        """A graph version's steps with each step version's traffic (its events are logged under its own name)."""
+        if graph is None:
+            return []
+        steps = [(step, str(ref)) for step, ref in ((graph.get("lineage") or {}).get("steps") or {}).items()]
+        models = [ref.split(":")[0].split("@")[0] for _, ref in steps]
+        answers = await asyncio.gather(*(self.api.maybe(request, f"/v1/models/{_q(m)}/summary",
+                                                        {"window": (window or {}).get("window")}) for m in models))
+        out = []
+        for (step, ref), (doc, why) in zip(steps, answers, strict=True):
+            version = ref.split(":")[1] if ":" in ref else None
+            numbers = (doc or {}).get("versions", {}).get(version) if version else doc
+            out.append({"step": step, "ref": ref, "traffic": numbers, "why": why})
+        return out
 
     async def audit(self, request: Request) -> Response:
         me = await self._whoami(request)

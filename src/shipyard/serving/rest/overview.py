@@ -194,11 +194,17 @@ def overview_endpoints(dp: DataPlane, experiments: Experiments, settings: Settin
         return _json(await anyio.to_thread.run_sync(read))
 
     async def summary(request: Request) -> Response:
-        name = served_name(request.path_params["name"])
+        text = request.path_params["name"]
+        try:
+            name = ModelRef.parse(text).name
+        except ShipyardError:
+            raise ModelNotFound(text[:200]) from None
         start, end = _window(request)
         buckets = _integer(request, "buckets", 0, 0, MAX_BUCKETS) or 0
 
         def read() -> dict[str, Any]:
+            if name not in served():  # a graph's step models are registered, not served by name
+                registry.versions(name)  # ModelNotFound for a name the registry does not hold
             rows = traffic_summary.read_rows(settings, name, start=start, end=end)
             return {"model": name, "prediction_log": traffic_summary.log_source(settings),
                     **traffic_summary.summarize(rows, start=start, end=end, buckets=buckets)}
@@ -315,8 +321,8 @@ def overview_endpoints(dp: DataPlane, experiments: Experiments, settings: Settin
                  "alerts (traffic numbers from the prediction log)", any_json, errors=(400, 500),
                  query=window_params, scope="read"),
         Endpoint(("GET",), "/v1/models/{name}/summary", summary,
-                 "A served model's requests/s, errors and p50/p99 over a window, per version and as a time series "
-                 "(from the prediction log)", any_json, errors=lookup,
+                 "A served (or registered: a graph's step) model's requests/s, errors and p50/p99 over a window, "
+                 "per version and as a time series (from the prediction log)", any_json, errors=lookup,
                  query=(*window_params, Param("buckets", "Slices of the time series (0: none)", "integer")),
                  scope="read"),
         Endpoint(("GET",), "/v1/models/{name}/versions", versions,
