@@ -38,8 +38,8 @@
     var latency = document.querySelector('[data-chart="latency"]');
     var throughput = document.querySelector('[data-chart="throughput"]');
     if (latency) chart(latency, "Latency (ms)", [
-      {label: "p50", stroke: "#1f5fbf", width: 2, spanGaps: false},
-      {label: "p99", stroke: "#b42318", width: 2, spanGaps: false},
+      {label: "p50", stroke: "#1f5fbf", width: 2, points: {show: true, size: 4}},
+      {label: "p99", stroke: "#b42318", width: 2, points: {show: true, size: 4}},
     ], [t, pick("p50_ms"), pick("p99_ms")]);
     if (throughput) chart(throughput, "Throughput", [
       {label: "req/s", stroke: "#067647", width: 2, fill: "rgba(6,118,71,0.08)"},
