@@ -99,7 +99,7 @@ def _write_log(settings: Settings, now: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("dashboard")
     home = folder / "home"
     settings = Settings(home=home, workers=1)
@@ -128,7 +128,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     _write_log(settings, time.time())
     shots = Path(os.environ.get("SHIPYARD_UI_SHOTS") or folder / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    print(f"\ndashboard screenshots: {shots}")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown even when pytest captures output
+        print(f"\ndashboard screenshots: {shots}")
     env = {"SHIPYARD_MONITORING__PREDICTION_LOG__ENABLED": "true", "SHIPYARD_SECURITY__AUTH__ENABLED": "true",
            "SHIPYARD_ASYNC_BROKER": "off", "SHIPYARD_MONITORING__FEEDBACK__ENABLED": "true",
            "SHIPYARD_MONITORING__DRIFT__WINDOW_SECONDS": "2", "SHIPYARD_MONITORING__DRIFT__MIN_ROWS": "100"}
