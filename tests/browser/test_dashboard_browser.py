@@ -227,6 +227,10 @@ def test_model_and_audit_pages_render_charts_log_and_entries(browser: Browser, d
     page.get_by_role("button", name="Filter").click()
     outcomes = page.locator("#log tbody tr td:nth-child(4)").all_inner_texts()
     assert outcomes and set(outcomes) == {"internal"}
+    page.goto(f"{deployment.url}/ui/models/model2")  # labelled: realized accuracy over time, per version
+    expect(page.locator("[data-chart=realized] canvas")).to_have_count(1)
+    expect(page.locator("#quality")).to_contain_text("accuracy=0.9")
+    page.screenshot(path=deployment.shots / "model-labels.png", full_page=True)
     page.goto(f"{deployment.url}/ui/models/ensemble")
     steps = page.locator("#steps li")
     expect(steps).to_have_count(2)

@@ -21,6 +21,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -223,10 +224,34 @@ class Dashboard:
         why = {k: a[1] for k, a in zip(calls, answers, strict=True)}
         if data["versions"] is None:
             return self._page(request, "error.html", 404, me=me, message=why["versions"])
+        realized = await self._realized(request, name, data["summary"]) if data["quality"] is not None else None
         graph = next((v for v in reversed(data["versions"]["versions"]) if v["flavor"] == "graph"), None)
         steps = await self._steps(request, graph, calls["summary"][1])
         return self._page(request, "model.html", me=me, name=name, data=data, why=why, filters=filters,
-                          graph=graph, steps=steps, done=q.get("done"), error=q.get("error"))
+                          graph=graph, steps=steps, realized=realized, done=q.get("done"), error=q.get("error"))
+
+    async def _realized(self, request: Request, name: str, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The realized metric per version over the traffic chart's window, in 12 slices (``/quality`` each)."""
+        if not summary:
+            return None
+        start, end, slices = float(summary["start"]), float(summary["end"]), 12
+        width = (end - start) / slices
+        bounds = [(start + i * width, start + (i + 1) * width) for i in range(slices)]
+        answers = await asyncio.gather(*(self.api.maybe(request, f"/v1/models/{_q(name)}/quality",
+                                                        {"since": _iso(a), "until": _iso(b)}) for a, b in bounds))
+        metric: str | None = None
+        per_version: dict[str, list[float | None]] = {}
+        for i, (doc, _) in enumerate(answers):
+            for group in (doc or {}).get("groups", []):
+                values = group.get("metrics") or {}
+                if metric is None:
+                    metric = next((m for m in ("accuracy", "mae") if values.get(m) is not None),
+                                  next((m for m, v in values.items() if v is not None), None))
+                if metric is not None and values.get(metric) is not None:
+                    per_version.setdefault(f"v{group['version']}", [None] * slices)[i] = values[metric]
+        if metric is None:
+            return None
+        return {"metric": metric, "t": [round(a, 3) for a, _ in bounds], "versions": per_version}
 
     async def _steps(self, request: Request, graph: dict[str, Any] | None,
                      window: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -336,6 +361,10 @@ class Dashboard:
             return self._page(request, "error.html", 404, me=None, message=f"no rollout action {p['action']!r}")
         return await self._act(request, f"/v1/experiments/{_q(p['name'])}/{p['action']}", None,
                                f"rollout of {p['name']}: {p['action']}")
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _q(text: str) -> str:

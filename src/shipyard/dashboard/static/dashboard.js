@@ -47,10 +47,26 @@
     ], [t, pick("requests_per_second"), pick("error_percent")]);
   }
 
+  function realized() {
+    var source = document.getElementById("realized-series");
+    var el = document.querySelector('[data-chart="realized"]');
+    if (!source || !el) return;
+    var doc = JSON.parse(source.textContent || "null");
+    if (!doc) return;
+    var colors = ["#1f5fbf", "#b42318", "#067647", "#7a2e9e", "#b54708"];
+    var names = Object.keys(doc.versions).sort();
+    chart(el, "Realized " + doc.metric + " (labelled predictions, by when they were made)",
+      names.map(function (name, i) {
+        return {label: name, stroke: colors[i % colors.length], width: 2, points: {show: true, size: 5}};
+      }),
+      [doc.t].concat(names.map(function (name) { return doc.versions[name]; })));
+  }
+
   function ready() {
     confirmations(document);
     bars(document);
     charts();
+    realized();
     document.body.addEventListener("htmx:afterSwap", function (event) {
       confirmations(event.target);
       bars(event.target);
