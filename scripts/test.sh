@@ -29,6 +29,11 @@ fi
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
   need_apt+=(haproxy)
 fi
+# Chromium: the dashboard's browser tests drive Debian's build through Playwright (never `playwright install`,
+# which downloads a browser of its own).
+if ! command -v chromium >/dev/null 2>&1; then
+  need_apt+=(chromium)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing system packages: ${need_apt[*]}"

@@ -38,6 +38,7 @@ COMMANDS = {
     "audit": "audit",
     "deploy": "deploy",
     "retrain": "retrain",
+    "ui": "ui",
 }
 """Each command's name and the module of ``shipyard.cli`` that defines it (under the same name)."""
 

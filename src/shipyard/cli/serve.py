@@ -67,6 +67,7 @@ def load_settings(ctx: click.Context, config_file: Path | None, **flags: Any) ->
 @setting("--workers", name="workers", type=int)
 @setting("--runtime", name="runtime", type=click.Choice(["auto", "native", "onnx"]))
 @setting("--access-log/--no-access-log", name="access_log")
+@setting("--dashboard/--no-dashboard", name="dashboard")
 @setting("--grpc-port", name="grpc_port", type=int)
 @setting("--graceful-shutdown", name="graceful_shutdown_seconds", type=float)
 @setting("--batching/--no-batching", name="batching")

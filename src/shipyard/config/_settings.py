@@ -126,6 +126,9 @@ class Settings:
     access_log: bool = False
     """Log every request."""
 
+    dashboard: bool = True
+    """Serve the dashboard at /ui (pages drawn from the JSON API, with the same credentials and scopes)."""
+
     graceful_shutdown_seconds: float = 30.0
     """On SIGTERM/SIGINT, how long requests and gRPC calls in flight may take to finish before the server exits."""
 

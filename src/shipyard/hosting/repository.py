@@ -121,6 +121,14 @@ class ModelRepository:
         self.ready = True
         logger.info("serving %s", ", ".join(str(r) for r in self.defaults.values()) or "no models")
 
+    async def start_unloaded(self) -> None:
+        """Name the models (every registered one when none were given) and load none: the dashboard of
+        ``shipyard ui`` reads the registry, the prediction log and the monitoring tables, not the models."""
+        if self.serve_all:
+            for m in await anyio.to_thread.run_sync(self.registry.models):
+                self.defaults[m["name"]] = ModelRef(m["name"])
+        self.ready = True
+
     def close(self) -> None:
         for task in self._releases:
             task.cancel()

@@ -31,6 +31,8 @@ from shipyard.errors import ConfigError, MissingDependency
 from shipyard.streams.broker import SCHEMES, Record, Sink, StreamUrl, open_sink
 
 __all__ = [
+    "SUMMARY_COLUMNS",
+    "SUMMARY_INDEX",
     "TABLE",
     "FileSink",
     "PredictionRecord",
@@ -118,10 +120,20 @@ CREATE TABLE IF NOT EXISTS predictions (
     ts REAL NOT NULL,
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    outcome TEXT,
+    latency_ms REAL,
+    shadow INTEGER
 );
-CREATE INDEX IF NOT EXISTS predictions_by_model ON predictions (model, ts);
 """
+#: Files made with the summary columns get this index (model, time, then what a summary reads, so summaries
+#: and ``shipyard logs``'s filters are answered from the index alone); older files keep (model, ts).
+SUMMARY_INDEX = "predictions_by_model_summary"
+_NEW_FILE_INDEX = f"CREATE INDEX IF NOT EXISTS {SUMMARY_INDEX} ON predictions (model, ts, version, outcome, " \
+                  "latency_ms, shadow)"
+#: Columns beside the record that traffic summaries read without decoding it (added to older files when
+#: they are next written; their earlier rows have NULL there and are read from the record).
+SUMMARY_COLUMNS = {"outcome": "TEXT", "latency_ms": "REAL", "shadow": "INTEGER"}
 
 
 class FileSink:
@@ -145,9 +157,11 @@ class FileSink:
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
         conn = self._connection()
-        rows = [(r["prediction_id"], _timestamp(r), r["model"], int(r["version"]), record_json(r)) for r in records]
+        rows = [(r["prediction_id"], _timestamp(r), r["model"], int(r["version"]), record_json(r), r.get("outcome"),
+                 r.get("latency_ms"), int(bool(r.get("shadow")))) for r in records]
         with conn:  # one transaction; a record already held (a retried write) is skipped
-            conn.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT OR IGNORE INTO predictions (prediction_id, ts, model, version, record, outcome, "
+                             "latency_ms, shadow) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         page_count, = conn.execute("PRAGMA page_count").fetchone()
         page_size, = conn.execute("PRAGMA page_size").fetchone()
         if page_count * page_size >= self.max_file_bytes:
@@ -215,7 +229,16 @@ def _open(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")  # `shipyard logs` reads while the server writes
     conn.execute("PRAGMA synchronous=NORMAL")
+    fresh = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'predictions'").fetchone() is None
     conn.executescript(_FILE_SCHEMA)
+    if fresh:
+        conn.execute(_NEW_FILE_INDEX)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+    for column, kind in SUMMARY_COLUMNS.items():
+        if column not in have:  # a file written before these columns existed: its earlier rows stay NULL there
+            conn.execute(f"ALTER TABLE predictions ADD COLUMN {column} {kind}")
+    if not fresh:
+        conn.execute("CREATE INDEX IF NOT EXISTS predictions_by_model ON predictions (model, ts)")
     return conn
 
 

@@ -63,6 +63,7 @@ from shipyard.serving.feedback import Feedback
 from shipyard.serving.rest.app import RestApp
 from shipyard.serving.rest.drift import drift_endpoints
 from shipyard.serving.rest.explain import explain_endpoints
+from shipyard.serving.rest.overview import overview_endpoints
 from shipyard.serving.rest.retrains import retrain_endpoints
 from shipyard.serving.rest.routes import Endpoint
 from shipyard.serving.services import Hooks, Service, Services
@@ -147,12 +148,15 @@ def build_server(
     grpc_port: int | None = None,
     observers: list[PredictionObserver] | None = None,
     worker: WorkerContext | None = None,
+    load_models: bool = True,
 ) -> Server:
     """Wire a server for ``models`` (references); no models means every registered model.
 
     ``grpc_port`` adds the gRPC listener (extra ``grpc``) on the same data plane;
     ``observers`` see every prediction (besides those the settings turn on);
-    ``worker`` says this process is one worker of ``--workers N`` (shared metrics, shared gRPC port).
+    ``worker`` says this process is one worker of ``--workers N`` (shared metrics, shared gRPC port);
+    ``load_models=False`` loads no model, follows no alias and steps no rollout (``shipyard ui``: the JSON
+    API's registry and monitoring routes and a read-only dashboard).
     """
     exposure_check(settings)  # no listening beyond loopback without authentication
     reg = registry or Registry.from_settings(settings)
@@ -227,7 +231,9 @@ def build_server(
                                   *(drift_endpoints(reg.database, served=_with_graph_steps(repo))
                                     if drift is not None else ()),
                                   *explain_endpoints(explanations, max_body_bytes=settings.max_body_bytes),
-                                  *retrain_endpoints(reg.database)])
+                                  *retrain_endpoints(reg.database),
+                                  *overview_endpoints(dp, experiments, settings, served=repo.names,
+                                                      authentication=auth is not None)])
 
     # The order things start in; they stop in reverse. Models load first (readiness waits for them);
     # the gRPC listener opens last and drains first.
@@ -235,7 +241,7 @@ def build_server(
     if auth is not None:  # keys and signing keys loaded before any request is taken
         services += [Hooks("authentication", auth.start), _Loop("credential refresh", auth.watch)]
     services.append(pools)  # stops after the models: every graph step's child process ends
-    services.append(Hooks("models", repo.start, _async(repo.close)))
+    services.append(Hooks("models", repo.start if load_models else repo.start_unloaded, _async(repo.close)))
 
     async def start_traffic() -> None:
         for policy in declared:
@@ -258,10 +264,10 @@ def build_server(
     services += [
         Hooks("observers", watched.start, watched.stop),  # stops after the data plane: sees every last event
         Hooks("data plane", on_stop=dp.close),  # stops batchers, then the executor
-        _Loop("alias watcher", repo.watch),
+        *([_Loop("alias watcher", repo.watch)] if load_models else []),  # it preloads what an alias moves to
         _Loop("traffic-policy watcher", router.watch),
     ]
-    if settings.rollout_tick_seconds > 0:
+    if settings.rollout_tick_seconds > 0 and load_models:
         services.append(_RolloutControllerService(settings, reg, traffic))
     retraining = _retrain_service(settings, reg)
     if retraining is not None:  # scheduled and alert-started runs, one replica at a time (a lease)
@@ -276,8 +282,12 @@ def build_server(
         grpc_server = _grpc_server(dp, settings, grpc_port, auth, reuse_port=worker is not None)
         services.append(Hooks("gRPC", grpc_server.start, grpc_server.stop))
     group = Services(services)
-    return Server(settings, reg, repo, dp, _Lifespan(rest_app.build(), group, on_ready), group,
-                  rest_app.endpoints)
+    # /ui: pages drawn from the JSON API above, asked in-process; /ui/static: their files and GraphiQL's
+    from shipyard.dashboard import with_dashboard
+
+    app = with_dashboard(rest_app.build(), settings, secure_cookies=settings.security.tls.enabled,
+                         read_only=not load_models)
+    return Server(settings, reg, repo, dp, _Lifespan(app, group, on_ready), group, rest_app.endpoints)
 
 
 def _async(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -51,6 +52,7 @@ class _Schema(strawberry.Schema):
 
 
 SCHEMA = _Schema(query=Query)
+_GRAPHIQL = Path(__file__).parents[2] / "dashboard" / "static" / "graphiql.html"
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -62,6 +64,11 @@ class GraphQLApp(GraphQL[Context, None]):
         self.explanations = explanations
         self.catalog = ModelCatalog(dataplane.repository)
         self.max_body_bytes = max_body_bytes
+
+    @property
+    def graphql_ide_html(self) -> str:
+        """GraphiQL from the files the package ships (served at /ui/static/), never from a CDN."""
+        return _GRAPHIQL.read_text()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
