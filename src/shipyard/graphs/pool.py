@@ -56,8 +56,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from shipyard.errors import ModelNotReady
 from shipyard.graphs.remote import RemoteStep
 from shipyard.registry.model import ModelVersion
@@ -376,6 +374,8 @@ def _free_port() -> int:
 
 
 def _ready(port: int) -> bool:
+    import httpx  # here: the server imports this module whether or not a graph has a pool
+
     try:
         return httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1.0).status_code == 200
     except httpx.HTTPError:

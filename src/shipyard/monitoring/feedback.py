@@ -48,7 +48,6 @@ from typing import Any, Literal
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from shipyard.errors import FeedbackNotFound, InvalidInput
 from shipyard.monitoring.events import PredictionEvent
@@ -149,9 +148,14 @@ def served_rows(event: PredictionEvent, output: str = "") -> list[dict[str, Any]
 
 def _insert_ignoring(database: Database, table: sa.Table) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` on SQLite or PostgreSQL."""
+    # each dialect imported when used: PostgreSQL's pulls in its driver glue (40 ms of a SQLite server's start)
     if database.dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
         return sqlite.insert(table).on_conflict_do_nothing()
     if database.dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
         return postgresql.insert(table).on_conflict_do_nothing()
     raise NotImplementedError(f"feedback needs SQLite or PostgreSQL, not {database.dialect}")
 
