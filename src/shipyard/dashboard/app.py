@@ -265,7 +265,7 @@ class Dashboard:
         params = ({"version": str(reports[0]["version"]), "arm": reports[0]["arm"], "start": str(reports[0]["start"])}
                   if reports else None)
         doc, _ = await self.api.maybe(request, f"/v1/models/{_q(name)}/drift/distributions", params)
-        return doc
+        return doc if isinstance(doc, dict) else None
 
     async def _steps(self, request: Request, graph: dict[str, Any] | None,
                      window: Mapping[str, Any] | None) -> list[dict[str, Any]]:
