@@ -244,6 +244,33 @@ def test_model_and_audit_pages_render_charts_log_and_entries(browser: Browser, d
     page.screenshot(path=deployment.shots / "audit.png", full_page=True)
 
 
+def test_model_page_draws_reference_and_current_distributions_of_a_drifted_feature(
+        browser: Browser, deployment: Deployment) -> None:
+    page = _sign_in(browser, deployment, deployment.admin)
+    page.goto(f"{deployment.url}/ui/models/model1")
+    with deployment.api(deployment.admin) as api:
+        report = api.get("/v1/models/model1/drift").json()["reports"][0]
+        drifted = [f["feature"] for f in report["report"]["features"] if f["drifted"]]
+        assert drifted, report
+        feature = drifted[0]
+        chart = page.locator(f'[data-chart=distribution][data-feature="{feature}"]')
+        expect(chart.locator("canvas")).to_have_count(1)  # uPlot drew it from the embedded document
+        embedded = page.evaluate("JSON.parse(document.getElementById('drift-distributions').textContent)")
+        # the page shows the window of the newest report it was rendered with; the route answers the same window
+        doc = api.get("/v1/models/model1/drift/distributions",
+                      params={"version": embedded["version"], "arm": embedded["arms"][0],
+                              "start": embedded["start"]}).json()
+    drawn = page.evaluate(f"window.shipyardCharts['distribution:{feature}'].data")
+    route = next(f for f in doc["features"] if f["feature"] == feature)
+    assert drawn == [list(range(len(route["labels"]))), route["reference"]["shares"], route["current"]["shares"]]
+    assert route["current"]["rows"] > 0 and route["reference"]["rows"] > 0
+    shares = route["current"]["shares"]
+    assert max(shares[0], shares[-1]) > 0.9  # the shifted inputs sit far outside the reference's bins
+    expect(page.locator("#drift")).to_contain_text(f"v{doc['version']} / {doc['arms'][0]}")
+    chart.screenshot(path=deployment.shots / "model-drift-distribution.png")
+    page.screenshot(path=deployment.shots / "model-drift.png", full_page=True)
+
+
 def _load(url: str, token: str, stop: threading.Event, results: list[int], limit: int) -> None:
     """Predictions one after another until ``stop`` or ``limit`` of them (loopback, bounded)."""
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:

@@ -225,10 +225,12 @@ class Dashboard:
         if data["versions"] is None:
             return self._page(request, "error.html", 404, me=me, message=why["versions"])
         realized = await self._realized(request, name, data["summary"]) if data["quality"] is not None else None
+        distributions = await self._distributions(request, name, data["drift"])
         graph = next((v for v in reversed(data["versions"]["versions"]) if v["flavor"] == "graph"), None)
         steps = await self._steps(request, graph, calls["summary"][1])
         return self._page(request, "model.html", me=me, name=name, data=data, why=why, filters=filters,
-                          graph=graph, steps=steps, realized=realized, done=q.get("done"), error=q.get("error"))
+                          graph=graph, steps=steps, realized=realized, distributions=distributions,
+                          done=q.get("done"), error=q.get("error"))
 
     async def _realized(self, request: Request, name: str, summary: dict[str, Any] | None) -> dict[str, Any] | None:
         """The realized metric per version over the traffic chart's window, in 12 slices (``/quality`` each)."""
@@ -252,6 +254,18 @@ class Dashboard:
         if metric is None:
             return None
         return {"metric": metric, "t": [round(a, 3) for a, _ in bounds], "versions": per_version}
+
+    async def _distributions(self, request: Request, name: str,
+                             drift: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Reference and window shares per feature (``/drift/distributions``) for the newest report's window,
+        or the newest window when there is no report yet."""
+        if drift is None:
+            return None
+        reports = drift.get("reports") or []
+        params = ({"version": str(reports[0]["version"]), "arm": reports[0]["arm"], "start": str(reports[0]["start"])}
+                  if reports else None)
+        doc, _ = await self.api.maybe(request, f"/v1/models/{_q(name)}/drift/distributions", params)
+        return doc if isinstance(doc, dict) else None
 
     async def _steps(self, request: Request, graph: dict[str, Any] | None,
                      window: Mapping[str, Any] | None) -> list[dict[str, Any]]:

@@ -228,7 +228,9 @@ def build_server(
     rest_app = RestApp(dp, max_body_bytes=settings.max_body_bytes, async_requests=async_requests, metrics=metrics,
                        experiments=experiments, auth=auth, explanations=explanations,
                        endpoints=[*(feedback.endpoints if feedback is not None else ()),
-                                  *(drift_endpoints(reg.database, served=_with_graph_steps(repo))
+                                  *(drift_endpoints(reg.database, served=_with_graph_steps(repo),
+                                                    profiles=drift.profiles,
+                                                    window_seconds=settings.monitoring.drift.window_seconds)
                                     if drift is not None else ()),
                                   *explain_endpoints(explanations, max_body_bytes=settings.max_body_bytes),
                                   *retrain_endpoints(reg.database),

@@ -62,11 +62,46 @@
       [doc.t].concat(names.map(function (name) { return doc.versions[name]; })));
   }
 
+  // Drift per feature: the reference's and the window's share per bin (bars side by side), from the
+  // /drift/distributions document the page embeds. Drawn charts are kept in window.shipyardCharts by name.
+  function distributions() {
+    var source = document.getElementById("drift-distributions");
+    if (!source || typeof uPlot === "undefined") return;
+    var doc = JSON.parse(source.textContent || "null");
+    if (!doc) return;
+    window.shipyardCharts = window.shipyardCharts || {};
+    var bars = uPlot.paths && uPlot.paths.bars;
+    doc.features.forEach(function (f) {
+      var el = document.querySelector('[data-chart="distribution"][data-feature="' + CSS.escape(f.feature) + '"]');
+      if (!el) return;
+      var labels = f.labels, n = labels.length;
+      var x = labels.map(function (_, i) { return i; });
+      var side = function (align, color, fill) {
+        return {stroke: color, fill: fill, width: 1,
+                paths: bars ? bars({size: [0.45, 40], align: align}) : undefined, points: {show: false}};
+      };
+      var opts = {
+        title: f.feature + " (" + f.side + ")",
+        width: Math.min(560, Math.max(320, el.parentElement.clientWidth / 2 - 40)), height: 200,
+        series: [{label: "bin", value: function (u, i) { return i == null ? "" : labels[i]; }},
+          Object.assign({label: "reference (" + f.reference.rows + ")"}, side(-1, "#1f5fbf", "rgba(31,95,191,0.45)")),
+          Object.assign({label: "current (" + f.current.rows + ")"}, side(1, "#b42318", "rgba(180,35,24,0.45)"))],
+        scales: {x: {time: false, range: [-0.6, n - 0.4]}, y: {range: [0, null]}},
+        axes: [{values: function (u, splits) {
+          return splits.map(function (i) { return Number.isInteger(i) && i >= 0 && i < n ? labels[i] : ""; });
+        }, incrs: [1, 2, 5, 10, 20, 50, 100], space: 110, size: 40}, {size: 50}],
+      };
+      window.shipyardCharts["distribution:" + f.feature] =
+        new uPlot(opts, [x, f.reference.shares, f.current.shares], el);
+    });
+  }
+
   function ready() {
     confirmations(document);
     bars(document);
     charts();
     realized();
+    distributions();
     document.body.addEventListener("htmx:afterSwap", function (event) {
       confirmations(event.target);
       bars(event.target);
