@@ -159,8 +159,16 @@ def test_shifted_traffic_raises_the_gauge_and_fires_the_alert_once(
             series = drift_series(client, server.url)
             return series if series.get(("shipyard_drift_detected", "f0")) == 1.0 else None
 
-        series = wait_for(drifted, "f0 to drift")
-        assert series[("shipyard_drift_score", "f0")] > 0.5  # about 1 reference standard deviation
+        wait_for(drifted, "f0 to drift")
+
+        # the first drifted window may still hold calm rows sent before the shift (a busy machine
+        # answers across a window's end); a window of shifted rows only scores about 1 reference
+        # standard deviation
+        def shifted_only() -> dict[tuple[str, str], float] | None:
+            series = drifted()
+            return series if series is not None and series[("shipyard_drift_score", "f0")] > 0.5 else None
+
+        series = wait_for(shifted_only, "a window of shifted rows only")
         assert all(series[("shipyard_drift_detected", f)] == 0.0 for f in FEATURES[1:]), series
 
         # the incident opens once; the shift goes on for several more windows and nothing fires again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -57,7 +58,14 @@ def test_a_cache_that_cannot_be_written_only_costs_the_draws(tmp_path: Path, mon
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder would go")
     store = NullThresholdCache(blocker / "null.sqlite")
-    report, drawn = _report_and_draws(profile, window, store, monkeypatch)
+    # the module's own logger: another test may have set up shipyard's logging without propagation
+    logger = logging.getLogger("shipyard.monitoring.drift.null_cache")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            report, drawn = _report_and_draws(profile, window, store, monkeypatch)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert len(drawn) == 2 and not report.drifted
     assert "are not kept" in caplog.text
     corrupt = tmp_path / "corrupt.sqlite"
