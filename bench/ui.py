@@ -92,6 +92,8 @@ def main() -> None:
                 for _ in range(args.rounds):
                     page = browser.new_page()
                     page.goto(server.url + page_path, wait_until="load")
+                    # the load event can come before the first paint is recorded: wait for the paint
+                    page.wait_for_function("() => performance.getEntriesByType('paint').length >= 2", timeout=10_000)
                     entries = page.evaluate(PAINTS)
                     paints.append(entries.get("first-paint", float("nan")))
                     contentful.append(entries.get("first-contentful-paint", float("nan")))
